@@ -1,0 +1,518 @@
+//! The fake API server.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::data;
+use crate::fault::{route_matches, Fault, FaultKind};
+
+/// Largest request body the fake API reads; larger ones get `413`.
+pub const MAX_REQUEST_BODY: usize = 1 << 20;
+
+/// A request as the fake API received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// The request method.
+    pub method: Method,
+    /// The request target (path and query).
+    pub uri: Uri,
+    /// Every header the server received.
+    pub headers: HeaderMap,
+    /// The request body.
+    pub body: Bytes,
+}
+
+#[derive(Default)]
+struct RouteStats {
+    count: u64,
+    last: Option<RecordedRequest>,
+}
+
+#[derive(Default)]
+struct State {
+    total: AtomicU64,
+    faults: Mutex<Vec<(String, Fault)>>,
+    bearer: Mutex<Option<String>>,
+    cache_control: Mutex<Vec<(String, HeaderValue)>>,
+    stats: Mutex<HashMap<String, RouteStats>>,
+}
+
+/// Locks a mutex, ignoring poisoning: the fake's state stays usable even if a
+/// test panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A real HTTP/1.1 and HTTP/2 (h2c) server on `127.0.0.1`, serving
+/// JSONPlaceholder's resources with scriptable faults.
+///
+/// The server runs on the tokio runtime that started it and stops when the
+/// `FakeApi` is dropped (open connections are closed too).
+///
+/// # Resources
+///
+/// | route | answer |
+/// |-------|--------|
+/// | `GET /posts`, `/posts?userId=N` | 100 posts (10 per user) |
+/// | `GET /posts/{id}` | one post, `404` for unknown ids |
+/// | `GET /posts/{id}/comments`, `/comments?postId=N` | the post's 5 comments |
+/// | `GET /users`, `/users/{id}`, `/comments/{id}` | as JSONPlaceholder |
+/// | `POST /{resource}` | `201` with the JSON sent plus `"id"` (101 for posts) |
+/// | `PUT /{resource}/{id}` | `200` with the JSON sent and the id |
+/// | `PATCH /{resource}/{id}` | `200` with the record merged with the JSON sent |
+/// | `DELETE /{resource}/{id}` | `200` with `{}` |
+/// | `GET /metadata?id=1&id=2..` | `{"items": [..]}`, one record per known id (1 to 1000), each once |
+/// | any method `/anything/..` | echoes method, path, query pairs, headers and body as JSON |
+///
+/// Writes are not persisted, as on JSONPlaceholder. A body that is not JSON
+/// gets `400`, an unknown route `404`.
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use tollgate_testkit::{Fault, FakeApi};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let api = FakeApi::start().await?;
+/// api.inject("/posts/1", Fault::status(StatusCode::SERVICE_UNAVAILABLE).times(2));
+/// api.require_bearer("s3cret");
+/// assert!(api.url().starts_with("http://127.0.0.1:"));
+/// assert_eq!(api.hits("/posts/1"), 0);
+/// # Ok(())
+/// # }
+/// ```
+pub struct FakeApi {
+    addr: SocketAddr,
+    state: Arc<State>,
+    server: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FakeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeApi")
+            .field("addr", &self.addr)
+            .field("requests", &self.total_hits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FakeApi {
+    /// Binds `127.0.0.1` on a free port and starts serving on the current
+    /// tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot be bound.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub async fn start() -> io::Result<FakeApi> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+        Ok(FakeApi {
+            addr,
+            state,
+            server,
+        })
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds a fault for requests whose path matches `route`: an exact path
+    /// (`/posts/1`), a prefix (`/posts/*`, matching `/posts` and below) or
+    /// `*` for every path.
+    pub fn inject(&self, route: &str, fault: Fault) {
+        lock(&self.state.faults).push((route.to_owned(), fault));
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        lock(&self.state.faults).clear();
+    }
+
+    /// From now on, every request must carry `Authorization: Bearer <token>`;
+    /// others get `401` with `WWW-Authenticate: Bearer`.
+    pub fn require_bearer(&self, token: &str) {
+        *lock(&self.state.bearer) = Some(token.to_owned());
+    }
+
+    /// Stops requiring a bearer token.
+    pub fn allow_anonymous(&self) {
+        *lock(&self.state.bearer) = None;
+    }
+
+    /// Sends `Cache-Control: <value>` on responses to paths matching `route`.
+    ///
+    /// # Panics
+    ///
+    /// If `value` is not a valid header value (a programming error in a test).
+    pub fn cache_control(&self, route: &str, value: &str) {
+        let value = HeaderValue::try_from(value).expect("cache_control: invalid header value");
+        lock(&self.state.cache_control).push((route.to_owned(), value));
+    }
+
+    /// Requests received for paths matching `route` (same patterns as
+    /// [`inject`](Self::inject)), faults and refusals included.
+    pub fn hits(&self, route: &str) -> u64 {
+        lock(&self.state.stats)
+            .iter()
+            .filter(|(path, _)| route_matches(route, path))
+            .map(|(_, s)| s.count)
+            .sum()
+    }
+
+    /// Requests received in all.
+    pub fn total_hits(&self) -> u64 {
+        self.state.total.load(Ordering::Relaxed)
+    }
+
+    /// The last request received for exactly this path.
+    pub fn last_request(&self, path: &str) -> Option<RecordedRequest> {
+        lock(&self.state.stats)
+            .get(path)
+            .and_then(|s| s.last.clone())
+    }
+
+    /// Forgets the counters and recorded requests (faults and settings stay).
+    pub fn reset_counts(&self) {
+        lock(&self.state.stats).clear();
+        self.state.total.store(0, Ordering::Relaxed);
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>) {
+    // Connections live in this set: aborting the accept task drops the set,
+    // which aborts every connection task, so a dropped FakeApi leaves nothing.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let state = Arc::clone(&state);
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(Arc::clone(&state), req)
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// The error that makes hyper close a connection without answering.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fault: connection dropped")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, DropConnection> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(json_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": "request body too large"}),
+            ))
+        }
+    };
+
+    state.total.fetch_add(1, Ordering::Relaxed);
+    let recorded = RecordedRequest {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    };
+    {
+        let mut stats = lock(&state.stats);
+        let entry = stats.entry(path.clone()).or_default();
+        entry.count += 1;
+        entry.last = Some(recorded);
+    }
+
+    let fault = {
+        let mut faults = lock(&state.faults);
+        faults
+            .iter_mut()
+            .find(|(route, fault)| route_matches(route, &path) && fault.remaining != Some(0))
+            .and_then(|(_, fault)| fault.take().then(|| fault.clone()))
+    };
+
+    if let Some(fault) = &fault {
+        if !fault.delay.is_zero() {
+            tokio::time::sleep(fault.delay).await;
+        }
+        let mut reply = match &fault.kind {
+            FaultKind::Drop => return Err(DropConnection),
+            FaultKind::Status(status) => json_reply(
+                *status,
+                &json!({"error": status.canonical_reason().unwrap_or("injected fault")}),
+            ),
+            FaultKind::MalformedJson => {
+                let mut r =
+                    Response::new(Full::new(Bytes::from_static(b"{\"id\": 1, \"title\": ")));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
+            FaultKind::Latency => route(&state, &parts.method, &parts.uri, &parts.headers, &body),
+        };
+        for (name, value) in &fault.headers {
+            reply.headers_mut().append(name.clone(), value.clone());
+        }
+        return Ok(finish(&state, &path, reply));
+    }
+
+    let reply = route(&state, &parts.method, &parts.uri, &parts.headers, &body);
+    Ok(finish(&state, &path, reply))
+}
+
+fn finish(state: &State, path: &str, mut reply: Reply) -> Reply {
+    let cc = lock(&state.cache_control);
+    if let Some((_, value)) = cc
+        .iter()
+        .rev()
+        .find(|(route, _)| route_matches(route, path))
+    {
+        reply.headers_mut().insert(CACHE_CONTROL, value.clone());
+    }
+    reply
+}
+
+fn json_reply(status: StatusCode, value: &Value) -> Reply {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+fn not_found() -> Reply {
+    json_reply(StatusCode::NOT_FOUND, &json!({}))
+}
+
+fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    uri.query()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default()
+}
+
+fn query_u64(uri: &Uri, name: &str) -> Option<Option<u64>> {
+    match query_pairs(uri).into_iter().find(|(k, _)| k == name) {
+        None => Some(None),
+        Some((_, v)) => v.parse().ok().map(Some),
+    }
+}
+
+fn route(state: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Reply {
+    if let Some(expected) = lock(&state.bearer).as_deref() {
+        let ok = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == expected);
+        if !ok {
+            let mut r = json_reply(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+
+    let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    if segments.first() == Some(&"anything") {
+        return echo(method, uri, headers, body);
+    }
+    let is_read = *method == Method::GET || *method == Method::HEAD;
+    match (segments.as_slice(), is_read) {
+        (["metadata"], true) => metadata(uri),
+        (["posts"], true) => match query_u64(uri, "userId") {
+            Some(user) => json_reply(StatusCode::OK, &data::posts(user)),
+            None => json_reply(StatusCode::OK, &json!([])),
+        },
+        (["comments"], true) => match query_u64(uri, "postId") {
+            Some(post) => json_reply(StatusCode::OK, &data::comments(post)),
+            None => json_reply(StatusCode::OK, &json!([])),
+        },
+        (["users"], true) => json_reply(StatusCode::OK, &data::users()),
+        (["posts", id, "comments"], true) => match id.parse::<u64>() {
+            Ok(id) if data::post(id).is_some() => {
+                json_reply(StatusCode::OK, &data::comments(Some(id)))
+            }
+            _ => not_found(),
+        },
+        ([collection], false) if *method == Method::POST => create(collection, body),
+        ([collection, id], _) => item(method, collection, id, body),
+        _ => not_found(),
+    }
+}
+
+fn lookup(collection: &str, id: &str) -> Option<Value> {
+    let id: u64 = id.parse().ok()?;
+    match collection {
+        "posts" => data::post(id),
+        "users" => data::user(id),
+        "comments" => data::comment(id),
+        _ => None,
+    }
+}
+
+fn parse_object(body: &Bytes) -> Result<Map<String, Value>, Reply> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(json_reply(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "expected a JSON object"}),
+        )),
+        Err(e) => Err(json_reply(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": format!("invalid JSON: {e}")}),
+        )),
+    }
+}
+
+fn create(collection: &str, body: &Bytes) -> Reply {
+    let new_id = match collection {
+        "posts" => data::NEW_POST_ID,
+        "users" => data::USERS + 1,
+        "comments" => data::POSTS * data::COMMENTS_PER_POST + 1,
+        _ => return not_found(),
+    };
+    match parse_object(body) {
+        Ok(mut map) => {
+            map.insert("id".into(), json!(new_id));
+            json_reply(StatusCode::CREATED, &Value::Object(map))
+        }
+        Err(reply) => reply,
+    }
+}
+
+fn item(method: &Method, collection: &str, id: &str, body: &Bytes) -> Reply {
+    let Some(record) = lookup(collection, id) else {
+        return not_found();
+    };
+    match *method {
+        Method::GET | Method::HEAD => json_reply(StatusCode::OK, &record),
+        Method::DELETE => json_reply(StatusCode::OK, &json!({})),
+        Method::PUT => match parse_object(body) {
+            Ok(mut map) => {
+                map.insert("id".into(), record["id"].clone());
+                json_reply(StatusCode::OK, &Value::Object(map))
+            }
+            Err(reply) => reply,
+        },
+        Method::PATCH => match (parse_object(body), record) {
+            (Ok(changes), Value::Object(mut merged)) => {
+                for (k, v) in changes {
+                    if k != "id" {
+                        merged.insert(k, v);
+                    }
+                }
+                json_reply(StatusCode::OK, &Value::Object(merged))
+            }
+            (Err(reply), _) => reply,
+            (Ok(_), _) => not_found(),
+        },
+        _ => json_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "method not allowed"}),
+        ),
+    }
+}
+
+fn metadata(uri: &Uri) -> Reply {
+    let mut seen = Vec::new();
+    let mut items = Vec::new();
+    for (key, value) in query_pairs(uri) {
+        if key != "id" {
+            continue;
+        }
+        let Ok(id) = value.parse::<u64>() else {
+            continue;
+        };
+        if seen.contains(&id) {
+            continue;
+        }
+        seen.push(id);
+        items.extend(data::metadata(id));
+    }
+    json_reply(StatusCode::OK, &json!({ "items": items }))
+}
+
+fn echo(method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Reply {
+    let mut hs = Map::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match hs.get_mut(name.as_str()) {
+            Some(Value::Array(values)) => values.push(Value::String(value)),
+            _ => {
+                hs.insert(name.as_str().to_owned(), json!([value]));
+            }
+        }
+    }
+    let query: Vec<Value> = query_pairs(uri)
+        .into_iter()
+        .map(|(k, v)| json!([k, v]))
+        .collect();
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "method": method.as_str(),
+            "path": uri.path(),
+            "query": query,
+            "headers": hs,
+            "body": String::from_utf8_lossy(body),
+        }),
+    )
+}

@@ -1,0 +1,36 @@
+//! Test support for Tollgate: [`FakeApi`], a real HTTP server on loopback.
+//!
+//! `FakeApi` serves JSONPlaceholder's resources (`/posts`, `/users`,
+//! `/comments`), a batch endpoint (`/metadata?id=1&id=2..`) and an echo
+//! endpoint (`/anything`), and lets a test script faults per route: the next N
+//! responses with a status (and `Retry-After`), added latency, a dropped
+//! connection, malformed JSON, a required bearer token, and `Cache-Control` on
+//! responses. It counts the requests it received per path and keeps the last
+//! one of each, so a test can assert what reached the server.
+//!
+//! It is a real server speaking HTTP/1.1 and HTTP/2 (h2c) on `127.0.0.1`:
+//! integration tests exercise the same code path as production, with no mocks
+//! between the client and the socket. It only ever binds the loopback address.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate_testkit::{Fault, FakeApi};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let api = FakeApi::start().await?;
+//! api.inject("/posts/*", Fault::latency(Duration::from_millis(5)));
+//! api.inject("/users/1", Fault::drop_connection().times(1));
+//! api.cache_control("/posts/*", "max-age=60");
+//! // ... point a client at `api.url()` and assert on `api.hits("/posts/1")`.
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod data;
+mod fake_api;
+mod fault;
+
+pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
+pub use fault::Fault;

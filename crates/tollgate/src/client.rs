@@ -1,0 +1,376 @@
+//! [`Client`] and [`ClientBuilder`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http_body::Body as HttpBody;
+use serde::de::DeserializeOwned;
+use tower::{BoxError, Service};
+
+use crate::error::{Error, ErrorKind};
+use crate::request::RequestBuilder;
+use crate::transport::{self, RequestBody, Stack, TransportConfig};
+use crate::url::BaseUrl;
+
+/// The default for [`ClientBuilder::timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default for [`ClientBuilder::max_response_body`]: 16 MiB.
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 16 << 20;
+/// Query parameters whose values are redacted in tracing output by default
+/// (compared without regard to case). Add more with
+/// [`ClientBuilder::redact_query_param`].
+pub const DEFAULT_SENSITIVE_QUERY_PARAMS: &[&str] = &[
+    "access_token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "token",
+    "secret",
+    "client_secret",
+    "password",
+    "signature",
+    "sig",
+    "x-amz-signature",
+    "x-goog-signature",
+    "awsaccesskeyid",
+];
+
+/// An HTTP API client: a base URL, default headers and a tower stack over a
+/// pooled hyper-util connection.
+///
+/// Cloning is cheap (one `Arc`), and clones share the connection pool and
+/// every layer's state. Build one with [`Client::builder`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tollgate::Error> {
+/// #[derive(serde::Deserialize)]
+/// struct Post { id: u64, title: String }
+///
+/// let client = tollgate::Client::builder("https://jsonplaceholder.typicode.com").build()?;
+/// let post: Post = client.get_json("/posts/1").await?;
+/// let created = client.post("/posts").json(&serde_json::json!({"title": "hi"})).send().await?;
+/// assert_eq!(created.status(), 201);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+pub(crate) struct ClientInner {
+    pub(crate) base: BaseUrl,
+    pub(crate) headers: HeaderMap,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_body: usize,
+    pub(crate) sensitive_query: Vec<String>,
+    pub(crate) stack: Stack,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        // Header names only: default headers may hold credentials.
+        let names: Vec<&str> = i.headers.keys().map(HeaderName::as_str).collect();
+        f.debug_struct("Client")
+            .field("base_url", &i.base.as_str())
+            .field("default_headers", &names)
+            .field("timeout", &i.timeout)
+            .field("max_response_body", &i.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! verb {
+    ($(#[$doc:meta])* $name:ident, $method:ident) => {
+        $(#[$doc])*
+        pub fn $name(&self, path: impl Into<String>) -> RequestBuilder {
+            self.request(Method::$method, path)
+        }
+    };
+}
+
+impl Client {
+    /// Starts building a client for the API at `base_url`.
+    ///
+    /// The URL is checked by [`ClientBuilder::build`]: it must be `http` or
+    /// `https`, have a host, and carry no credentials, query or fragment.
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(base_url.into())
+    }
+
+    /// A client with default settings; the same as
+    /// `Client::builder(base_url).build()`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Builder`] for an invalid base URL.
+    pub fn new(base_url: impl Into<String>) -> Result<Client, Error> {
+        Client::builder(base_url).build()
+    }
+
+    /// Starts a request with any method. `path` is joined under the base
+    /// URL's path (see [`RequestBuilder`] for the rules).
+    pub fn request(&self, method: Method, path: impl Into<String>) -> RequestBuilder {
+        RequestBuilder::new(self.clone(), method, path.into())
+    }
+
+    verb!(
+        /// Starts a `GET` request.
+        get, GET
+    );
+    verb!(
+        /// Starts a `POST` request.
+        post, POST
+    );
+    verb!(
+        /// Starts a `PUT` request.
+        put, PUT
+    );
+    verb!(
+        /// Starts a `PATCH` request.
+        patch, PATCH
+    );
+    verb!(
+        /// Starts a `DELETE` request.
+        delete, DELETE
+    );
+    verb!(
+        /// Starts a `HEAD` request.
+        head, HEAD
+    );
+
+    /// `GET path`, fail on an error status, decode the JSON body as `T`.
+    ///
+    /// # Errors
+    ///
+    /// Every error of [`RequestBuilder::send`], [`ErrorKind::Status`] for a
+    /// 4xx or 5xx response, [`ErrorKind::Decode`] when the body is not a `T`.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: impl Into<String>) -> Result<T, Error> {
+        self.get(path).send().await?.error_for_status()?.json()
+    }
+
+    /// The base URL requests are joined to (without a trailing slash).
+    pub fn base_url(&self) -> String {
+        self.inner.base.as_str()
+    }
+}
+
+/// Configures and builds a [`Client`].
+///
+/// Options are consuming setters; invalid input (a bad URL, a header value
+/// with CR or LF) is reported by [`build`](ClientBuilder::build), never by a
+/// panic.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let client = tollgate::Client::builder("https://api.example.com/v1")
+///     .user_agent("my-app/1.0")
+///     .default_header("x-tenant", "acme")
+///     .timeout(Duration::from_secs(5))
+///     .build()?;
+/// assert_eq!(client.base_url(), "https://api.example.com/v1");
+/// # Ok::<(), tollgate::Error>(())
+/// ```
+pub struct ClientBuilder {
+    base: String,
+    headers: HeaderMap,
+    error: Option<Error>,
+    timeout: Option<Duration>,
+    max_body: usize,
+    sensitive_query: Vec<String>,
+    transport_config: TransportConfig,
+    transport: Option<Stack>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.keys().map(HeaderName::as_str).collect();
+        f.debug_struct("ClientBuilder")
+            .field("base_url", &self.base)
+            .field("default_headers", &names)
+            .field("timeout", &self.timeout)
+            .field("custom_transport", &self.transport.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    fn new(base: String) -> Self {
+        ClientBuilder {
+            base,
+            headers: HeaderMap::new(),
+            error: None,
+            timeout: Some(DEFAULT_TIMEOUT),
+            max_body: DEFAULT_MAX_RESPONSE_BODY,
+            sensitive_query: DEFAULT_SENSITIVE_QUERY_PARAMS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            transport_config: TransportConfig::default(),
+            transport: None,
+        }
+    }
+
+    fn fail(mut self, err: Error) -> Self {
+        self.error.get_or_insert(err);
+        self
+    }
+
+    /// Sends this header on every request (a request's own header of the
+    /// same name replaces it). The value is checked by `build`: CR, LF and
+    /// other bytes not allowed in a header are an error naming the header.
+    pub fn default_header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: Into<http::Error>,
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        match crate::request::header_pair(name, value) {
+            Ok((name, value)) => {
+                self.headers.insert(name, value);
+                self
+            }
+            Err(e) => self.fail(Error::new(ErrorKind::Builder, e.to_string())),
+        }
+    }
+
+    /// Sends all these headers on every request, replacing earlier defaults
+    /// of the same names.
+    pub fn default_headers(mut self, headers: HeaderMap) -> Self {
+        crate::request::merge_headers(&mut self.headers, headers);
+        self
+    }
+
+    /// The `User-Agent` header (default `tollgate/<version>`).
+    pub fn user_agent<V>(self, value: V) -> Self
+    where
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        self.default_header(USER_AGENT, value)
+    }
+
+    /// The deadline of a whole call, from `send` until the body is read
+    /// (default 30 s). A request's own
+    /// [`timeout`](RequestBuilder::timeout) replaces it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// No default deadline. A hung upstream then holds a call until the
+    /// request's own timeout, if any: use with care.
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = None;
+        self
+    }
+
+    /// How long connecting (TCP and TLS) may take (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.transport_config.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long an idle pooled connection is kept (default 90 s).
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.transport_config.pool_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// The most idle connections kept per host (default unlimited).
+    pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
+        self.transport_config.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// Speak HTTP/2 without negotiation, also over cleartext (h2c). Over TLS,
+    /// HTTP/2 is negotiated by ALPN without this.
+    pub fn http2_prior_knowledge(mut self) -> Self {
+        self.transport_config.http2_prior_knowledge = true;
+        self
+    }
+
+    /// Trusts this DER-encoded root certificate besides Mozilla's roots (for
+    /// a private CA, or a test server).
+    #[cfg(feature = "rustls")]
+    pub fn add_root_certificate_der(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.transport_config.extra_roots.push(der.into());
+        self
+    }
+
+    /// The largest response body the client buffers (default 16 MiB). A
+    /// larger `Content-Length` fails before reading; a body without one fails
+    /// as soon as it passes the limit: [`ErrorKind::BodyTooLarge`].
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Redacts the value of this query parameter in tracing output, besides
+    /// [`DEFAULT_SENSITIVE_QUERY_PARAMS`].
+    pub fn redact_query_param(mut self, name: impl Into<String>) -> Self {
+        self.sensitive_query.push(name.into());
+        self
+    }
+
+    /// Sends requests through `service` instead of the built-in hyper-util
+    /// client: a custom stack, a stub in tests, or a client with special
+    /// connectors. It receives absolute-form URIs and must resolve with a
+    /// response or an error (which the facade classifies into an
+    /// [`ErrorKind`]).
+    pub fn transport<S, B>(mut self, service: S) -> Self
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.transport = Some(transport::boxed(service));
+        self
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Builder`] for an invalid base URL, an invalid default
+    /// header, or a TLS set-up that fails.
+    pub fn build(self) -> Result<Client, Error> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let base = BaseUrl::parse(&self.base)?;
+        let mut headers = self.headers;
+        headers
+            .entry(ACCEPT)
+            .or_insert(HeaderValue::from_static("application/json"));
+        headers
+            .entry(USER_AGENT)
+            .or_insert(HeaderValue::from_static(concat!(
+                "tollgate/",
+                env!("CARGO_PKG_VERSION")
+            )));
+        let stack = match self.transport {
+            Some(stack) => stack,
+            None => transport::hyper_client(&self.transport_config)?,
+        };
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                base,
+                headers,
+                timeout: self.timeout,
+                max_body: self.max_body,
+                sensitive_query: self.sensitive_query,
+                stack,
+            }),
+        })
+    }
+}

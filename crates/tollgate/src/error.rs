@@ -1,0 +1,335 @@
+//! The facade's error type.
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+
+use http::{Method, StatusCode, Uri};
+use tower::BoxError;
+
+use crate::url::display_without_query;
+
+/// What went wrong, for callers to match on.
+///
+/// New kinds are added as Tollgate's layers are plugged in, so matches need a
+/// wildcard arm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The client could not be built (a bad base URL, TLS set-up, an invalid
+    /// default header).
+    Builder,
+    /// The request's URL is invalid or refused: it does not parse, leaves
+    /// the base URL's origin, or contains `.`/`..` segments.
+    InvalidUrl,
+    /// The request could not be built: an invalid header name or value
+    /// (CR, LF and other forbidden bytes), a missing or unsafe path
+    /// parameter, or a body that could not be serialized.
+    InvalidRequest,
+    /// No connection could be made (refused, DNS, TLS handshake).
+    Connect,
+    /// The request or an attempt ran out of time.
+    Timeout,
+    /// The request failed after connecting: the connection was reset or
+    /// closed before a complete response, or the peer broke the protocol.
+    Transport,
+    /// The response had an error status (from
+    /// [`ApiResponse::error_for_status`](crate::ApiResponse::error_for_status)).
+    Status,
+    /// Reading the response body failed.
+    Body,
+    /// The response body is larger than the client's limit.
+    BodyTooLarge,
+    /// The response body is not the JSON the caller asked for.
+    Decode,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Builder => "invalid client configuration",
+            ErrorKind::InvalidUrl => "invalid URL",
+            ErrorKind::InvalidRequest => "invalid request",
+            ErrorKind::Connect => "connection failed",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::Transport => "request failed",
+            ErrorKind::Status => "error status",
+            ErrorKind::Body => "reading the response body failed",
+            ErrorKind::BodyTooLarge => "response body too large",
+            ErrorKind::Decode => "decoding the response failed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// The error of every fallible facade call.
+///
+/// It has a [`kind`](Error::kind) to match on, the status where there is
+/// one, the request it belongs to, and the underlying error as its
+/// [`source`](std::error::Error::source). Its `Display` and `Debug` never show
+/// a URL's query string (where API keys tend to live) nor header values.
+///
+/// ```
+/// use tollgate::{Client, ErrorKind};
+///
+/// let err = Client::builder("ftp://example.com").build().unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Builder);
+/// ```
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+    source: Option<BoxError>,
+    status: Option<StatusCode>,
+    method: Option<Method>,
+    url: Option<Uri>,
+    snippet: Option<String>,
+}
+
+/// How much of a body a decode or status error keeps.
+const SNIPPET_CHARS: usize = 200;
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                message: message.into(),
+                source: None,
+                status: None,
+                method: None,
+                url: None,
+                snippet: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn with_request(mut self, method: &Method, url: &Uri) -> Self {
+        self.inner.method = Some(method.clone());
+        self.inner.url = Some(url.clone());
+        self
+    }
+
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.inner.status = Some(status);
+        self
+    }
+
+    pub(crate) fn with_snippet(mut self, body: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(body);
+        let mut snippet: String = text.chars().take(SNIPPET_CHARS).collect();
+        if text.chars().nth(SNIPPET_CHARS).is_some() {
+            snippet.push('…');
+        }
+        self.inner.snippet = Some(snippet);
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The response status, for [`ErrorKind::Status`] and errors about a
+    /// response's body.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// Whether the request or an attempt ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == ErrorKind::Timeout
+    }
+
+    /// Whether no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        self.inner.kind == ErrorKind::Connect
+    }
+
+    /// Whether the response had an error status.
+    pub fn is_status(&self) -> bool {
+        self.inner.kind == ErrorKind::Status
+    }
+
+    /// Whether the body was not the expected JSON.
+    pub fn is_decode(&self) -> bool {
+        self.inner.kind == ErrorKind::Decode
+    }
+
+    /// The method of the request this error belongs to, if it got that far.
+    pub fn method(&self) -> Option<&Method> {
+        self.inner.method.as_ref()
+    }
+
+    /// The URL of the request this error belongs to, if it got that far.
+    /// Unlike the error's `Display`, this includes the query string.
+    pub fn url(&self) -> Option<&Uri> {
+        self.inner.url.as_ref()
+    }
+
+    /// The start of the response body (at most 200 characters), for decode
+    /// and status errors: enough to see what the server said instead.
+    pub fn body_snippet(&self) -> Option<&str> {
+        self.inner.snippet.as_deref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.write_str(i.kind.describe())?;
+        if !i.message.is_empty() {
+            write!(f, ": {}", i.message)?;
+        }
+        if let Some(status) = i.status {
+            write!(f, " (status {status})")?;
+        }
+        if let (Some(method), Some(url)) = (&i.method, &i.url) {
+            write!(f, " for {method} {}", display_without_query(url))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &i.kind).field("message", &i.message);
+        if let Some(status) = i.status {
+            d.field("status", &status);
+        }
+        if let Some(method) = &i.method {
+            d.field("method", method);
+        }
+        if let Some(url) = &i.url {
+            d.field("url", &display_without_query(url).to_string());
+        }
+        if let Some(source) = &i.source {
+            d.field("source", source);
+        }
+        if let Some(snippet) = &i.snippet {
+            d.field("body_snippet", snippet);
+        }
+        d.finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// The error the facade's timeout produces, kept as the source of
+/// [`ErrorKind::Timeout`] errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request's deadline passed")
+    }
+}
+
+impl StdError for TimedOut {}
+
+/// Sorts an error from the service stack into a kind by walking its source
+/// chain. Layers' own error types are recognised here as they are added.
+pub(crate) fn classify(err: BoxError) -> Error {
+    let mut kind = ErrorKind::Transport;
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(&*err);
+    while let Some(e) = cur {
+        if e.is::<TimedOut>()
+            || e.is::<tower::timeout::error::Elapsed>()
+            || e.is::<tokio::time::error::Elapsed>()
+        {
+            kind = ErrorKind::Timeout;
+            break;
+        }
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if h.is_connect() {
+                kind = ErrorKind::Connect;
+                break;
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                kind = ErrorKind::Timeout;
+                break;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                kind = ErrorKind::Timeout;
+                break;
+            }
+            // `io::Error::source` skips the error it wraps; look at it too.
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner as &(dyn StdError + 'static));
+                continue;
+            }
+        }
+        cur = e.source();
+    }
+    let message = innermost_message(&*err);
+    Error::new(kind, message).with_source(err)
+}
+
+/// The most specific message in an error chain ("connection refused" rather
+/// than "client error (Connect)").
+fn innermost_message(err: &(dyn StdError + 'static)) -> String {
+    let mut last = err;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_hides_the_query_string() {
+        let url: Uri = "http://h/p?api_key=SECRET".parse().expect("uri");
+        let e = Error::new(ErrorKind::Connect, "refused").with_request(&Method::GET, &url);
+        assert_eq!(
+            e.to_string(),
+            "connection failed: refused for GET http://h/p"
+        );
+        assert!(!format!("{e:?}").contains("SECRET"));
+        assert_eq!(e.url().and_then(Uri::query), Some("api_key=SECRET"));
+    }
+
+    #[test]
+    fn snippet_is_bounded() {
+        let e = Error::new(ErrorKind::Decode, "x").with_snippet("é".repeat(500).as_bytes());
+        let s = e.body_snippet().expect("snippet");
+        assert_eq!(s.chars().count(), SNIPPET_CHARS + 1);
+    }
+
+    #[test]
+    fn timeouts_are_found_anywhere_in_the_chain() {
+        let wrapped: BoxError = Box::new(std::io::Error::other(TimedOut));
+        assert_eq!(classify(wrapped).kind(), ErrorKind::Timeout);
+        let other: BoxError = "boom".into();
+        assert_eq!(classify(other).kind(), ErrorKind::Transport);
+    }
+}

@@ -1,0 +1,93 @@
+//! Tollgate: an HTTP API client over tower and hyper-util.
+//!
+//! The facade gives reqwest-style verb helpers (`get`, `post`, `put`,
+//! `patch`, `delete`, `head`) on a [`Client`] with a base URL, and returns a
+//! structured [`ApiResponse`]: status, headers, the whole body, JSON
+//! decoding, when it was received, how long it took, and a [`Summary`] of
+//! what the middleware did. Every failure is an [`Error`] with a
+//! [`kind`](Error::kind) to match on; no input makes it panic.
+//!
+//! ```
+//! use tollgate::Client;
+//! use tollgate_testkit::FakeApi;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let api = FakeApi::start().await?; // a real HTTP server on 127.0.0.1
+//! let client = Client::builder(api.url()).build()?;
+//!
+//! let post = client.get("/posts/{id}").path_param("id", 1).send().await?;
+//! assert_eq!(post.status(), 200);
+//! assert_eq!(post.data()?["userId"], 1);
+//!
+//! let missing = client.get("/posts/9999").send().await?;
+//! let err = missing.error_for_status().unwrap_err();
+//! assert_eq!(err.status().map(|s| s.as_u16()), Some(404));
+//! # Ok(()) }
+//! ```
+//!
+//! # The stack
+//!
+//! A call passes down through the layers and its response comes back up,
+//! outermost first (as [ARCHITECTURE.md] orders them). Layers not yet
+//! switched on by the builder are simply absent.
+//!
+//! ```text
+//!   send() ──► 1 trace span (`http.request`, OpenTelemetry field names)
+//!              2 total timeout (ClientBuilder::timeout / RequestBuilder::timeout;
+//!                covers every wait, attempt and the body read)
+//!              3 cache          ┐
+//!              4 retry          │ plugged in by their own crates
+//!              5 rate limit     │ (tollgate-cache, -retry, -limit, -auth)
+//!              6 auth           │
+//!              7 attempt timeout│
+//!              8 concurrency    ┘
+//!              9 transport: hyper-util pooled client (HTTP/1.1, HTTP/2 by
+//!                ALPN, HTTPS via rustls/ring), or ClientBuilder::transport
+//! ```
+//!
+//! # Choices
+//!
+//! - A default deadline of 30 s per call and 10 s per connect: a hung
+//!   upstream cannot hold a caller forever. [`ClientBuilder::no_timeout`]
+//!   removes it.
+//! - Response bodies are buffered up to 16 MiB
+//!   ([`ClientBuilder::max_response_body`]); a larger body is an
+//!   [`ErrorKind::BodyTooLarge`] error, refused from `Content-Length` before
+//!   reading when it is known.
+//! - `Accept: application/json` and `User-Agent: tollgate/<version>` are sent
+//!   unless replaced.
+//! - A base URL with credentials in it is refused: they would ride along in
+//!   every logged URL. Use an auth layer.
+//! - Tracing: one `debug` span per call. `url.full` shows the URL with the
+//!   values of sensitive query parameters (`api_key`, `token`, ... see
+//!   [`DEFAULT_SENSITIVE_QUERY_PARAMS`]) redacted; `Display` and `Debug` of
+//!   errors and responses never show a query string or a header value.
+//!
+//! [ARCHITECTURE.md]: https://example.invalid/tollgate/ARCHITECTURE.md
+#![deny(missing_docs)]
+
+mod client;
+mod error;
+mod request;
+mod response;
+mod transport;
+mod url;
+
+pub use client::{
+    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_SENSITIVE_QUERY_PARAMS,
+    DEFAULT_TIMEOUT,
+};
+pub use error::{Error, ErrorKind, TimedOut};
+pub use request::RequestBuilder;
+pub use response::{ApiResponse, Summary};
+pub use transport::{RequestBody, ResponseBody};
+
+/// Re-exports of the crates in Tollgate's public API, so users need not pin
+/// matching versions themselves.
+pub mod reexports {
+    pub use bytes;
+    pub use http;
+    pub use serde_json;
+    pub use tower;
+}

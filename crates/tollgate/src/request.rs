@@ -1,0 +1,357 @@
+//! [`RequestBuilder`]: one call, from path to [`ApiResponse`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use serde::Serialize;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::client::Client;
+use crate::error::{classify, Error, ErrorKind, TimedOut};
+use crate::response::{ApiResponse, Summary};
+use crate::url::{fill_template, RedactedUri};
+
+/// A request being built; finish it with [`send`](RequestBuilder::send).
+///
+/// Mistakes (an invalid header, an unserializable body, a bad path
+/// parameter) are kept and returned by `send` as an [`Error`] naming what was
+/// wrong, never as a panic.
+///
+/// # Paths
+///
+/// The path is joined under the base URL's path: with the base
+/// `https://h/api/v1`, `/posts/1` and `posts/1` both mean
+/// `https://h/api/v1/posts/1`. It may carry a query (`/posts?userId=1`).
+/// Characters not allowed in a URL (spaces, non-ASCII) are percent-encoded.
+/// Refused with [`ErrorKind::InvalidUrl`]: an absolute URL to another
+/// origin, a `//host` reference, and `.`/`..` segments (also as `%2e`), so
+/// that no path leaves the base URL.
+///
+/// `{name}` placeholders are filled by [`path_param`](Self::path_param), each
+/// value percent-encoded as exactly one segment: `/` or `..` in a value can
+/// never change which resource is addressed.
+///
+/// ```no_run
+/// # async fn run(client: tollgate::Client) -> Result<(), tollgate::Error> {
+/// let user_input = "../admin";
+/// let res = client
+///     .get("/users/{id}/posts")
+///     .path_param("id", "42")
+///     .query(&[("page", 2)])
+///     .header("x-trace", "abc")
+///     .timeout(std::time::Duration::from_secs(2))
+///     .send()
+///     .await?;
+/// // A value that would leave its segment is an error, not a new path:
+/// let err = client.get("/users/{id}").path_param("id", user_input).send().await.unwrap_err();
+/// assert_eq!(err.kind(), tollgate::ErrorKind::InvalidRequest);
+/// # Ok(()) }
+/// ```
+#[must_use = "a request does nothing until it is sent"]
+pub struct RequestBuilder {
+    client: Client,
+    method: Method,
+    path: String,
+    params: Vec<(String, String)>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+    timeout: Option<Option<Duration>>,
+    error: Option<Error>,
+}
+
+impl fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.keys().map(HeaderName::as_str).collect();
+        f.debug_struct("RequestBuilder")
+            .field("method", &self.method)
+            .field("path", &self.path.split('?').next().unwrap_or_default())
+            .field("headers", &names)
+            .field("body_len", &self.body.as_ref().map(Bytes::len))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a header name and value, naming the header (never the value) on
+/// error.
+pub(crate) fn header_pair<K, V>(name: K, value: V) -> Result<(HeaderName, HeaderValue), Error>
+where
+    HeaderName: TryFrom<K>,
+    <HeaderName as TryFrom<K>>::Error: Into<http::Error>,
+    HeaderValue: TryFrom<V>,
+    <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+{
+    let name = HeaderName::try_from(name).map_err(|e| {
+        Error::new(ErrorKind::InvalidRequest, "invalid header name").with_source(e.into())
+    })?;
+    let value = HeaderValue::try_from(value).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            format!("invalid value for header `{name}` (CR, LF, NUL and other control bytes are not allowed)"),
+        )
+        .with_source(e.into())
+    })?;
+    Ok((name, value))
+}
+
+/// Puts every header of `from` into `into`, replacing values of the same
+/// name.
+pub(crate) fn merge_headers(into: &mut HeaderMap, from: HeaderMap) {
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in from {
+        match name {
+            Some(name) => {
+                into.insert(name.clone(), value);
+                last = Some(name);
+            }
+            None => {
+                if let Some(name) = &last {
+                    into.append(name.clone(), value);
+                }
+            }
+        }
+    }
+}
+
+impl RequestBuilder {
+    pub(crate) fn new(client: Client, method: Method, path: String) -> Self {
+        RequestBuilder {
+            client,
+            method,
+            path,
+            params: Vec::new(),
+            query: None,
+            headers: HeaderMap::new(),
+            body: None,
+            timeout: None,
+            error: None,
+        }
+    }
+
+    fn fail(mut self, err: Error) -> Self {
+        self.error.get_or_insert(err);
+        self
+    }
+
+    /// Fills the `{name}` placeholder of the path with `value`,
+    /// percent-encoded as one segment. An empty value, `.` or `..`, a
+    /// placeholder without a value, or a value without a placeholder, makes
+    /// `send` fail with [`ErrorKind::InvalidRequest`] naming the parameter.
+    pub fn path_param(mut self, name: impl Into<String>, value: impl ToString) -> Self {
+        self.params.push((name.into(), value.to_string()));
+        self
+    }
+
+    /// Adds query parameters from anything `serde_urlencoded` can serialize:
+    /// a struct, a map, or a slice of pairs. Calls accumulate; `None` fields
+    /// are left out.
+    pub fn query<T: Serialize + ?Sized>(mut self, query: &T) -> Self {
+        match serde_urlencoded::to_string(query) {
+            Ok(encoded) if encoded.is_empty() => self,
+            Ok(encoded) => {
+                match &mut self.query {
+                    Some(q) => {
+                        q.push('&');
+                        q.push_str(&encoded);
+                    }
+                    None => self.query = Some(encoded),
+                }
+                self
+            }
+            Err(e) => self.fail(
+                Error::new(
+                    ErrorKind::InvalidRequest,
+                    "query parameters could not be encoded",
+                )
+                .with_source(e),
+            ),
+        }
+    }
+
+    /// Adds a header, replacing the client's default of the same name.
+    pub fn header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: Into<http::Error>,
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        match header_pair(name, value) {
+            Ok((name, value)) => {
+                self.headers.append(name, value);
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Adds all these headers, replacing defaults of the same names.
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        merge_headers(&mut self.headers, headers);
+        self
+    }
+
+    /// Sends `value` as JSON, with `Content-Type: application/json` unless a
+    /// content type was set.
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => {
+                self.headers
+                    .entry(CONTENT_TYPE)
+                    .or_insert(HeaderValue::from_static("application/json"));
+                self.body = Some(Bytes::from(body));
+                self
+            }
+            Err(e) => self.fail(
+                Error::new(
+                    ErrorKind::InvalidRequest,
+                    "the JSON body could not be serialized",
+                )
+                .with_source(e),
+            ),
+        }
+    }
+
+    /// Sends these bytes as the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// The deadline of this call, replacing the client's default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(Some(timeout));
+        self
+    }
+
+    /// Sends the request and reads the whole response body.
+    ///
+    /// A response with an error status is still `Ok`: call
+    /// [`ApiResponse::error_for_status`] to turn it into an error.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] whose [`kind`](Error::kind) says what failed:
+    /// `InvalidUrl`/`InvalidRequest` before anything is sent, `Connect`,
+    /// `Timeout`, `Transport`, `Body` or `BodyTooLarge` after.
+    pub async fn send(self) -> Result<ApiResponse, Error> {
+        let RequestBuilder {
+            client,
+            method,
+            path,
+            params,
+            query,
+            headers,
+            body,
+            timeout,
+            error,
+        } = self;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let inner = &*client.inner;
+        let path: Cow<'_, str> = if params.is_empty() && !path.contains(['{', '}']) {
+            Cow::Borrowed(&path)
+        } else {
+            Cow::Owned(fill_template(&path, &params)?)
+        };
+        let uri = inner.base.join(&path, query.as_deref())?;
+
+        let mut request = Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        let mut all_headers = inner.headers.clone();
+        if !headers.is_empty() {
+            merge_headers(&mut all_headers, headers);
+        }
+        *request.headers_mut() = all_headers;
+
+        let span = tracing::debug_span!(
+            "http.request",
+            "http.request.method" = %method,
+            "url.full" = %RedactedUri { uri: &uri, sensitive: &inner.sensitive_query },
+            "server.address" = uri.host().unwrap_or_default(),
+            "http.response.status_code" = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let max_body = inner.max_body;
+        let exchange = async {
+            let response = inner
+                .stack
+                .clone()
+                .oneshot(request)
+                .await
+                .map_err(classify)?;
+            tracing::Span::current()
+                .record("http.response.status_code", response.status().as_u16());
+            let (parts, body) = response.into_parts();
+            let bytes = read_body(body, max_body)
+                .await
+                .map_err(|e| e.with_status(parts.status))?;
+            Ok::<_, Error>((parts, bytes))
+        };
+        let deadline = timeout.unwrap_or(inner.timeout);
+        let result = match deadline {
+            Some(d) => tokio::time::timeout(d, exchange)
+                .instrument(span.clone())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("no complete response within {d:?}"),
+                    )
+                    .with_source(TimedOut))
+                }),
+            None => exchange.instrument(span.clone()).await,
+        };
+        let elapsed = started.elapsed();
+        match result {
+            Ok((parts, bytes)) => {
+                let summary = Summary::from_extensions(&parts.extensions);
+                tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response received");
+                Ok(ApiResponse::new(
+                    method,
+                    uri,
+                    parts,
+                    bytes,
+                    SystemTime::now(),
+                    elapsed,
+                    summary,
+                ))
+            }
+            Err(e) => {
+                span.record("error.type", tracing::field::debug(e.kind()));
+                tracing::debug!(parent: &span, error = %e, "request failed");
+                Err(e.with_request(&method, &uri))
+            }
+        }
+    }
+}
+
+/// Reads a body into memory, refusing more than `max` bytes: at once when the
+/// declared size says so, otherwise as soon as the limit is passed.
+async fn read_body(body: crate::transport::ResponseBody, max: usize) -> Result<Bytes, Error> {
+    let too_large = || {
+        Error::new(
+            ErrorKind::BodyTooLarge,
+            format!("the body exceeds the limit of {max} bytes"),
+        )
+    };
+    if body.size_hint().lower() > max as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Error::new(ErrorKind::Body, e.to_string()).with_source(e)),
+    }
+}

@@ -1,0 +1,278 @@
+//! [`ApiResponse`]: a complete response with what the stack did to get it.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::response::Parts;
+use http::{Extensions, HeaderMap, Method, StatusCode, Uri, Version};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind};
+
+/// What the middleware did for one call.
+///
+/// Each layer records its part in the response's extensions; the facade
+/// collects them here. Without a layer, its field keeps the default shown
+/// below, which is then the truth: one attempt, no cache, no wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Attempts made, the first included (1 without a retry layer).
+    pub attempts: u32,
+    /// Whether the response came from the cache (false without a cache layer).
+    pub from_cache: bool,
+    /// Time spent waiting for a rate-limit permit (zero without a limiter).
+    pub permit_wait: Duration,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Summary {
+            attempts: 1,
+            from_cache: false,
+            permit_wait: Duration::ZERO,
+        }
+    }
+}
+
+impl Summary {
+    /// Reads the layers' records from a response's extensions.
+    pub(crate) fn from_extensions(_extensions: &Extensions) -> Summary {
+        // The layers plug their typed records in here as they are added.
+        Summary::default()
+    }
+}
+
+/// A complete response: status, headers, the whole body, and how it was
+/// obtained.
+///
+/// ```no_run
+/// # async fn run(client: tollgate::Client) -> Result<(), tollgate::Error> {
+/// let res = client.get("/posts/1").send().await?.error_for_status()?;
+/// let title = res.data()?["title"].clone();
+/// println!("{} in {:?}, attempts {}", res.status(), res.elapsed(), res.summary().attempts);
+/// tracing::info!(record = %res.to_json(), "fetched");
+/// # Ok(()) }
+/// ```
+pub struct ApiResponse {
+    method: Method,
+    url: Uri,
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Bytes,
+    received_at: SystemTime,
+    elapsed: Duration,
+    summary: Summary,
+}
+
+impl fmt::Debug for ApiResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiResponse")
+            .field("status", &self.status)
+            .field("method", &self.method)
+            .field(
+                "url",
+                &crate::url::display_without_query(&self.url).to_string(),
+            )
+            .field("body_len", &self.body.len())
+            .field("elapsed", &self.elapsed)
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Response headers whose values never appear in [`ApiResponse::to_json`].
+const REDACTED_HEADERS: &[&str] = &[
+    "set-cookie",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+];
+
+impl ApiResponse {
+    pub(crate) fn new(
+        method: Method,
+        url: Uri,
+        parts: Parts,
+        body: Bytes,
+        received_at: SystemTime,
+        elapsed: Duration,
+        summary: Summary,
+    ) -> Self {
+        ApiResponse {
+            method,
+            url,
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+            body,
+            received_at,
+            elapsed,
+            summary,
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The HTTP version the response came over.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The response's extensions: each layer's typed record of what it did.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The method of the request.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The URL the request was sent to.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// The whole body.
+    pub fn bytes(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The whole body, taken out of the response.
+    pub fn into_bytes(self) -> Bytes {
+        self.body
+    }
+
+    /// The body as text; invalid UTF-8 becomes U+FFFD.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body decoded from JSON as `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Decode`] with serde's reason and the start of the body.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| self.decode_error(e))
+    }
+
+    /// The body as a JSON value; an empty body is `null`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Decode`] when the body is not JSON.
+    pub fn data(&self) -> Result<Value, Error> {
+        if self.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        self.json()
+    }
+
+    fn decode_error(&self, e: serde_json::Error) -> Error {
+        Error::new(ErrorKind::Decode, e.to_string())
+            .with_source(e)
+            .with_status(self.status)
+            .with_request(&self.method, &self.url)
+            .with_snippet(&self.body)
+    }
+
+    /// When the response was complete, on the wall clock.
+    pub fn received_at(&self) -> SystemTime {
+        self.received_at
+    }
+
+    /// How long the call took, from `send` until the body was read.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// What the middleware did: attempts, cache, time waited for a permit.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    fn status_error(&self) -> Option<Error> {
+        (self.status.is_client_error() || self.status.is_server_error()).then(|| {
+            Error::new(ErrorKind::Status, "")
+                .with_status(self.status)
+                .with_request(&self.method, &self.url)
+                .with_snippet(&self.body)
+        })
+    }
+
+    /// The response itself for 1xx to 3xx, an [`ErrorKind::Status`] error for
+    /// 4xx and 5xx (with the status and the start of the body).
+    ///
+    /// # Errors
+    ///
+    /// For a 4xx or 5xx status.
+    pub fn error_for_status(self) -> Result<Self, Error> {
+        match self.status_error() {
+            Some(e) => Err(e),
+            None => Ok(self),
+        }
+    }
+
+    /// As [`error_for_status`](Self::error_for_status), by reference.
+    ///
+    /// # Errors
+    ///
+    /// For a 4xx or 5xx status.
+    pub fn error_for_status_ref(&self) -> Result<&Self, Error> {
+        match self.status_error() {
+            Some(e) => Err(e),
+            None => Ok(self),
+        }
+    }
+
+    /// A structured record for logs: status, headers, data (the JSON body,
+    /// else the text, else `null`), `received_at` (RFC 3339), `elapsed_ms`
+    /// and the summary. Values of `Set-Cookie`, `Cookie` and
+    /// `Authorization`, and headers marked sensitive, show as `"REDACTED"`.
+    pub fn to_json(&self) -> Value {
+        let mut headers = Map::new();
+        for (name, value) in &self.headers {
+            let shown = if value.is_sensitive() || REDACTED_HEADERS.contains(&name.as_str()) {
+                Value::from("REDACTED")
+            } else {
+                Value::from(String::from_utf8_lossy(value.as_bytes()).into_owned())
+            };
+            match headers.get_mut(name.as_str()) {
+                Some(Value::Array(values)) => values.push(shown),
+                Some(single) => *single = Value::Array(vec![single.take(), shown]),
+                None => {
+                    headers.insert(name.as_str().to_owned(), shown);
+                }
+            }
+        }
+        let data = match self.data() {
+            Ok(v) => v,
+            Err(_) => Value::from(self.text()),
+        };
+        serde_json::json!({
+            "status": self.status.as_u16(),
+            "headers": headers,
+            "data": data,
+            "received_at": humantime::format_rfc3339_millis(self.received_at).to_string(),
+            "elapsed_ms": self.elapsed.as_secs_f64() * 1e3,
+            "attempts": self.summary.attempts,
+            "from_cache": self.summary.from_cache,
+            "permit_wait_ms": self.summary.permit_wait.as_secs_f64() * 1e3,
+        })
+    }
+}

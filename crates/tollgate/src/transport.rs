@@ -1,0 +1,129 @@
+//! The bottom of the stack: a boxed tower service of `http::Request`, by
+//! default a hyper-util legacy client with connection pooling.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::error::{Error, ErrorKind};
+
+/// The request body type of the stack: a complete, cheaply clonable buffer,
+/// so that layers such as retry can replay it.
+pub type RequestBody = Full<Bytes>;
+
+/// The response body type the facade reads from its stack.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The type-erased service the facade sends requests through.
+pub(crate) type Stack = BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, BoxError>;
+
+/// Erases a caller's service (and its body type) into a [`Stack`].
+pub(crate) fn boxed<S, B>(service: S) -> Stack
+where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(
+        service
+            .map_response(|res: Response<B>| res.map(|b| b.map_err(Into::into).boxed_unsync()))
+            .map_err(Into::into),
+    )
+}
+
+/// Settings of the default transport.
+#[derive(Clone, Debug)]
+pub(crate) struct TransportConfig {
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) pool_idle_timeout: Option<Duration>,
+    pub(crate) pool_max_idle_per_host: usize,
+    pub(crate) http2_prior_knowledge: bool,
+    #[cfg(feature = "rustls")]
+    pub(crate) extra_roots: Vec<Vec<u8>>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            connect_timeout: Some(Duration::from_secs(10)),
+            pool_idle_timeout: Some(Duration::from_secs(90)),
+            pool_max_idle_per_host: usize::MAX,
+            http2_prior_knowledge: false,
+            #[cfg(feature = "rustls")]
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+/// Builds the hyper-util client: HTTP/1.1, HTTP/2 by ALPN over TLS (or by
+/// prior knowledge when asked), HTTPS through rustls with the ring provider.
+pub(crate) fn hyper_client(cfg: &TransportConfig) -> Result<Stack, Error> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(cfg.connect_timeout);
+
+    let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .pool_timer(hyper_util::rt::TokioTimer::new());
+    #[cfg(feature = "http2")]
+    builder.http2_only(cfg.http2_prior_knowledge);
+    #[cfg(not(feature = "http2"))]
+    if cfg.http2_prior_knowledge {
+        return Err(Error::new(
+            ErrorKind::Builder,
+            "HTTP/2 prior knowledge needs the `http2` feature",
+        ));
+    }
+
+    #[cfg(feature = "rustls")]
+    {
+        let tls = tls_config(cfg)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        #[cfg(feature = "http2")]
+        let https = https.enable_all_versions();
+        #[cfg(not(feature = "http2"))]
+        let https = https.enable_http1();
+        Ok(boxed(builder.build(https.wrap_connector(http))))
+    }
+    #[cfg(not(feature = "rustls"))]
+    {
+        Ok(boxed(builder.build(http)))
+    }
+}
+
+#[cfg(feature = "rustls")]
+fn tls_config(cfg: &TransportConfig) -> Result<rustls::ClientConfig, Error> {
+    use std::sync::Arc;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in &cfg.extra_roots {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| {
+                Error::new(ErrorKind::Builder, "invalid root certificate").with_source(e)
+            })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::new(ErrorKind::Builder, "TLS set-up failed").with_source(e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}

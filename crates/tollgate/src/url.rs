@@ -1,0 +1,461 @@
+//! The base URL, path joining and path parameters.
+//!
+//! Joining is string work on a base that was validated once, so the hot path
+//! neither re-parses the base nor allocates more than the final URI.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::Uri;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
+
+use crate::error::{Error, ErrorKind};
+
+/// Bytes escaped in a literal path: what may not appear in a URI path.
+const PATH: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'^')
+    .add(b'|')
+    .add(b'\\');
+/// Bytes escaped in a literal query.
+const QUERY: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'^')
+    .add(b'|')
+    .add(b'\\');
+/// A path parameter keeps only unreserved characters: it is one segment, so
+/// `/`, `?`, `#` and `%` are escaped and cannot change the request's target.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A validated base URL: `origin` is `scheme://host[:port]`, `path` has no
+/// trailing slash (empty for the root).
+#[derive(Clone, Debug)]
+pub(crate) struct BaseUrl {
+    origin: String,
+    path: String,
+}
+
+impl BaseUrl {
+    pub(crate) fn parse(input: &str) -> Result<BaseUrl, Error> {
+        let bad = |why: &str| Error::new(ErrorKind::Builder, format!("base URL {why}"));
+        let url = url::Url::parse(input)
+            .map_err(|e| Error::new(ErrorKind::Builder, format!("base URL does not parse: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("must use http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "must not carry credentials (they would be sent and logged with every URL); \
+                 use an auth layer instead",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad(
+                "must not have a query or fragment; add query parameters per request",
+            ));
+        }
+        let origin = url.origin().ascii_serialization();
+        let path = url.path().trim_end_matches('/').to_owned();
+        Ok(BaseUrl { origin, path })
+    }
+
+    /// The whole base URL as given (normalised, no trailing slash).
+    pub(crate) fn as_str(&self) -> String {
+        format!("{}{}", self.origin, self.path)
+    }
+
+    /// Joins a path (with optional query) under the base path, adds `extra`
+    /// (an already encoded query string), and parses the result.
+    ///
+    /// `/posts/1` under `https://h/api/v1` is `https://h/api/v1/posts/1`. An
+    /// absolute URL is accepted only for the base's own origin; `//host/..`
+    /// and `.`/`..` segments are refused, so a path cannot leave the base.
+    pub(crate) fn join(&self, path: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
+        let invalid = |why: String| Error::new(ErrorKind::InvalidUrl, why);
+        // Fragments are never sent.
+        let path = path.split_once('#').map_or(path, |(p, _)| p);
+
+        let mut url = String::with_capacity(
+            self.origin.len() + self.path.len() + path.len() + extra_query.map_or(0, str::len) + 2,
+        );
+        let rest = if let Some(abs) = absolute_url(path) {
+            let parsed = url::Url::parse(abs)
+                .map_err(|e| invalid(format!("`{}` does not parse: {e}", redact(abs))))?;
+            if parsed.origin().ascii_serialization() != self.origin {
+                return Err(invalid(format!(
+                    "`{}` is an absolute URL to another origin than the base URL's {}; refused",
+                    redact(abs),
+                    self.origin
+                )));
+            }
+            url.push_str(&self.origin);
+            // The part after the origin, as the caller wrote it.
+            let after_scheme = &abs[abs.find("//").map_or(0, |i| i + 2)..];
+            after_scheme
+                .find(['/', '?'])
+                .map_or("", |i| &after_scheme[i..])
+        } else if path.starts_with("//") {
+            return Err(invalid(
+                "a path starting with `//` names another host; refused".to_owned(),
+            ));
+        } else {
+            url.push_str(&self.origin);
+            url.push_str(&self.path);
+            if !path.starts_with('/') && !path.starts_with('?') && !path.is_empty() {
+                url.push('/');
+            }
+            path
+        };
+
+        let (p, q) = match rest.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rest, None),
+        };
+        if has_dot_segment(p) {
+            return Err(invalid(format!(
+                "`{}` contains a `.` or `..` segment; refused so a path cannot leave the base URL",
+                redact(p)
+            )));
+        }
+        url.extend(utf8_percent_encode(p, PATH));
+        if url.len() == self.origin.len() {
+            url.push('/');
+        }
+        let mut sep = '?';
+        if let Some(q) = q.filter(|q| !q.is_empty()) {
+            url.push(sep);
+            url.extend(utf8_percent_encode(q, QUERY));
+            sep = '&';
+        }
+        if let Some(extra) = extra_query.filter(|q| !q.is_empty()) {
+            url.push(sep);
+            url.push_str(extra);
+        }
+        Uri::try_from(url).map_err(|e| invalid(format!("the joined URL does not parse: {e}")))
+    }
+}
+
+/// `Some(path)` when `path` is an absolute URL (`scheme://...`).
+fn absolute_url(path: &str) -> Option<&str> {
+    let colon = path.find("://")?;
+    let scheme = &path[..colon];
+    let is_scheme = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    is_scheme.then_some(path)
+}
+
+/// Is any segment `.` or `..`, also when written as `%2e`?
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// A path or URL shown in an error: without its query string.
+fn redact(s: &str) -> &str {
+    s.split_once('?').map_or(s, |(p, _)| p)
+}
+
+/// Fills `{name}` placeholders in a path template with percent-encoded
+/// values, each as exactly one segment.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidRequest`] naming the parameter when a placeholder has
+/// no value, a value is given for no placeholder, a value is empty, `.` or
+/// `..` (also as `%2e`), or a brace is unbalanced.
+pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> Result<String, Error> {
+    let err = |why: String| Error::new(ErrorKind::InvalidRequest, why);
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut used = vec![false; params.len()];
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(err(format!(
+                "unbalanced `}}` in path template `{}`",
+                redact(template)
+            )));
+        }
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or_else(|| {
+            err(format!(
+                "unclosed `{{` in path template `{}`",
+                redact(template)
+            ))
+        })?;
+        let name = &after[..close];
+        let index = params
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| err(format!("missing path parameter `{name}`")))?;
+        let value = &params[index].1;
+        let lower = value.to_ascii_lowercase().replace("%2e", ".");
+        if value.is_empty() || lower == "." || lower == ".." {
+            return Err(err(format!(
+                "path parameter `{name}` is empty, `.` or `..`; refused so it cannot change the path"
+            )));
+        }
+        used[index] = true;
+        out.extend(utf8_percent_encode(value, SEGMENT));
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    if let Some(i) = used.iter().position(|u| !u) {
+        return Err(err(format!(
+            "path parameter `{}` has no `{{{}}}` in the path template",
+            params[i].0, params[i].0
+        )));
+    }
+    Ok(out)
+}
+
+/// Shows a URI without its query string (used by errors and `Debug`).
+pub(crate) fn display_without_query(uri: &Uri) -> impl fmt::Display + '_ {
+    struct NoQuery<'a>(&'a Uri);
+    impl fmt::Display for NoQuery<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            if let Some(scheme) = self.0.scheme_str() {
+                write!(f, "{scheme}://")?;
+            }
+            if let Some(authority) = self.0.authority() {
+                write!(f, "{authority}")?;
+            }
+            f.write_str(self.0.path())
+        }
+    }
+    NoQuery(uri)
+}
+
+/// Shows a URI with the values of sensitive query parameters replaced by
+/// `REDACTED` (for the `url.full` span field).
+pub(crate) struct RedactedUri<'a> {
+    pub(crate) uri: &'a Uri,
+    pub(crate) sensitive: &'a [String],
+}
+
+impl fmt::Display for RedactedUri<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        display_without_query(self.uri).fmt(f)?;
+        let Some(query) = self.uri.query() else {
+            return Ok(());
+        };
+        for (i, pair) in query.split('&').enumerate() {
+            f.write_str(if i == 0 { "?" } else { "&" })?;
+            let (name, value) = pair
+                .split_once('=')
+                .map_or((pair, None), |(n, v)| (n, Some(v)));
+            f.write_str(name)?;
+            if let Some(value) = value {
+                let decoded: Cow<'_, str> =
+                    percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+                let secret = self
+                    .sensitive
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(&decoded));
+                write!(f, "={}", if secret { "REDACTED" } else { value })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(s: &str) -> BaseUrl {
+        BaseUrl::parse(s).expect("valid base")
+    }
+
+    fn join(b: &str, p: &str) -> Result<String, ErrorKind> {
+        base(b)
+            .join(p, None)
+            .map(|u| u.to_string())
+            .map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn paths_join_under_the_base_path() {
+        assert_eq!(
+            join("https://h/api/v1", "/posts/1"),
+            Ok("https://h/api/v1/posts/1".into())
+        );
+        assert_eq!(
+            join("https://h/api/v1/", "posts/1"),
+            Ok("https://h/api/v1/posts/1".into())
+        );
+        assert_eq!(join("https://h", "/posts"), Ok("https://h/posts".into()));
+        assert_eq!(join("https://h", ""), Ok("https://h/".into()));
+        assert_eq!(join("https://h/api", ""), Ok("https://h/api".into()));
+        assert_eq!(
+            join("http://h:8080/a", "?x=1"),
+            Ok("http://h:8080/a?x=1".into())
+        );
+        assert_eq!(join("https://h/a", "/b#frag"), Ok("https://h/a/b".into()));
+    }
+
+    #[test]
+    fn unsafe_characters_are_escaped_not_rejected() {
+        assert_eq!(
+            join("https://h", "/search?q=a b"),
+            Ok("https://h/search?q=a%20b".into())
+        );
+        assert_eq!(
+            join("https://h", "/caf\u{e9}"),
+            Ok("https://h/caf%C3%A9".into())
+        );
+    }
+
+    #[test]
+    fn other_origins_and_dot_segments_are_refused() {
+        assert_eq!(
+            join("https://h/api", "https://evil.test/x"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(
+            join("https://h/api", "//evil.test/x"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(
+            join("https://h/api", "http://h/x"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(
+            join("https://h/api", "/../admin"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(
+            join("https://h/api", "/a/%2E%2e/b"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(join("https://h/api", "/./x"), Err(ErrorKind::InvalidUrl));
+        // Same origin is fine, and keeps the caller's path verbatim.
+        assert_eq!(
+            join("https://h/api", "https://h/other?a=1"),
+            Ok("https://h/other?a=1".into())
+        );
+        // A dotted file name is not a dot segment.
+        assert_eq!(
+            join("https://h", "/a/..b/.c"),
+            Ok("https://h/a/..b/.c".into())
+        );
+    }
+
+    #[test]
+    fn bad_bases_are_builder_errors() {
+        for b in [
+            "ftp://h",
+            "not a url",
+            "https://user:pw@h",
+            "https://h/?k=v",
+            "/relative",
+            "mailto:x@y",
+        ] {
+            let e = BaseUrl::parse(b).expect_err(b);
+            assert_eq!(e.kind(), ErrorKind::Builder, "{b}");
+            assert!(!e.to_string().contains("pw"));
+        }
+    }
+
+    #[test]
+    fn extra_query_is_appended_after_the_paths_own() {
+        let u = base("https://h")
+            .join("/p?a=1", Some("b=2&c=3"))
+            .expect("join");
+        assert_eq!(u.to_string(), "https://h/p?a=1&b=2&c=3");
+        let u = base("https://h").join("/p", Some("b=2")).expect("join");
+        assert_eq!(u.to_string(), "https://h/p?b=2");
+    }
+
+    fn params(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn path_parameters_are_one_encoded_segment() {
+        let p = fill_template(
+            "/users/{id}/posts/{post}",
+            &params(&[("id", "a/b?c#d"), ("post", "7")]),
+        );
+        assert_eq!(p.expect("filled"), "/users/a%2Fb%3Fc%23d/posts/7");
+        let p = fill_template("/f/{name}", &params(&[("name", "50% off..x")]));
+        assert_eq!(p.expect("filled"), "/f/50%25%20off..x");
+    }
+
+    #[test]
+    fn path_parameter_errors_name_the_parameter() {
+        let e = fill_template("/users/{id}", &[]).expect_err("missing");
+        assert!(e.to_string().contains("`id`"));
+        for bad in ["..", ".", "", "%2e%2E"] {
+            let e = fill_template("/u/{id}", &params(&[("id", bad)])).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::InvalidRequest);
+        }
+        assert!(fill_template("/u/{id}", &params(&[("id", "1"), ("x", "2")])).is_err());
+        assert!(fill_template("/u/{id", &params(&[("id", "1")])).is_err());
+        assert!(fill_template("/u/id}", &[]).is_err());
+    }
+
+    #[test]
+    fn redacted_uri_hides_sensitive_values_only() {
+        let uri: Uri = "https://h/p?api_key=SECRET&page=2&Token=x"
+            .parse()
+            .expect("uri");
+        let sensitive = vec!["api_key".to_owned(), "token".to_owned()];
+        let shown = RedactedUri {
+            uri: &uri,
+            sensitive: &sensitive,
+        }
+        .to_string();
+        assert_eq!(shown, "https://h/p?api_key=REDACTED&page=2&Token=REDACTED");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_parameter_value_stays_inside_its_segment(value in "\\PC{0,40}") {
+            let filled = fill_template("/users/{id}/x", &[("id".to_owned(), value.clone())]);
+            if let Ok(path) = filled {
+                let uri = base("https://h/api").join(&path, None).expect("encoded path always joins");
+                let segs: Vec<&str> = uri.path().split('/').collect();
+                proptest::prop_assert_eq!(segs.len(), 5, "{}", uri);
+                proptest::prop_assert_eq!(segs[1], "api");
+                proptest::prop_assert_eq!(segs[4], "x");
+                proptest::prop_assert_eq!(uri.query(), None);
+            }
+        }
+
+        #[test]
+        fn joining_never_panics_and_never_leaves_the_origin(path in "\\PC{0,60}") {
+            if let Ok(uri) = base("https://h.test/api").join(&path, None) {
+                proptest::prop_assert_eq!(uri.host(), Some("h.test"));
+                proptest::prop_assert_eq!(uri.scheme_str(), Some("https"));
+            }
+        }
+    }
+}
