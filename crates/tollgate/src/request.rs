@@ -4,11 +4,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -338,20 +338,58 @@ impl RequestBuilder {
 }
 
 /// Reads a body into memory, refusing more than `max` bytes: at once when the
-/// declared size says so, otherwise as soon as the limit is passed.
-async fn read_body(body: crate::transport::ResponseBody, max: usize) -> Result<Bytes, Error> {
-    let too_large = || {
-        Error::new(
-            ErrorKind::BodyTooLarge,
-            format!("the body exceeds the limit of {max} bytes"),
-        )
-    };
+/// declared size says so, otherwise as soon as the limit is passed. A body of
+/// one chunk is kept without copying.
+async fn read_body(mut body: crate::transport::ResponseBody, max: usize) -> Result<Bytes, Error> {
     if body.size_hint().lower() > max as u64 {
-        return Err(too_large());
+        return Err(too_large(max));
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Error::new(ErrorKind::Body, e.to_string()).with_source(e)),
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::new(ErrorKind::Body, e.to_string()).with_source(e))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(too_large(max));
+        }
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = BytesMut::with_capacity(len.max(head.len() * 2));
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(joined)) => joined.freeze(),
+        (Some(head), None) => head,
+        (None, None) => Bytes::new(),
+    })
+}
+
+fn too_large(max: usize) -> Error {
+    Error::new(
+        ErrorKind::BodyTooLarge,
+        format!("the body exceeds the limit of {max} bytes"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn the_send_future_is_send() {
+        // Callers spawn calls onto multi-thread runtimes; this must compile.
+        let client = crate::Client::new("http://127.0.0.1:1").expect("valid");
+        let fut = client.get("/x").send();
+        assert_send(&fut);
     }
 }
