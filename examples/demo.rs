@@ -1,1 +1,225 @@
-fn main() {}
+//! A walk through what the Tollgate facade does, against the embedded fake API.
+//!
+//! ```text
+//! cargo run --example demo                       # starts FakeApi on 127.0.0.1
+//! cargo run --example demo -- --base-url URL     # an API shaped like JSONPlaceholder
+//! RUST_LOG=tollgate=debug cargo run --example demo   # with the request spans
+//! ```
+//!
+//! Exits non-zero if any step does not behave as shown, so CI runs it as a
+//! smoke test.
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a demo prints")]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use serde::Deserialize;
+use serde_json::json;
+use tollgate::{Client, ErrorKind};
+use tollgate_testkit::{FakeApi, Fault};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Post {
+    id: u64,
+    user_id: u64,
+    title: String,
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+fn check(ok: bool, what: &str) -> Result<(), Failure> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("unexpected: {what}").into())
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut args = std::env::args().skip(1);
+    let mut base_url = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--base-url" => base_url = args.next(),
+            "-h" | "--help" => {
+                println!("usage: demo [--base-url URL]");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument `{other}`; usage: demo [--base-url URL]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(base_url).await {
+        Ok(()) => {
+            println!("\nAll demo steps behaved as expected.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\ndemo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(base_url: Option<String>) -> Result<(), Failure> {
+    // The fake API lives as long as this function; with --base-url there is none.
+    let fake = match base_url {
+        Some(_) => None,
+        None => Some(FakeApi::start().await?),
+    };
+    let base = match (&fake, base_url) {
+        (Some(api), _) => api.url(),
+        (None, Some(url)) => url,
+        (None, None) => unreachable!("one of the two is set above"),
+    };
+    println!(
+        "Tollgate demo against {base}{}",
+        if fake.is_some() {
+            " (embedded FakeApi)"
+        } else {
+            ""
+        }
+    );
+    let client = Client::builder(&base)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+
+    section("GET /posts/1");
+    let res = client.get("/posts/{id}").path_param("id", 1).send().await?;
+    let post: Post = res.error_for_status_ref()?.json()?;
+    println!(
+        "status {}  in {:.1?}  attempts {}  from cache {}",
+        res.status(),
+        res.elapsed(),
+        res.summary().attempts,
+        res.summary().from_cache
+    );
+    println!(
+        "post {} by user {}: {:?}",
+        post.id, post.user_id, post.title
+    );
+    check(post.id == 1, "post 1 has id 1")?;
+
+    section("POST /posts");
+    let created = client
+        .post("/posts")
+        .json(&json!({"title": "tollgate", "body": "hello", "userId": 1}))
+        .send()
+        .await?;
+    let id = created.data()?["id"].clone();
+    println!("status {}  new id {id}", created.status());
+    check(created.status() == 201, "POST answers 201 Created")?;
+
+    section("5 concurrent GETs, one client");
+    let started = Instant::now();
+    let calls: Vec<_> = (1..=5)
+        .map(|id| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let post = client.get_json::<Post>(format!("/posts/{id}")).await;
+                (id, post, t.elapsed())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (id, post, took) = call.await?;
+        let post = post?;
+        println!("  /posts/{id}  {took:>9.1?}  {:?}", post.title);
+    }
+    println!("all 5 in {:.1?}", started.elapsed());
+
+    section("GET /posts/9999 (missing): a typed error");
+    let err = client
+        .get_json::<Post>("/posts/9999")
+        .await
+        .err()
+        .ok_or("a missing post should be an error")?;
+    println!("kind {:?}  status {:?}", err.kind(), err.status());
+    println!("error: {err}");
+    check(
+        err.kind() == ErrorKind::Status && err.status().map(|s| s.as_u16()) == Some(404),
+        "404 Status error",
+    )?;
+
+    section("Refused before anything is sent");
+    let err = client
+        .get("https://elsewhere.example/steal")
+        .send()
+        .await
+        .err()
+        .ok_or("must refuse")?;
+    println!("absolute URL to another origin -> {:?}: {err}", err.kind());
+    check(err.kind() == ErrorKind::InvalidUrl, "InvalidUrl")?;
+    let err = client
+        .get("/users/{id}")
+        .path_param("id", "..")
+        .send()
+        .await
+        .err()
+        .ok_or("must refuse")?;
+    println!("path parameter `..`            -> {:?}: {err}", err.kind());
+    check(err.kind() == ErrorKind::InvalidRequest, "InvalidRequest")?;
+    let err = client
+        .get("/posts/1")
+        .header("x-note", "a\r\nInjected: 1")
+        .send()
+        .await
+        .err()
+        .ok_or("must refuse")?;
+    println!("header value with CR LF        -> {:?}: {err}", err.kind());
+    check(err.kind() == ErrorKind::InvalidRequest, "InvalidRequest")?;
+
+    if let Some(api) = &fake {
+        section("A hung upstream meets the deadline (FakeApi adds 5 s of latency)");
+        api.inject("/posts/2", Fault::latency(Duration::from_secs(5)).times(1));
+        let started = Instant::now();
+        let err = client
+            .get("/posts/2")
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await
+            .err()
+            .ok_or("should time out")?;
+        println!("after {:.0?}: {:?}: {err}", started.elapsed(), err.kind());
+        check(err.is_timeout(), "Timeout")?;
+
+        section("Malformed JSON: a Decode error that keeps the body");
+        api.inject("/posts/3", Fault::malformed_json().times(1));
+        let res = client.get("/posts/3").send().await?;
+        let err = res.json::<Post>().err().ok_or("should not decode")?;
+        println!(
+            "{:?}: {err}\nbody starts: {:?}",
+            err.kind(),
+            err.body_snippet().unwrap_or_default()
+        );
+        check(err.is_decode(), "Decode")?;
+
+        println!("\nFakeApi received {} requests in all.", api.total_hits());
+    }
+
+    section("The structured record of a response (ApiResponse::to_json)");
+    let res = client.get("/users/1").send().await?;
+    let mut record = res.to_json();
+    record["headers"] = json!("(omitted here)");
+    println!("{}", serde_json::to_string_pretty(&record)?);
+    Ok(())
+}

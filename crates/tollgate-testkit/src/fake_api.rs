@@ -408,18 +408,17 @@ fn lookup(collection: &str, id: &str) -> Option<Value> {
     }
 }
 
-fn parse_object(body: &Bytes) -> Result<Map<String, Value>, Reply> {
+/// The body as a JSON object, or the reason it is not one.
+fn parse_object(body: &Bytes) -> Result<Map<String, Value>, String> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(json_reply(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": "expected a JSON object"}),
-        )),
-        Err(e) => Err(json_reply(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": format!("invalid JSON: {e}")}),
-        )),
+        Ok(_) => Err("expected a JSON object".to_owned()),
+        Err(e) => Err(format!("invalid JSON: {e}")),
     }
+}
+
+fn bad_request(reason: &str) -> Reply {
+    json_reply(StatusCode::BAD_REQUEST, &json!({ "error": reason }))
 }
 
 fn create(collection: &str, body: &Bytes) -> Reply {
@@ -434,7 +433,7 @@ fn create(collection: &str, body: &Bytes) -> Reply {
             map.insert("id".into(), json!(new_id));
             json_reply(StatusCode::CREATED, &Value::Object(map))
         }
-        Err(reply) => reply,
+        Err(reason) => bad_request(&reason),
     }
 }
 
@@ -450,7 +449,7 @@ fn item(method: &Method, collection: &str, id: &str, body: &Bytes) -> Reply {
                 map.insert("id".into(), record["id"].clone());
                 json_reply(StatusCode::OK, &Value::Object(map))
             }
-            Err(reply) => reply,
+            Err(reason) => bad_request(&reason),
         },
         Method::PATCH => match (parse_object(body), record) {
             (Ok(changes), Value::Object(mut merged)) => {
@@ -461,7 +460,7 @@ fn item(method: &Method, collection: &str, id: &str, body: &Bytes) -> Reply {
                 }
                 json_reply(StatusCode::OK, &Value::Object(merged))
             }
-            (Err(reply), _) => reply,
+            (Err(reason), _) => bad_request(&reason),
             (Ok(_), _) => not_found(),
         },
         _ => json_reply(

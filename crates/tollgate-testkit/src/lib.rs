@@ -34,3 +34,8 @@ mod fault;
 
 pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
 pub use fault::Fault;
+
+/// The README's example, compiled and run as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -195,7 +195,11 @@ impl fmt::Display for Error {
             write!(f, ": {}", i.message)?;
         }
         if let Some(status) = i.status {
-            write!(f, " (status {status})")?;
+            if i.kind == ErrorKind::Status {
+                write!(f, " {status}")?;
+            } else {
+                write!(f, " (status {status})")?;
+            }
         }
         if let (Some(method), Some(url)) = (&i.method, &i.url) {
             write!(f, " for {method} {}", display_without_query(url))?;

@@ -91,3 +91,8 @@ pub mod reexports {
     pub use serde_json;
     pub use tower;
 }
+
+/// The README's example, compiled and run as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -145,6 +145,10 @@ impl RequestBuilder {
     /// percent-encoded as one segment. An empty value, `.` or `..`, a
     /// placeholder without a value, or a value without a placeholder, makes
     /// `send` fail with [`ErrorKind::InvalidRequest`] naming the parameter.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "`path_param(\"id\", 42)` must accept owned numbers and strings alike"
+    )]
     pub fn path_param(mut self, name: impl Into<String>, value: impl ToString) -> Self {
         self.params.push((name.into(), value.to_string()));
         self
@@ -258,11 +262,12 @@ impl RequestBuilder {
             return Err(e);
         }
         let inner = &*client.inner;
-        let path: Cow<'_, str> = if params.is_empty() && !path.contains(['{', '}']) {
-            Cow::Borrowed(&path)
-        } else {
-            Cow::Owned(fill_template(&path, &params)?)
-        };
+        let path: Cow<'_, str> =
+            if params.is_empty() && !path.bytes().any(|b| b == b'{' || b == b'}') {
+                Cow::Borrowed(&path)
+            } else {
+                Cow::Owned(fill_template(&path, &params)?)
+            };
         let uri = inner.base.join(&path, query.as_deref())?;
 
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
@@ -316,6 +321,7 @@ impl RequestBuilder {
         let elapsed = started.elapsed();
         match result {
             Ok((parts, bytes)) => {
+                span.record("http.response.status_code", parts.status.as_u16());
                 let summary = Summary::from_extensions(&parts.extensions);
                 tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response received");
                 Ok(ApiResponse::new(

@@ -152,27 +152,47 @@ impl BaseUrl {
     }
 }
 
-/// `Some(path)` when `path` is an absolute URL (`scheme://...`).
+/// `Some(path)` when `path` is an absolute URL (`scheme://...`). Scans only
+/// up to the first `/`, `?` or `:`.
 fn absolute_url(path: &str) -> Option<&str> {
-    let colon = path.find("://")?;
-    let scheme = &path[..colon];
-    let is_scheme = scheme
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic())
+    let colon = path
+        .find(['/', '?', ':'])
+        .filter(|&i| path.as_bytes()[i] == b':')?;
+    let scheme = &path.as_bytes()[..colon];
+    let is_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
         && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
-    is_scheme.then_some(path)
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'));
+    (is_scheme && path[colon..].starts_with("://")).then_some(path)
 }
 
 /// Is any segment `.` or `..`, also when written as `%2e`?
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    // Most paths have neither byte; they need no splitting.
+    path.bytes().any(|b| b == b'.' || b == b'%') && path.split('/').any(is_dot_segment)
+}
+
+/// Is this one segment `.` or `..`, each dot possibly written `%2e`/`%2E`?
+pub(crate) fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while let Some(&first) = rest.first() {
+        if first == b'.' {
+            rest = &rest[1..];
+        } else if let [b'%', b'2', e, tail @ ..] = rest {
+            if !e.eq_ignore_ascii_case(&b'e') {
+                return false;
+            }
+            rest = tail;
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 /// A path or URL shown in an error: without its query string.
@@ -214,8 +234,7 @@ pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> Resu
             .position(|(n, _)| n == name)
             .ok_or_else(|| err(format!("missing path parameter `{name}`")))?;
         let value = &params[index].1;
-        let lower = value.to_ascii_lowercase().replace("%2e", ".");
-        if value.is_empty() || lower == "." || lower == ".." {
+        if value.is_empty() || is_dot_segment(value) {
             return Err(err(format!(
                 "path parameter `{name}` is empty, `.` or `..`; refused so it cannot change the path"
             )));
@@ -423,6 +442,28 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_are_recognised_in_every_spelling() {
+        for dot in [".", "..", "%2e", "%2E", "%2e%2E", ".%2e", "%2e."] {
+            assert!(is_dot_segment(dot), "{dot}");
+        }
+        for not in ["", "...", "a", ".a", "..b", "%2", "%2f", "%2e%2e%2e", "%"] {
+            assert!(!is_dot_segment(not), "{not}");
+        }
+        assert!(has_dot_segment("/a/%2E/b"));
+        assert!(!has_dot_segment("/a/b.json"));
+    }
+
+    #[test]
+    fn only_scheme_colon_slash_slash_is_absolute() {
+        assert!(absolute_url("https://h/x").is_some());
+        assert!(absolute_url("HTTP://h").is_some());
+        assert!(absolute_url("/x?next=https://h").is_none());
+        assert!(absolute_url("a:b").is_none());
+        assert!(absolute_url("1http://h").is_none());
+        assert!(absolute_url("//h/x").is_none());
+    }
+
+    #[test]
     fn redacted_uri_hides_sensitive_values_only() {
         let uri: Uri = "https://h/p?api_key=SECRET&page=2&Token=x"
             .parse()
@@ -439,7 +480,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_parameter_value_stays_inside_its_segment(value in "\\PC{0,40}") {
-            let filled = fill_template("/users/{id}/x", &[("id".to_owned(), value.clone())]);
+            let filled = fill_template("/users/{id}/x", &[("id".to_owned(), value)]);
             if let Ok(path) = filled {
                 let uri = base("https://h/api").join(&path, None).expect("encoded path always joins");
                 let segs: Vec<&str> = uri.path().split('/').collect();

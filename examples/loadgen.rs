@@ -1,0 +1,223 @@
+//! Sends many requests through the Tollgate facade and reports what came back.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/posts/1 \
+//!     --requests 10000 --concurrency 64
+//! cargo run --release --example loadgen       # against an embedded FakeApi
+//! ```
+//!
+//! Prints the count of each status and error kind, requests per second, and
+//! p50/p99/max latency; a progress line on a terminal.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool prints"
+)]
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tollgate::Client;
+use tollgate_testkit::FakeApi;
+
+struct Options {
+    url: Option<String>,
+    requests: u64,
+    concurrency: u64,
+    timeout: Duration,
+}
+
+const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C] [--timeout-ms MS]
+  --url URL          target (default: an embedded FakeApi's /posts/1)
+  --requests N       total requests (default 1000)
+  --concurrency C    requests in flight (default 16)
+  --timeout-ms MS    per-request deadline (default 30000)";
+
+fn parse() -> Result<Options, String> {
+    let mut o = Options {
+        url: None,
+        requests: 1000,
+        concurrency: 16,
+        timeout: Duration::from_secs(30),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        let number = |s: String, name: &str| {
+            s.parse::<u64>()
+                .map_err(|_| format!("{name}: `{s}` is not a number"))
+        };
+        match arg.as_str() {
+            "--url" => o.url = Some(value("--url")?),
+            "--requests" => o.requests = number(value("--requests")?, "--requests")?,
+            "--concurrency" => {
+                o.concurrency = number(value("--concurrency")?, "--concurrency")?.max(1)
+            }
+            "--timeout-ms" => {
+                o.timeout = Duration::from_millis(number(value("--timeout-ms")?, "--timeout-ms")?)
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(o)
+}
+
+/// Splits `http://host:port/path?q` into the base URL and the path.
+fn split_url(url: &str) -> Result<(String, String), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("--url: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err("--url must be absolute, like http://127.0.0.1:8080/posts/1".into());
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok((format!("{scheme}://{authority}"), path.to_owned()))
+}
+
+#[derive(Default)]
+struct Tally {
+    outcomes: BTreeMap<String, u64>,
+    latencies: Vec<Duration>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let opts = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("loadgen: {e}");
+            }
+            eprintln!("{USAGE}");
+            return if e.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    let fake = match &opts.url {
+        Some(_) => None,
+        None => match FakeApi::start().await {
+            Ok(api) => Some(api),
+            Err(e) => {
+                eprintln!("loadgen: cannot start FakeApi: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let url = opts.url.clone().unwrap_or_else(|| {
+        format!(
+            "{}/posts/1",
+            fake.as_ref().map(FakeApi::url).unwrap_or_default()
+        )
+    });
+    let (base, path) = match split_url(&url) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match Client::builder(base).timeout(opts.timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+
+    println!(
+        "loadgen: {} requests to {url} at concurrency {}",
+        opts.requests, opts.concurrency
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..opts.concurrency)
+        .map(|_| {
+            let (client, path, next, done) =
+                (client.clone(), path.clone(), next.clone(), done.clone());
+            let total = opts.requests;
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let t = Instant::now();
+                    let outcome = match client.get(path.as_str()).send().await {
+                        Ok(res) => format!("status {}", res.status().as_u16()),
+                        Err(e) => format!("error {:?}", e.kind()),
+                    };
+                    tally.latencies.push(t.elapsed());
+                    *tally.outcomes.entry(outcome).or_default() += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                tally
+            })
+        })
+        .collect();
+
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let done = done.clone();
+        let total = opts.requests;
+        tokio::spawn(async move {
+            loop {
+                let n = done.load(Ordering::Relaxed);
+                let width = 30;
+                let filled = (n * width).checked_div(total).unwrap_or(width) as usize;
+                eprint!(
+                    "\r[{}{}] {n}/{total}",
+                    "#".repeat(filled),
+                    " ".repeat(width as usize - filled)
+                );
+                if n >= total {
+                    eprintln!();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+
+    let mut all = Tally::default();
+    for w in workers {
+        match w.await {
+            Ok(t) => {
+                for (k, v) in t.outcomes {
+                    *all.outcomes.entry(k).or_default() += v;
+                }
+                all.latencies.extend(t.latencies);
+            }
+            Err(e) => eprintln!("loadgen: a worker failed: {e}"),
+        }
+    }
+    let wall = started.elapsed();
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+
+    all.latencies.sort_unstable();
+    let pct = |p: f64| -> Duration {
+        if all.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((all.latencies.len() as f64 - 1.0) * p).round() as usize;
+        all.latencies[i]
+    };
+    for (outcome, count) in &all.outcomes {
+        println!("  {outcome:<24} {count}");
+    }
+    let n = all.latencies.len() as f64;
+    println!("requests/s  {:.0}", n / wall.as_secs_f64());
+    println!(
+        "latency     p50 {:.1?}  p99 {:.1?}  max {:.1?}",
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!("wall time   {wall:.2?}");
+    ExitCode::SUCCESS
+}
