@@ -1,0 +1,287 @@
+//! The retry loop, as a state machine.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::{BoxError, Service};
+
+use crate::layer::Config;
+use crate::record::{RetryError, RetryEvent, RetryRecord, Stopped};
+use crate::retry_after::parse_retry_after;
+
+pin_project! {
+    /// The response future of [`Retry`](crate::Retry).
+    ///
+    /// Dropping it at any point cancels the attempt in flight or the wait;
+    /// it holds no permit of its own.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        replay: Request<B>,
+        config: Arc<Config>,
+        attempts: u32,
+        // Out of line until the first retry or stop: the success path, by
+        // far the commonest, keeps a smaller future.
+        history: Option<Box<RetryRecord>>,
+        deadline: Option<Instant>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] future: F },
+        Waiting { sleep: Pin<Box<Sleep>> },
+        Readying,
+    }
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .field("history", &self.history)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        replay: Request<B>,
+        config: Arc<Config>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            service,
+            replay,
+            config,
+            attempts: 1,
+            history: None,
+            deadline,
+        }
+    }
+}
+
+/// What to do after a retryable outcome.
+enum Next {
+    Retry(Duration, bool),
+    Stop(Stopped),
+}
+
+fn decide(
+    config: &Config,
+    retries: u32,
+    deadline: Option<Instant>,
+    retry_after: Option<Duration>,
+) -> Next {
+    if retries >= config.max_retries {
+        return Next::Stop(Stopped::MaxRetries);
+    }
+    let (delay, from_header) = match retry_after {
+        Some(requested) if requested > config.max_retry_after => {
+            return Next::Stop(Stopped::RetryAfterTooLong {
+                requested,
+                cap: config.max_retry_after,
+            })
+        }
+        Some(requested) => (requested, true),
+        None => {
+            let mut rng = config.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            (config.backoff.delay(retries, &mut rng), false)
+        }
+    };
+    if let Some(deadline) = deadline {
+        if Instant::now()
+            .checked_add(delay)
+            .is_none_or(|t| t >= deadline)
+        {
+            return Next::Stop(Stopped::Deadline { wait: delay });
+        }
+    }
+    if let Some(budget) = &config.budget {
+        if !budget.try_withdraw() {
+            return Next::Stop(Stopped::Budget);
+        }
+    }
+    Next::Retry(delay, from_header)
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: Clone,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let method = this.replay.method();
+                    let (reason, retry_after) = match &result {
+                        Ok(res) => {
+                            match this.config.classifier.classify_status(method, res.status()) {
+                                Some(reason) => {
+                                    let honours = matches!(
+                                        res.status(),
+                                        StatusCode::TOO_MANY_REQUESTS
+                                            | StatusCode::SERVICE_UNAVAILABLE
+                                    );
+                                    let after = res
+                                        .headers()
+                                        .get(http::header::RETRY_AFTER)
+                                        .filter(|_| honours)
+                                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                                    (reason, after)
+                                }
+                                None => {
+                                    return Poll::Ready(finish(
+                                        result,
+                                        *this.attempts,
+                                        this.history.take(),
+                                    ))
+                                }
+                            }
+                        }
+                        Err(e) => match this.config.classifier.classify_error(method, &**e) {
+                            Some(reason) => (reason, None),
+                            None => {
+                                return Poll::Ready(finish(
+                                    result,
+                                    *this.attempts,
+                                    this.history.take(),
+                                ))
+                            }
+                        },
+                    };
+                    let history = this.history.get_or_insert_with(Box::default);
+                    let retries = u32::try_from(history.retries.len()).unwrap_or(u32::MAX);
+                    match decide(this.config, retries, *this.deadline, retry_after) {
+                        Next::Stop(stopped) => {
+                            tracing::debug!(
+                                "http.request.resend_count" = retries,
+                                reason = %reason,
+                                stopped = %stopped,
+                                "not retrying"
+                            );
+                            history.stopped = Some(stopped);
+                            return Poll::Ready(finish(
+                                result,
+                                *this.attempts,
+                                this.history.take(),
+                            ));
+                        }
+                        Next::Retry(delay, from_retry_after) => {
+                            tracing::debug!(
+                                "http.request.resend_count" = retries + 1,
+                                reason = %reason,
+                                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                                from_retry_after,
+                                "retrying"
+                            );
+                            history.retries.push(RetryEvent {
+                                reason,
+                                delay,
+                                from_retry_after,
+                            });
+                            // The failed response (and its body) is dropped here.
+                            drop(result);
+                            if delay.is_zero() {
+                                this.state.set(State::Readying);
+                            } else {
+                                this.state.set(State::Waiting {
+                                    sleep: Box::pin(tokio::time::sleep(delay)),
+                                });
+                            }
+                        }
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    *this.attempts += 1;
+                    let future = this.service.call(this.replay.clone());
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}
+
+/// Returns the result with the record: in the response's extensions, or
+/// around the error when a retry happened.
+fn finish<ResB>(
+    result: Result<Response<ResB>, BoxError>,
+    attempts: u32,
+    history: Option<Box<RetryRecord>>,
+) -> Result<Response<ResB>, BoxError> {
+    let mut record = history.map(|h| *h).unwrap_or_default();
+    record.attempts = attempts;
+    match result {
+        Ok(mut res) => {
+            res.extensions_mut().insert(record);
+            Ok(res)
+        }
+        Err(e) if record.attempts > 1 || record.stopped.is_some() => {
+            Err(Box::new(RetryError::new(record, e)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RetryLayer;
+
+    #[test]
+    fn decisions_check_limits_in_order() {
+        let layer = RetryLayer::new()
+            .max_retries(1)
+            .max_retry_after(Duration::from_secs(5));
+        let c = &*layer.config;
+        assert!(matches!(
+            decide(c, 0, None, Some(Duration::from_secs(6))),
+            Next::Stop(Stopped::RetryAfterTooLong { .. })
+        ));
+        assert!(
+            matches!(decide(c, 0, None, Some(Duration::from_secs(5))), Next::Retry(d, true) if d == Duration::from_secs(5))
+        );
+        assert!(matches!(
+            decide(c, 1, None, None),
+            Next::Stop(Stopped::MaxRetries)
+        ));
+        let past = Instant::now();
+        assert!(matches!(
+            decide(c, 0, Some(past), None),
+            Next::Stop(Stopped::Deadline { .. })
+        ));
+    }
+}

@@ -1,0 +1,116 @@
+//! Retry for HTTP clients as a tower layer: [`RetryLayer`].
+//!
+//! The failure this layer exists to prevent is a client that ignores
+//! `Retry-After` and retries aggressively, exhausting the API's quota and
+//! taking its callers down with it. So it retries only what is safe to
+//! retry, waits as the server asks, and caps how much extra load it can add.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//! use tollgate_retry::{RetryLayer, RetryRecord};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! // An upstream that fails twice with 503, then answers.
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+//! let counter = calls.clone();
+//! let upstream = service_fn(move |_req: Request<String>| {
+//!     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     async move {
+//!         let status = if n < 2 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!         Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(String::new()).unwrap())
+//!     }
+//! });
+//! let mut client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new().max_retries(3).seed(7))
+//!     .service(upstream);
+//!
+//! let res = client.ready().await?.call(Request::get("/posts/1").body(String::new())?).await?;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! let record = res.extensions().get::<RetryRecord>().expect("the layer records what it did");
+//! assert_eq!(record.attempts, 3);
+//! # Ok(()) }
+//! ```
+//!
+//! # What is retried
+//!
+//! - **Methods**: by default only the idempotent ones (GET, HEAD, OPTIONS,
+//!   TRACE, PUT, DELETE; RFC 9110 §9.2.2). POST and PATCH only after
+//!   [`RetryLayer::with_idempotency_key`], which gives every attempt of a call
+//!   the same `Idempotency-Key`. A connect error is retried whatever the
+//!   method: nothing was sent.
+//! - **Outcomes**: 408, 429, 500, 502, 503, 504; connect errors; connections
+//!   reset or closed before a response; attempt timeouts (from a
+//!   `tower::timeout` layer below). Never other 4xx, 501 or 505, nor TLS
+//!   certificate failures. A custom [`predicate`](RetryLayer::predicate)
+//!   decides first when set.
+//! - **Only before the response is handed over**: a failure while the caller
+//!   reads the body is the caller's; this layer never retries it.
+//!
+//! # When
+//!
+//! - **Backoff**: capped exponential with full jitter ([`Backoff`]), drawn
+//!   from a random source that [`RetryLayer::seed`] makes reproducible.
+//! - **`Retry-After`** on 429 and 503, in both forms, replaces the backoff.
+//!   Longer than [`max_retry_after`](RetryLayer::max_retry_after) (60 s by
+//!   default), it is not waited for: the response is returned at once and
+//!   its [`RetryRecord`] says [`Stopped::RetryAfterTooLong`] with what the
+//!   server asked.
+//! - **Deadline**: no retry starts whose wait would pass
+//!   [`max_total_time`](RetryLayer::max_total_time) or a [`Deadline`] in the
+//!   request's extensions.
+//!
+//! # How much: the budget
+//!
+//! [`RetryBudget`] (shared by clones) allows retries of at most 20% of recent
+//! requests plus 10 per second by default, so a failing upstream sees about
+//! 1.2 times the original traffic rather than 4 times. When it is spent, the
+//! failed response is returned as it is, with [`Stopped::Budget`].
+//!
+//! # Bodies
+//!
+//! Requests are replayed by cloning, so the body type must be `Clone`
+//! (`Full<Bytes>`, `String`, ...): buffer a streaming body first. Cloning
+//! `Full<Bytes>` shares the buffer; nothing is copied.
+//!
+//! # Readiness and cancellation
+//!
+//! `poll_ready` is the inner service's. The backoff wait happens inside the
+//! response future, which polls the inner service ready again before each
+//! retry; dropping the future cancels the wait or the attempt in flight.
+//!
+//! # What it records
+//!
+//! The final response carries a [`RetryRecord`] in its extensions (attempts,
+//! each retry's reason and delay, why it stopped). A call that still fails
+//! after a retry fails with a [`RetryError`] carrying the record, whose
+//! source is the last attempt's error. Each retry emits a `debug` event with
+//! `http.request.resend_count`, the reason and the delay.
+#![deny(missing_docs)]
+
+mod backoff;
+mod budget;
+mod future;
+mod layer;
+mod policy;
+mod record;
+mod retry_after;
+mod service;
+
+pub use backoff::{Backoff, InvalidBackoff, Jitter};
+pub use budget::{InvalidBudget, RetryBudget, FOLD_EVERY};
+pub use future::ResponseFuture;
+pub use layer::{RetryLayer, IDEMPOTENCY_KEY};
+pub use policy::{
+    error_kind, Outcome, Predicate, RetryReason, IDEMPOTENT_METHODS, RETRYABLE_STATUSES,
+};
+pub use record::{Deadline, RetryError, RetryEvent, RetryRecord, Stopped};
+pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER};
+pub use service::Retry;
+
+/// The README's example, compiled and run as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

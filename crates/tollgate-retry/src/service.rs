@@ -1,0 +1,119 @@
+//! The [`Retry`] service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use tokio::time::Instant;
+use tower::{BoxError, Service};
+
+use crate::future::ResponseFuture;
+use crate::layer::{Config, RetryLayer, IDEMPOTENCY_KEY};
+use crate::record::Deadline;
+
+/// Retries failed attempts of the inner service; made by [`RetryLayer`].
+///
+/// # Clone
+///
+/// Clones share the layer's retry budget and random source.
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("max_retries", &self.config.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner` with the layer's settings.
+    pub fn new(inner: S, layer: RetryLayer) -> Self {
+        Retry {
+            inner,
+            config: layer.config,
+        }
+    }
+
+    /// A layer with the default settings ([`RetryLayer::new`]).
+    pub fn layer() -> RetryLayer {
+        RetryLayer::new()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// A random idempotency key: 128 bits as 32 hex digits.
+fn idempotency_key(rng: &std::sync::Mutex<fastrand::Rng>) -> HeaderValue {
+    let (a, b) = {
+        let mut rng = rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (rng.u64(..), rng.u64(..))
+    };
+    match HeaderValue::try_from(format!("{a:016x}{b:016x}")) {
+        Ok(v) => v,
+        Err(_) => unreachable!("hex digits are a valid header value"),
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Clone,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let config = Arc::clone(&self.config);
+        if let Some(budget) = &config.budget {
+            budget.deposit();
+        }
+        if config.idempotency_key
+            && !crate::policy::IDEMPOTENT_METHODS.contains(req.method())
+            && !req.headers().contains_key(IDEMPOTENCY_KEY)
+        {
+            req.headers_mut()
+                .insert(IDEMPOTENCY_KEY, idempotency_key(&config.rng));
+        }
+        let own = config.max_total.map(|t| Instant::now() + t);
+        let outer = req.extensions().get::<Deadline>().map(|d| d.0);
+        let deadline = match (own, outer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let replay = req.clone();
+        // The service that was polled ready takes this call; a fresh clone
+        // stays behind for the caller's next poll_ready.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let future = ready.call(req);
+        ResponseFuture::new(future, ready, replay, config, deadline)
+    }
+}

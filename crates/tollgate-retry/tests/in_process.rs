@@ -1,0 +1,189 @@
+//! RetryLayer against in-process services: what the upstream received on
+//! each attempt, shared state across clones, readiness.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tollgate_retry::{RetryBudget, RetryLayer, RetryRecord, Stopped};
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+type Seen = Arc<Mutex<Vec<Option<HeaderValue>>>>;
+
+/// Answers 503 `failures` times, then 200, recording each request's
+/// Idempotency-Key.
+fn flaky(
+    failures: usize,
+    seen: Seen,
+) -> impl Service<Request<String>, Response = Response<String>, Error = std::convert::Infallible> + Clone
+{
+    service_fn(move |req: Request<String>| {
+        let seen = seen.clone();
+        async move {
+            let mut log = seen.lock().expect("lock");
+            log.push(req.headers().get("idempotency-key").cloned());
+            let status = if log.len() <= failures {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            Ok(Response::builder()
+                .status(status)
+                .body(String::new())
+                .expect("response"))
+        }
+    })
+}
+
+fn post() -> Request<String> {
+    Request::post("http://api.test/orders")
+        .body("{}".to_owned())
+        .expect("request")
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_carries_the_same_idempotency_key() {
+    let seen = Seen::default();
+    let svc = RetryLayer::new()
+        .with_idempotency_key()
+        .layer(flaky(2, seen.clone()));
+    let res = svc.oneshot(post()).await.expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    let keys = seen.lock().expect("lock").clone();
+    assert_eq!(keys.len(), 3);
+    assert!(keys[0].is_some());
+    assert!(keys.iter().all(|k| k == &keys[0]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_own_idempotency_key_is_kept() {
+    let seen = Seen::default();
+    let svc = RetryLayer::new()
+        .with_idempotency_key()
+        .layer(flaky(1, seen.clone()));
+    let mut req = post();
+    req.headers_mut()
+        .insert("idempotency-key", HeaderValue::from_static("order-42"));
+    svc.oneshot(req).await.expect("response");
+    let keys = seen.lock().expect("lock").clone();
+    assert_eq!(keys, vec![Some(HeaderValue::from_static("order-42")); 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_carries_no_idempotency_key() {
+    let seen = Seen::default();
+    let svc = RetryLayer::new()
+        .with_idempotency_key()
+        .layer(flaky(0, seen.clone()));
+    svc.oneshot(Request::get("/x").body(String::new()).expect("request"))
+        .await
+        .expect("response");
+    assert_eq!(seen.lock().expect("lock").clone(), vec![None]);
+}
+
+async fn delays(seed: u64) -> Vec<Duration> {
+    let svc = RetryLayer::new()
+        .seed(seed)
+        .no_budget()
+        .layer(flaky(3, Seen::default()));
+    let res = svc
+        .oneshot(Request::get("/x").body(String::new()).expect("request"))
+        .await
+        .expect("response");
+    res.extensions()
+        .get::<RetryRecord>()
+        .expect("record")
+        .retries
+        .iter()
+        .map(|e| e.delay)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seed_makes_the_jitter_reproducible() {
+    let a = delays(99).await;
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, delays(99).await);
+    assert_ne!(a, delays(100).await);
+    // Full jitter under the default 100 ms doubling ceilings.
+    for (n, d) in a.iter().enumerate() {
+        assert!(*d <= Duration::from_millis(100 << n), "{n}: {d:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_budget() {
+    // One retry allowed in all (floor 1/s over 1 s, no ratio).
+    let budget = RetryBudget::new(Duration::from_secs(1), 1, 0.0).expect("valid");
+    let layer = RetryLayer::new().budget(budget);
+    let always_503 = service_fn(|_req: Request<String>| async {
+        Ok::<_, std::convert::Infallible>(
+            Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(String::new())
+                .expect("response"),
+        )
+    });
+    let a = layer.layer(always_503);
+    let b = a.clone();
+    let get = || Request::get("/x").body(String::new()).expect("request");
+    let first = a.oneshot(get()).await.expect("response");
+    let second = b.oneshot(get()).await.expect("response");
+    let rec = |r: &Response<String>| {
+        r.extensions()
+            .get::<RetryRecord>()
+            .cloned()
+            .expect("record")
+    };
+    assert_eq!(rec(&first).attempts, 2);
+    assert_eq!(rec(&first).stopped, Some(Stopped::Budget));
+    assert_eq!(
+        rec(&second).attempts,
+        1,
+        "the clone found the shared budget spent"
+    );
+    assert_eq!(rec(&second).stopped, Some(Stopped::Budget));
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_is_the_inner_services_and_is_awaited_before_each_retry() {
+    let (mock, mut handle) = tower_test::mock::pair::<Request<String>, Response<String>>();
+    let mut svc = RetryLayer::new().seed(5).layer(mock);
+
+    handle.allow(0);
+    assert!(
+        poll_ready_once(&mut svc).is_pending(),
+        "not ready while the inner service is not"
+    );
+
+    handle.allow(1);
+    svc.ready().await.expect("ready");
+    let call = tokio::spawn(svc.call(Request::get("/x").body(String::new()).expect("request")));
+    let (_, reply) = handle.next_request().await.expect("first attempt");
+    reply.send_response(
+        Response::builder()
+            .status(503)
+            .body(String::new())
+            .expect("response"),
+    );
+
+    // The retry waits for readiness: no second request until allowed.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let early = tokio::time::timeout(Duration::from_secs(1), handle.next_request()).await;
+    assert!(
+        early.is_err(),
+        "no attempt while the inner service is not ready"
+    );
+    handle.allow(1);
+    let (req, reply) = handle.next_request().await.expect("second attempt");
+    assert_eq!(req.method(), Method::GET);
+    reply.send_response(Response::new(String::from("ok")));
+    let res = call.await.expect("task").expect("response");
+    assert_eq!(res.body(), "ok");
+}
+
+/// Polls `poll_ready` once.
+fn poll_ready_once<S: Service<Request<String>>>(svc: &mut S) -> std::task::Poll<()> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    svc.poll_ready(&mut cx).map(|_| ())
+}
