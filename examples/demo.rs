@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use serde::Deserialize;
 use serde_json::json;
 use tollgate::{Client, ErrorKind};
+use tollgate_retry::{RetryLayer, RetryRecord};
 use tollgate_testkit::{FakeApi, Fault};
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +30,30 @@ struct Post {
 }
 
 type Failure = Box<dyn std::error::Error>;
+
+fn print_retries(res: &tollgate::ApiResponse) {
+    println!(
+        "status {}  attempts {}  in {:.1?}",
+        res.status(),
+        res.summary().attempts,
+        res.elapsed()
+    );
+    if let Some(record) = res.extensions().get::<RetryRecord>() {
+        for (n, retry) in record.retries.iter().enumerate() {
+            let source = if retry.from_retry_after {
+                "Retry-After"
+            } else {
+                "backoff"
+            };
+            println!(
+                "  retry {}: after {} waited {:.0?} ({source})",
+                n + 1,
+                retry.reason,
+                retry.delay
+            );
+        }
+    }
+}
 
 fn section(title: &str) {
     println!("\n== {title}");
@@ -100,6 +125,7 @@ async fn run(base_url: Option<String>) -> Result<(), Failure> {
     );
     let client = Client::builder(&base)
         .timeout(Duration::from_secs(10))
+        .retry(RetryLayer::new())
         .build()?;
 
     section("GET /posts/1");
@@ -212,6 +238,58 @@ async fn run(base_url: Option<String>) -> Result<(), Failure> {
             err.body_snippet().unwrap_or_default()
         );
         check(err.is_decode(), "Decode")?;
+
+        section("Retry: a flaky endpoint (FakeApi fails the next 2 requests with 503)");
+        api.inject(
+            "/posts/4",
+            Fault::status(http::StatusCode::SERVICE_UNAVAILABLE).times(2),
+        );
+        let before = api.hits("/posts/4");
+        let res = client.get("/posts/4").send().await?;
+        print_retries(&res);
+        check(
+            res.status() == 200 && res.summary().attempts == 3,
+            "200 on the third attempt",
+        )?;
+        println!(
+            "FakeApi saw {} requests for /posts/4",
+            api.hits("/posts/4") - before
+        );
+
+        section("Retry: a 429 with Retry-After: 1 is waited out");
+        api.inject(
+            "/posts/5",
+            Fault::status(http::StatusCode::TOO_MANY_REQUESTS)
+                .times(1)
+                .retry_after("1"),
+        );
+        let started = Instant::now();
+        let res = client.get("/posts/5").send().await?;
+        print_retries(&res);
+        println!("answered after {:.2?}", started.elapsed());
+        check(
+            res.status() == 200 && started.elapsed() >= Duration::from_secs(1),
+            "waited the server's 1 s, then 200",
+        )?;
+
+        section("Retry: a POST is never retried without an idempotency key");
+        api.inject(
+            "/posts",
+            Fault::status(http::StatusCode::SERVICE_UNAVAILABLE).times(1),
+        );
+        let before = api.hits("/posts");
+        let res = client
+            .post("/posts")
+            .json(&json!({"title": "once"}))
+            .send()
+            .await?;
+        let seen = api.hits("/posts") - before;
+        println!(
+            "status {}  attempts {}  (FakeApi saw {seen} POST)",
+            res.status(),
+            res.summary().attempts
+        );
+        check(res.summary().attempts == 1 && seen == 1, "one attempt")?;
 
         println!("\nFakeApi received {} requests in all.", api.total_hits());
     }

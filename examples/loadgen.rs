@@ -30,13 +30,15 @@ struct Options {
     requests: u64,
     concurrency: u64,
     timeout: Duration,
+    retries: Option<u32>,
 }
 
 const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C] [--timeout-ms MS]
   --url URL          target (default: an embedded FakeApi's /posts/1)
   --requests N       total requests (default 1000)
   --concurrency C    requests in flight (default 16)
-  --timeout-ms MS    per-request deadline (default 30000)";
+  --timeout-ms MS    per-request deadline (default 30000)
+  --retries N        retry failed idempotent requests up to N times (RetryLayer defaults otherwise)";
 
 fn parse() -> Result<Options, String> {
     let mut o = Options {
@@ -44,6 +46,7 @@ fn parse() -> Result<Options, String> {
         requests: 1000,
         concurrency: 16,
         timeout: Duration::from_secs(30),
+        retries: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -56,10 +59,14 @@ fn parse() -> Result<Options, String> {
             "--url" => o.url = Some(value("--url")?),
             "--requests" => o.requests = number(value("--requests")?, "--requests")?,
             "--concurrency" => {
-                o.concurrency = number(value("--concurrency")?, "--concurrency")?.max(1)
+                o.concurrency = number(value("--concurrency")?, "--concurrency")?.max(1);
             }
             "--timeout-ms" => {
-                o.timeout = Duration::from_millis(number(value("--timeout-ms")?, "--timeout-ms")?)
+                o.timeout = Duration::from_millis(number(value("--timeout-ms")?, "--timeout-ms")?);
+            }
+            "--retries" => {
+                let n = number(value("--retries")?, "--retries")?;
+                o.retries = Some(u32::try_from(n).map_err(|_| "--retries: too large".to_owned())?);
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
@@ -123,7 +130,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = match Client::builder(base).timeout(opts.timeout).build() {
+    let mut builder = Client::builder(base).timeout(opts.timeout);
+    if let Some(n) = opts.retries {
+        builder = builder.retry(tollgate_retry::RetryLayer::new().max_retries(n));
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("loadgen: {e}");

@@ -186,6 +186,9 @@ pub struct ClientBuilder {
     sensitive_query: Vec<String>,
     transport_config: TransportConfig,
     transport: Option<Stack>,
+    attempt_timeout: Option<Duration>,
+    #[cfg(feature = "retry")]
+    retry: Option<tollgate_retry::RetryLayer>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -214,6 +217,9 @@ impl ClientBuilder {
                 .collect(),
             transport_config: TransportConfig::default(),
             transport: None,
+            attempt_timeout: None,
+            #[cfg(feature = "retry")]
+            retry: None,
         }
     }
 
@@ -337,6 +343,35 @@ impl ClientBuilder {
         self
     }
 
+    /// Retries failed attempts with this layer (stack position 4: below the
+    /// cache and the total deadline, above rate limiting, auth and the
+    /// attempt timeout, so every attempt takes a permit and a fresh
+    /// credential). The call's deadline is handed to it, so no retry starts
+    /// whose wait would pass it.
+    ///
+    /// ```
+    /// use tollgate_retry::RetryLayer;
+    ///
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .retry(RetryLayer::new().max_retries(2))
+    ///     .attempt_timeout(std::time::Duration::from_secs(2))
+    ///     .build()?;
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[cfg(feature = "retry")]
+    pub fn retry(mut self, layer: tollgate_retry::RetryLayer) -> Self {
+        self.retry = Some(layer);
+        self
+    }
+
+    /// Bounds each attempt (stack position 7); with retry on, an attempt
+    /// that times out is retried like a connection failure. The whole call
+    /// stays bounded by [`timeout`](Self::timeout).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
     /// Builds the client.
     ///
     /// # Errors
@@ -358,10 +393,17 @@ impl ClientBuilder {
                 "tollgate/",
                 env!("CARGO_PKG_VERSION")
             )));
-        let stack = match self.transport {
+        let transport = match self.transport {
             Some(stack) => stack,
             None => transport::hyper_client(&self.transport_config)?,
         };
+        // Layers 4 to 8 of the stack, outermost first (see the crate docs).
+        let builder = tower::ServiceBuilder::new();
+        #[cfg(feature = "retry")]
+        let builder = builder.option_layer(self.retry);
+        let builder =
+            builder.option_layer(self.attempt_timeout.map(tower::timeout::TimeoutLayer::new));
+        let stack = transport::boxed(builder.service(transport));
         Ok(Client {
             inner: Arc::new(ClientInner {
                 base,

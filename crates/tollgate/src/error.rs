@@ -92,6 +92,7 @@ struct Inner {
     method: Option<Method>,
     url: Option<Uri>,
     snippet: Option<String>,
+    retry_after: Option<std::time::Duration>,
 }
 
 /// How much of a body a decode or status error keeps.
@@ -108,6 +109,7 @@ impl Error {
                 method: None,
                 url: None,
                 snippet: None,
+                retry_after: None,
             }),
         }
     }
@@ -136,6 +138,18 @@ impl Error {
         }
         self.inner.snippet = Some(snippet);
         self
+    }
+
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    pub(crate) fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.inner.retry_after = Some(wait);
+        self
+    }
+
+    /// How long the server asked to wait before a retry, when the retry
+    /// layer did not wait because it was longer than its cap.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.inner.retry_after
     }
 
     /// What went wrong.
@@ -292,8 +306,26 @@ pub(crate) fn classify(err: BoxError) -> Error {
         }
         cur = e.source();
     }
-    let message = innermost_message(&*err);
+    #[allow(unused_mut, reason = "the retry feature adds to it")]
+    let mut message = innermost_message(&*err);
+    #[cfg(feature = "retry")]
+    if let Some(retry) = find::<tollgate_retry::RetryError>(&*err) {
+        message = format!("{message} (after {} attempts)", retry.record.attempts);
+    }
     Error::new(kind, message).with_source(err)
+}
+
+/// The first error of type `T` in a chain.
+#[cfg(feature = "retry")]
+fn find<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// The most specific message in an error chain ("connection refused" rather

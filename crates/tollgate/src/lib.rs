@@ -29,21 +29,25 @@
 //! # The stack
 //!
 //! A call passes down through the layers and its response comes back up,
-//! outermost first (as [ARCHITECTURE.md] orders them). Layers not yet
-//! switched on by the builder are simply absent.
+//! outermost first (as [ARCHITECTURE.md] orders them); `ServiceBuilder`
+//! reads the same way, top to bottom. A layer the builder did not switch on
+//! is absent, not a no-op.
 //!
 //! ```text
 //!   send() ──► 1 trace span (`http.request`, OpenTelemetry field names)
-//!              2 total timeout (ClientBuilder::timeout / RequestBuilder::timeout;
-//!                covers every wait, attempt and the body read)
-//!              3 cache          ┐
-//!              4 retry          │ plugged in by their own crates
-//!              5 rate limit     │ (tollgate-cache, -retry, -limit, -auth)
-//!              6 auth           │
-//!              7 attempt timeout│
-//!              8 concurrency    ┘
-//!              9 transport: hyper-util pooled client (HTTP/1.1, HTTP/2 by
-//!                ALPN, HTTPS via rustls/ring), or ClientBuilder::transport
+//!              2 total timeout   ClientBuilder::timeout / RequestBuilder::timeout:
+//!                                covers every attempt, every wait and the body read
+//!              3 cache           (tollgate-cache, to come)
+//!              4 retry           ClientBuilder::retry (tollgate-retry): gets the
+//!                                call's deadline, starts no retry that would pass it
+//!              5 rate limit      (tollgate-limit, to come)
+//!              6 auth            (tollgate-auth, to come)
+//!              7 attempt timeout ClientBuilder::attempt_timeout: bounds one attempt;
+//!                                retry treats its expiry as a retryable timeout
+//!              8 concurrency     (tollgate-limit, to come)
+//!              9 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
+//!                                HTTPS via rustls/ring), or ClientBuilder::transport
+//!   ◄── ApiResponse: each layer's record (e.g. RetryRecord) read into Summary
 //! ```
 //!
 //! # Choices
@@ -59,6 +63,11 @@
 //!   unless replaced.
 //! - A base URL with credentials in it is refused: they would ride along in
 //!   every logged URL. Use an auth layer.
+//! - With retry on, a call that fails after retrying keeps the kind of its
+//!   last attempt's error (`Connect`, `Timeout`, ...) and says how many
+//!   attempts it made; a response returned without waiting out a too-long
+//!   `Retry-After` explains that in its `error_for_status` error
+//!   ([`Error::retry_after`]).
 //! - Tracing: one `debug` span per call. `url.full` shows the URL with the
 //!   values of sensitive query parameters (`api_key`, `token`, ... see
 //!   [`DEFAULT_SENSITIVE_QUERY_PARAMS`]) redacted; `Display` and `Debug` of

@@ -256,8 +256,8 @@ impl RequestBuilder {
             deadline,
             max_body,
             span,
+            started,
         } = self.prepare()?;
-        let started = Instant::now();
         let exchange = Box::pin(async move {
             let response = stack.oneshot(request).await.map_err(classify)?;
             let (parts, body) = response.into_parts();
@@ -328,7 +328,16 @@ impl RequestBuilder {
                 .join(&fill_template(&path, &params)?, query.as_deref())?
         };
 
+        let started = Instant::now();
+        let deadline = timeout.unwrap_or(inner.timeout);
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
+        #[cfg(feature = "retry")]
+        if let Some(d) = deadline {
+            // The retry layer starts no attempt whose wait would pass this.
+            request
+                .extensions_mut()
+                .insert(tollgate_retry::Deadline(started + d));
+        }
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
         let mut all_headers = inner.headers.clone();
@@ -350,9 +359,10 @@ impl RequestBuilder {
             method,
             uri,
             stack: inner.stack.clone(),
-            deadline: timeout.unwrap_or(inner.timeout),
+            deadline,
             max_body: inner.max_body,
             span,
+            started,
         })
     }
 }
@@ -366,6 +376,7 @@ struct Prepared {
     deadline: Option<Duration>,
     max_body: usize,
     span: tracing::Span,
+    started: Instant,
 }
 
 /// Reads a body into memory, refusing more than `max` bytes: at once when the

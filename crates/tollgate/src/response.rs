@@ -15,7 +15,8 @@ use crate::error::{Error, ErrorKind};
 ///
 /// Each layer records its part in the response's extensions; the facade
 /// collects them here. Without a layer, its field keeps the default shown
-/// below, which is then the truth: one attempt, no cache, no wait.
+/// below, which is then the truth: one attempt, no cache, no wait, no
+/// tracking id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {
@@ -25,6 +26,9 @@ pub struct Summary {
     pub from_cache: bool,
     /// Time spent waiting for a rate-limit permit (zero without a limiter).
     pub permit_wait: Duration,
+    /// The request's tracking id, when a request-id layer set one (`None`
+    /// without it).
+    pub request_id: Option<String>,
 }
 
 impl Default for Summary {
@@ -33,15 +37,23 @@ impl Default for Summary {
             attempts: 1,
             from_cache: false,
             permit_wait: Duration::ZERO,
+            request_id: None,
         }
     }
 }
 
 impl Summary {
     /// Reads the layers' records from a response's extensions.
-    pub(crate) fn from_extensions(_extensions: &Extensions) -> Summary {
-        // The layers plug their typed records in here as they are added.
-        Summary::default()
+    pub(crate) fn from_extensions(extensions: &Extensions) -> Summary {
+        #[allow(unused_mut, reason = "each layer's feature adds its part")]
+        let mut summary = Summary::default();
+        #[cfg(feature = "retry")]
+        if let Some(record) = extensions.get::<tollgate_retry::RetryRecord>() {
+            summary.attempts = record.attempts;
+        }
+        #[cfg(not(feature = "retry"))]
+        let _ = extensions;
+        summary
     }
 }
 
@@ -207,12 +219,30 @@ impl ApiResponse {
     }
 
     fn status_error(&self) -> Option<Error> {
-        (self.status.is_client_error() || self.status.is_server_error()).then(|| {
-            Error::new(ErrorKind::Status, "")
-                .with_status(self.status)
+        if !(self.status.is_client_error() || self.status.is_server_error()) {
+            return None;
+        }
+        #[allow(unused_mut, reason = "the retry feature adds to it")]
+        let mut err = Error::new(ErrorKind::Status, "");
+        #[cfg(feature = "retry")]
+        if let Some(record) = self.extensions.get::<tollgate_retry::RetryRecord>() {
+            if let Some(stopped) = &record.stopped {
+                err = Error::new(
+                    ErrorKind::Status,
+                    format!("after {} attempts: {stopped}", record.attempts),
+                );
+            }
+            if let Some(tollgate_retry::Stopped::RetryAfterTooLong { requested, .. }) =
+                record.stopped
+            {
+                err = err.with_retry_after(requested);
+            }
+        }
+        Some(
+            err.with_status(self.status)
                 .with_request(&self.method, &self.url)
-                .with_snippet(&self.body)
-        })
+                .with_snippet(&self.body),
+        )
     }
 
     /// The response itself for 1xx to 3xx, an [`ErrorKind::Status`] error for
@@ -273,6 +303,7 @@ impl ApiResponse {
             "attempts": self.summary.attempts,
             "from_cache": self.summary.from_cache,
             "permit_wait_ms": self.summary.permit_wait.as_secs_f64() * 1e3,
+            "request_id": self.summary.request_id,
         })
     }
 }

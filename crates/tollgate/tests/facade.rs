@@ -38,6 +38,7 @@ async fn get_decodes_json_and_reports_timing_and_defaults() {
     assert_eq!(res.summary().attempts, 1);
     assert!(!res.summary().from_cache);
     assert_eq!(res.summary().permit_wait, Duration::ZERO);
+    assert_eq!(res.summary().request_id, None);
     let seen = api.last_request("/posts/1").expect("recorded");
     assert_eq!(seen.headers["accept"], "application/json");
     assert!(seen.headers["user-agent"]
