@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench loopback                  # defaults below
 //! cargo bench --bench loopback -- --requests 100000 --rounds 5 --concurrency 1,64 \
-//!     --clients bare,facade,facade-nt,reqwest
+//!     --clients bare,facade,facade-nt,facade-retry,reqwest
 //! ```
 //!
 //! The parent process only orchestrates: it starts the server pinned to core
@@ -34,7 +34,8 @@ use tokio::time::Instant;
 
 const BODY: &[u8] = br#"{"userId":1,"id":1,"title":"sunt aut facere","body":"quia et suscipit"}"#;
 /// Client kinds measured by default; `--clients` picks others (`facade-nt`
-/// is the facade without its default deadline, to price the timer).
+/// is the facade without its default deadline, to price the timer;
+/// `facade-retry` adds the default `RetryLayer`).
 const CLIENTS: &str = "bare,facade,reqwest";
 
 fn main() {
@@ -142,6 +143,16 @@ fn client(args: &[&str]) {
                 }
                 "facade" => {
                     let c = tollgate::Client::builder(format!("http://{addr}"))
+                        .build()
+                        .expect("client");
+                    Arc::new(move || {
+                        let c = c.clone();
+                        Box::pin(async move { c.get("/posts/1").send().await.is_ok() })
+                    })
+                }
+                "facade-retry" => {
+                    let c = tollgate::Client::builder(format!("http://{addr}"))
+                        .retry(tollgate_retry::RetryLayer::new())
                         .build()
                         .expect("client");
                     Arc::new(move || {

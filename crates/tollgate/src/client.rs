@@ -69,6 +69,9 @@ pub(crate) struct ClientInner {
     pub(crate) max_body: usize,
     pub(crate) sensitive_query: Vec<String>,
     pub(crate) stack: Stack,
+    /// Whether a retry layer is in the stack (it wants the call's deadline).
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    pub(crate) retries: bool,
 }
 
 impl fmt::Debug for Client {
@@ -400,6 +403,10 @@ impl ClientBuilder {
         // Layers 4 to 8 of the stack, outermost first (see the crate docs).
         let builder = tower::ServiceBuilder::new();
         #[cfg(feature = "retry")]
+        let retries = self.retry.is_some();
+        #[cfg(not(feature = "retry"))]
+        let retries = false;
+        #[cfg(feature = "retry")]
         let builder = builder.option_layer(self.retry);
         let builder =
             builder.option_layer(self.attempt_timeout.map(tower::timeout::TimeoutLayer::new));
@@ -412,6 +419,7 @@ impl ClientBuilder {
                 max_body: self.max_body,
                 sensitive_query: self.sensitive_query,
                 stack,
+                retries,
             }),
         })
     }

@@ -332,7 +332,7 @@ impl RequestBuilder {
         let deadline = timeout.unwrap_or(inner.timeout);
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
         #[cfg(feature = "retry")]
-        if let Some(d) = deadline {
+        if let Some(d) = deadline.filter(|_| inner.retries) {
             // The retry layer starts no attempt whose wait would pass this.
             request
                 .extensions_mut()
