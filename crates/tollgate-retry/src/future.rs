@@ -12,7 +12,9 @@ use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Service};
 
 use crate::layer::Config;
+use crate::record::NotBefore;
 use crate::record::{RetryError, RetryEvent, RetryRecord, Stopped};
+use crate::replay::{try_clone_request, ReplayBody};
 use crate::retry_after::parse_retry_after;
 
 pin_project! {
@@ -27,7 +29,10 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         service: S,
-        replay: Request<B>,
+        // The request for the next attempt; None when its body cannot be
+        // sent again, and then nothing is retried.
+        replay: Option<Request<B>>,
+        method: http::Method,
         config: Arc<Config>,
         attempts: u32,
         // Out of line until the first retry or stop: the success path, by
@@ -65,7 +70,8 @@ where
     pub(crate) fn new(
         future: S::Future,
         service: S,
-        replay: Request<B>,
+        replay: Option<Request<B>>,
+        method: http::Method,
         config: Arc<Config>,
         deadline: Option<Instant>,
     ) -> Self {
@@ -73,6 +79,7 @@ where
             state: State::Calling { future },
             service,
             replay,
+            method,
             config,
             attempts: 1,
             history: None,
@@ -129,7 +136,7 @@ impl<S, B, ResB> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    B: Clone,
+    B: ReplayBody,
 {
     type Output = Result<Response<ResB>, BoxError>;
 
@@ -139,7 +146,10 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    let method = this.replay.method();
+                    if this.replay.is_none() {
+                        return Poll::Ready(finish(result, *this.attempts, this.history.take()));
+                    }
+                    let method = &*this.method;
                     let (reason, retry_after) = match &result {
                         Ok(res) => {
                             match this.config.classifier.classify_status(method, res.status()) {
@@ -149,11 +159,20 @@ where
                                         StatusCode::TOO_MANY_REQUESTS
                                             | StatusCode::SERVICE_UNAVAILABLE
                                     );
-                                    let after = res
-                                        .headers()
-                                        .get(http::header::RETRY_AFTER)
-                                        .filter(|_| honours)
-                                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                                    // A layer below that already scheduled the
+                                    // server's wait says until when; waiting until
+                                    // that same instant means one signal is never
+                                    // waited for twice.
+                                    let after = match res.extensions().get::<NotBefore>() {
+                                        Some(NotBefore(at)) => {
+                                            Some(at.saturating_duration_since(Instant::now()))
+                                        }
+                                        None => res
+                                            .headers()
+                                            .get(http::header::RETRY_AFTER)
+                                            .filter(|_| honours)
+                                            .and_then(|v| parse_retry_after(v, SystemTime::now())),
+                                    };
                                     (reason, after)
                                 }
                                 None => {
@@ -226,8 +245,11 @@ where
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
+                    let Some(request) = this.replay.as_ref().and_then(try_clone_request) else {
+                        unreachable!("only requests with a replayable body are retried")
+                    };
                     *this.attempts += 1;
-                    let future = this.service.call(this.replay.clone());
+                    let future = this.service.call(request);
                     this.state.set(State::Calling { future });
                 }
             }

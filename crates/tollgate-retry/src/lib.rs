@@ -54,6 +54,9 @@
 //! - **Backoff**: capped exponential with full jitter ([`Backoff`]), drawn
 //!   from a random source that [`RetryLayer::seed`] makes reproducible.
 //! - **`Retry-After`** on 429 and 503, in both forms, replaces the backoff.
+//!   When a layer below (the rate limiter) has already scheduled that wait,
+//!   it says until when with [`NotBefore`], and the retry waits until that
+//!   same instant: one signal is never waited for twice.
 //!   Longer than [`max_retry_after`](RetryLayer::max_retry_after) (60 s by
 //!   default), it is not waited for: the response is returned at once and
 //!   its [`RetryRecord`] says [`Stopped::RetryAfterTooLong`] with what the
@@ -71,9 +74,12 @@
 //!
 //! # Bodies
 //!
-//! Requests are replayed by cloning, so the body type must be `Clone`
-//! (`Full<Bytes>`, `String`, ...): buffer a streaming body first. Cloning
-//! `Full<Bytes>` shares the buffer; nothing is copied.
+//! A request is replayed only if its body can be: [`ReplayBody`] is
+//! implemented for buffered bodies (`Full<Bytes>`, `Bytes`, `String`, ...;
+//! copying `Full<Bytes>` shares the buffer), and says no for streaming ones
+//! (`hyper::body::Incoming`, boxed bodies), whose requests are sent exactly
+//! once. [`buffer_request`] turns a streaming request into a replayable one,
+//! refusing bodies over a size limit.
 //!
 //! # Readiness and cancellation
 //!
@@ -96,6 +102,7 @@ mod future;
 mod layer;
 mod policy;
 mod record;
+mod replay;
 mod retry_after;
 mod service;
 
@@ -106,7 +113,8 @@ pub use layer::{RetryLayer, IDEMPOTENCY_KEY};
 pub use policy::{
     error_kind, Outcome, Predicate, RetryReason, IDEMPOTENT_METHODS, RETRYABLE_STATUSES,
 };
-pub use record::{Deadline, RetryError, RetryEvent, RetryRecord, Stopped};
+pub use record::{Deadline, NotBefore, RetryError, RetryEvent, RetryRecord, Stopped};
+pub use replay::{buffer_request, BodyTooLarge, ReplayBody};
 pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER};
 pub use service::Retry;
 

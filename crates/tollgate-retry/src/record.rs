@@ -75,6 +75,14 @@ pub struct RetryRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deadline(pub Instant);
 
+/// Set on a response by a layer below retry (the rate limiter) that has
+/// already scheduled the server's `Retry-After`: the instant its own wait
+/// ends. The retry layer then waits until exactly this instant instead of
+/// reading the header again, so the two waits end together and one signal is
+/// never waited for twice. It is subject to the same cap and deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotBefore(pub Instant);
+
 /// The error of a call that was retried at least once and still failed.
 ///
 /// Its [`source`](std::error::Error::source) is the last attempt's error,

@@ -11,6 +11,7 @@ use tower::{BoxError, Service};
 use crate::future::ResponseFuture;
 use crate::layer::{Config, RetryLayer, IDEMPOTENCY_KEY};
 use crate::record::Deadline;
+use crate::replay::{try_clone_request, ReplayBody};
 
 /// Retries failed attempts of the inner service; made by [`RetryLayer`].
 ///
@@ -80,7 +81,7 @@ impl<S, B, ResB> Service<Request<B>> for Retry<S>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
-    B: Clone,
+    B: ReplayBody,
 {
     type Response = Response<ResB>;
     type Error = BoxError;
@@ -108,12 +109,14 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let replay = req.clone();
+        // None for a streaming body: such a request is sent exactly once.
+        let replay = try_clone_request(&req);
         // The service that was polled ready takes this call; a fresh clone
         // stays behind for the caller's next poll_ready.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
+        let method = req.method().clone();
         let future = ready.call(req);
-        ResponseFuture::new(future, ready, replay, config, deadline)
+        ResponseFuture::new(future, ready, replay, method, config, deadline)
     }
 }

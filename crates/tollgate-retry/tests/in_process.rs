@@ -187,3 +187,74 @@ fn poll_ready_once<S: Service<Request<String>>>(svc: &mut S) -> std::task::Poll<
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     svc.poll_ready(&mut cx).map(|_| ())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_body_is_sent_exactly_once() {
+    use bytes::Bytes;
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::{BodyExt, Full};
+
+    type Streaming = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let svc = RetryLayer::new().layer(service_fn(move |_req: Request<Streaming>| {
+        *counter.lock().expect("lock") += 1;
+        async {
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .body(String::new())
+                    .expect("response"),
+            )
+        }
+    }));
+    let req = Request::put("/upload")
+        .body(Full::new(Bytes::from("data")).boxed_unsync())
+        .expect("request");
+    let res = svc.oneshot(req).await.expect("response");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(*calls.lock().expect("lock"), 1);
+    assert_eq!(
+        res.extensions().get::<RetryRecord>().map(|r| r.attempts),
+        Some(1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_already_scheduled_below_ends_at_the_same_instant() {
+    use tokio::time::Instant;
+    use tollgate_retry::NotBefore;
+
+    // A stand-in for the rate limiter below: on a 429 it has paused itself
+    // until `until` and says so on the response.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let log = calls.clone();
+    let svc = RetryLayer::new().layer(service_fn(move |_req: Request<String>| {
+        let log = log.clone();
+        async move {
+            let mut log = log.lock().expect("lock");
+            log.push(Instant::now());
+            let mut res = Response::builder().status(if log.len() == 1 { 429 } else { 200 });
+            if log.len() == 1 {
+                // The header says 3 s, but the layer below already counted from
+                // an earlier instant: its deadline wins.
+                res = res.header("retry-after", "3");
+            }
+            let mut res = res.body(String::new()).expect("response");
+            res.extensions_mut().insert(NotBefore(until));
+            Ok::<_, std::convert::Infallible>(res)
+        }
+    }));
+    let res = svc
+        .oneshot(Request::get("/x").body(String::new()).expect("request"))
+        .await
+        .expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    let times = calls.lock().expect("lock").clone();
+    assert_eq!(times.len(), 2);
+    assert_eq!(
+        times[1], until,
+        "the retry started exactly when the lower layer's wait ended"
+    );
+}
