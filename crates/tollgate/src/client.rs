@@ -163,6 +163,42 @@ impl Client {
     }
 }
 
+/// The optional layers between the facade and the transport.
+struct Layers {
+    #[cfg(feature = "retry")]
+    retry: Option<tollgate_retry::RetryLayer>,
+    attempt_timeout: Option<Duration>,
+}
+
+impl Layers {
+    fn is_empty(&self) -> bool {
+        #[cfg(feature = "retry")]
+        if self.retry.is_some() {
+            return false;
+        }
+        self.attempt_timeout.is_none()
+    }
+
+    /// Layers 4 to 8 of the stack over `transport`, outermost first (see the
+    /// crate docs), boxed once.
+    fn compose<S, B>(self, transport: S) -> Stack
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let builder = tower::ServiceBuilder::new();
+        #[cfg(feature = "retry")]
+        let builder = builder.option_layer(self.retry);
+        let builder = builder
+            .option_layer(self.attempt_timeout.map(tower::timeout::TimeoutLayer::new))
+            .map_err(Into::<BoxError>::into);
+        transport::boxed(builder.service(transport))
+    }
+}
+
 /// Configures and builds a [`Client`].
 ///
 /// Options are consuming setters; invalid input (a bad URL, a header value
@@ -396,21 +432,22 @@ impl ClientBuilder {
                 "tollgate/",
                 env!("CARGO_PKG_VERSION")
             )));
-        let transport = match self.transport {
-            Some(stack) => stack,
-            None => transport::hyper_client(&self.transport_config)?,
-        };
-        // Layers 4 to 8 of the stack, outermost first (see the crate docs).
-        let builder = tower::ServiceBuilder::new();
         #[cfg(feature = "retry")]
         let retries = self.retry.is_some();
         #[cfg(not(feature = "retry"))]
         let retries = false;
-        #[cfg(feature = "retry")]
-        let builder = builder.option_layer(self.retry);
-        let builder =
-            builder.option_layer(self.attempt_timeout.map(tower::timeout::TimeoutLayer::new));
-        let stack = transport::boxed(builder.service(transport));
+        let layers = Layers {
+            #[cfg(feature = "retry")]
+            retry: self.retry,
+            attempt_timeout: self.attempt_timeout,
+        };
+        // The stack is boxed exactly once: a second box would cost every call
+        // another future allocation and every body frame another indirection.
+        let stack = match self.transport {
+            Some(custom) if layers.is_empty() => custom,
+            Some(custom) => layers.compose(custom),
+            None => layers.compose(transport::hyper_client(&self.transport_config)?),
+        };
         Ok(Client {
             inner: Arc::new(ClientInner {
                 base,
