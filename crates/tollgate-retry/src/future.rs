@@ -243,10 +243,27 @@ where
                 }
                 StateProj::Readying => {
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        return Poll::Ready(Err(e.into()));
+                        return Poll::Ready(finish(
+                            Err(e.into()),
+                            *this.attempts,
+                            this.history.take(),
+                        ));
                     }
-                    let Some(request) = this.replay.as_ref().and_then(try_clone_request) else {
-                        unreachable!("only requests with a replayable body are retried")
+                    // A body that will not copy again is sent itself, as the
+                    // last attempt: its result is then returned as it is.
+                    let request = match this.replay.as_ref().and_then(try_clone_request) {
+                        Some(copy) => copy,
+                        None => match this.replay.take() {
+                            Some(last) => last,
+                            None => {
+                                let e: BoxError = "retry: the request to replay is gone".into();
+                                return Poll::Ready(finish(
+                                    Err(e),
+                                    *this.attempts,
+                                    this.history.take(),
+                                ));
+                            }
+                        },
                     };
                     *this.attempts += 1;
                     let future = this.service.call(request);

@@ -258,3 +258,39 @@ async fn a_wait_already_scheduled_below_ends_at_the_same_instant() {
         "the retry started exactly when the lower layer's wait ended"
     );
 }
+
+/// A body that can be copied once and then refuses.
+struct CopiesOnce(Arc<Mutex<u32>>);
+
+impl tollgate_retry::ReplayBody for CopiesOnce {
+    fn try_clone(&self) -> Option<Self> {
+        let mut copies = self.0.lock().expect("lock");
+        *copies += 1;
+        (*copies == 1).then(|| CopiesOnce(self.0.clone()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stops_copying_ends_the_retries_without_a_panic() {
+    let svc = RetryLayer::new()
+        .no_budget()
+        .max_retries(5)
+        .layer(service_fn(|_req: Request<CopiesOnce>| async {
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .status(StatusCode::BAD_GATEWAY)
+                    .body(String::new())
+                    .expect("response"),
+            )
+        }));
+    let req = Request::get("/x")
+        .body(CopiesOnce(Arc::default()))
+        .expect("request");
+    let res = svc.oneshot(req).await.expect("response");
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    // The original, then the stored copy itself: nothing left to replay after.
+    assert_eq!(
+        res.extensions().get::<RetryRecord>().map(|r| r.attempts),
+        Some(2)
+    );
+}
