@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use serde::Deserialize;
 use serde_json::json;
 use tollgate::{Client, ErrorKind};
+use tollgate_limit::ConcurrencyLimitLayer;
 use tollgate_retry::{RetryLayer, RetryRecord};
 use tollgate_testkit::{FakeApi, Fault};
 
@@ -290,6 +291,37 @@ async fn run(base_url: Option<String>) -> Result<(), Failure> {
             res.summary().attempts
         );
         check(res.summary().attempts == 1 && seen == 1, "one attempt")?;
+
+        section("Concurrency pool: 6 calls through 2 slots (FakeApi takes 200 ms each)");
+        api.inject("/comments/*", Fault::latency(Duration::from_millis(200)));
+        let pooled = Client::builder(api.url())
+            .concurrency_limit(ConcurrencyLimitLayer::new(2).max_pending(8))
+            .build()?;
+        let started = Instant::now();
+        let calls: Vec<_> = (1..=6)
+            .map(|id| {
+                let pooled = pooled.clone();
+                tokio::spawn(async move { pooled.get(format!("/comments/{id}")).send().await })
+            })
+            .collect();
+        let mut queued = 0;
+        for (n, call) in calls.into_iter().enumerate() {
+            let res = call.await??;
+            let wait = res.summary().queue_wait;
+            queued += usize::from(!wait.is_zero());
+            println!(
+                "  call {}: status {}  waited {:>7.0?} for a slot  took {:.0?}",
+                n + 1,
+                res.status(),
+                wait,
+                res.elapsed()
+            );
+        }
+        println!("all 6 in {:.2?}", started.elapsed());
+        check(
+            queued == 4,
+            "4 of the 6 calls waited for one of the 2 slots",
+        )?;
 
         println!("\nFakeApi received {} requests in all.", api.total_hits());
     }

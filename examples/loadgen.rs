@@ -31,6 +31,7 @@ struct Options {
     concurrency: u64,
     timeout: Duration,
     retries: Option<u32>,
+    concurrency_limit: Option<usize>,
 }
 
 const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C] [--timeout-ms MS]
@@ -38,7 +39,8 @@ const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C]
   --requests N       total requests (default 1000)
   --concurrency C    requests in flight (default 16)
   --timeout-ms MS    per-request deadline (default 30000)
-  --retries N        retry failed idempotent requests up to N times (RetryLayer defaults otherwise)";
+  --retries N        retry failed idempotent requests up to N times (RetryLayer defaults otherwise)
+  --concurrency-limit N  at most N requests in flight through the client's pool";
 
 fn parse() -> Result<Options, String> {
     let mut o = Options {
@@ -47,6 +49,7 @@ fn parse() -> Result<Options, String> {
         concurrency: 16,
         timeout: Duration::from_secs(30),
         retries: None,
+        concurrency_limit: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -67,6 +70,14 @@ fn parse() -> Result<Options, String> {
             "--retries" => {
                 let n = number(value("--retries")?, "--retries")?;
                 o.retries = Some(u32::try_from(n).map_err(|_| "--retries: too large".to_owned())?);
+            }
+            "--concurrency-limit" => {
+                let n = number(value("--concurrency-limit")?, "--concurrency-limit")?;
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--concurrency-limit: must be 1 or more")?;
+                o.concurrency_limit = Some(n);
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
@@ -133,6 +144,9 @@ async fn main() -> ExitCode {
     let mut builder = Client::builder(base).timeout(opts.timeout);
     if let Some(n) = opts.retries {
         builder = builder.retry(tollgate_retry::RetryLayer::new().max_retries(n));
+    }
+    if let Some(n) = opts.concurrency_limit {
+        builder = builder.concurrency_limit(tollgate_limit::ConcurrencyLimitLayer::new(n));
     }
     let client = match builder.build() {
         Ok(c) => c,

@@ -168,6 +168,8 @@ struct Layers {
     #[cfg(feature = "retry")]
     retry: Option<tollgate_retry::RetryLayer>,
     attempt_timeout: Option<Duration>,
+    #[cfg(feature = "limit")]
+    concurrency: Option<tollgate_limit::ConcurrencyLimitLayer>,
 }
 
 impl Layers {
@@ -176,12 +178,34 @@ impl Layers {
         if self.retry.is_some() {
             return false;
         }
+        #[cfg(feature = "limit")]
+        if self.concurrency.is_some() {
+            return false;
+        }
         self.attempt_timeout.is_none()
     }
 
     /// Layers 4 to 8 of the stack over `transport`, outermost first (see the
-    /// crate docs), boxed once.
-    fn compose<S, B>(self, transport: S) -> Stack
+    /// crate docs), boxed once. The pool (8) changes the body type, so it is
+    /// a branch here rather than an optional layer.
+    #[cfg_attr(not(feature = "limit"), allow(unused_mut))]
+    fn compose<S, B>(mut self, transport: S) -> Stack
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        #[cfg(feature = "limit")]
+        if let Some(pool) = self.concurrency.take() {
+            return self.upper(tower::Layer::layer(&pool, transport));
+        }
+        self.upper(transport)
+    }
+
+    /// Layers 4 to 7 over `inner`, boxed once.
+    fn upper<S, B>(self, inner: S) -> Stack
     where
         S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
@@ -195,7 +219,7 @@ impl Layers {
         let builder = builder
             .option_layer(self.attempt_timeout.map(tower::timeout::TimeoutLayer::new))
             .map_err(Into::<BoxError>::into);
-        transport::boxed(builder.service(transport))
+        transport::boxed(builder.service(inner))
     }
 }
 
@@ -228,6 +252,8 @@ pub struct ClientBuilder {
     attempt_timeout: Option<Duration>,
     #[cfg(feature = "retry")]
     retry: Option<tollgate_retry::RetryLayer>,
+    #[cfg(feature = "limit")]
+    concurrency: Option<tollgate_limit::ConcurrencyLimitLayer>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -259,6 +285,8 @@ impl ClientBuilder {
             attempt_timeout: None,
             #[cfg(feature = "retry")]
             retry: None,
+            #[cfg(feature = "limit")]
+            concurrency: None,
         }
     }
 
@@ -403,6 +431,27 @@ impl ClientBuilder {
         self
     }
 
+    /// Bounds the requests in flight with this pool (stack position 8, just
+    /// above the connection pool): calls beyond the limit wait in its FIFO
+    /// queue, and fail with [`ErrorKind::TooManyPending`] or
+    /// [`ErrorKind::PendingTimeout`] as it is configured. The time a call
+    /// waited is in its [`Summary::queue_wait`](crate::Summary::queue_wait).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate_limit::ConcurrencyLimitLayer;
+    ///
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .concurrency_limit(ConcurrencyLimitLayer::new(16).max_pending(256).pending_timeout(Duration::from_secs(2)))
+    ///     .build()?;
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[cfg(feature = "limit")]
+    pub fn concurrency_limit(mut self, layer: tollgate_limit::ConcurrencyLimitLayer) -> Self {
+        self.concurrency = Some(layer);
+        self
+    }
+
     /// Bounds each attempt (stack position 7); with retry on, an attempt
     /// that times out is retried like a connection failure. The whole call
     /// stays bounded by [`timeout`](Self::timeout).
@@ -440,6 +489,8 @@ impl ClientBuilder {
             #[cfg(feature = "retry")]
             retry: self.retry,
             attempt_timeout: self.attempt_timeout,
+            #[cfg(feature = "limit")]
+            concurrency: self.concurrency,
         };
         // The stack is boxed exactly once: a second box would cost every call
         // another future allocation and every body frame another indirection.

@@ -42,6 +42,10 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The response body is not the JSON the caller asked for.
     Decode,
+    /// The concurrency pool's queue was full: refused without waiting.
+    TooManyPending,
+    /// The call waited in the concurrency pool's queue past its timeout.
+    PendingTimeout,
 }
 
 impl ErrorKind {
@@ -57,6 +61,8 @@ impl ErrorKind {
             ErrorKind::Body => "reading the response body failed",
             ErrorKind::BodyTooLarge => "response body too large",
             ErrorKind::Decode => "decoding the response failed",
+            ErrorKind::TooManyPending => "too many requests waiting",
+            ErrorKind::PendingTimeout => "waited too long for a free slot",
         }
     }
 }
@@ -279,6 +285,16 @@ pub(crate) fn classify(err: BoxError) -> Error {
             || e.is::<tokio::time::error::Elapsed>()
         {
             kind = ErrorKind::Timeout;
+            break;
+        }
+        #[cfg(feature = "limit")]
+        if e.is::<tollgate_limit::TooManyPending>() {
+            kind = ErrorKind::TooManyPending;
+            break;
+        }
+        #[cfg(feature = "limit")]
+        if e.is::<tollgate_limit::PendingTimeout>() {
+            kind = ErrorKind::PendingTimeout;
             break;
         }
         if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {

@@ -44,7 +44,8 @@
 //!              6 auth            (tollgate-auth, to come)
 //!              7 attempt timeout ClientBuilder::attempt_timeout: bounds one attempt;
 //!                                retry treats its expiry as a retryable timeout
-//!              8 concurrency     (tollgate-limit, to come)
+//!              8 concurrency     ClientBuilder::concurrency_limit (tollgate-limit):
+//!                                FIFO queue, bounded in length and time
 //!              9 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
 //!                                HTTPS via rustls/ring), or ClientBuilder::transport
 //!   ◄── ApiResponse: each layer's record (e.g. RetryRecord) read into Summary

@@ -26,6 +26,9 @@ pub struct Summary {
     pub from_cache: bool,
     /// Time spent waiting for a rate-limit permit (zero without a limiter).
     pub permit_wait: Duration,
+    /// Time spent in the concurrency pool's queue (zero without a pool, or
+    /// when a slot was free).
+    pub queue_wait: Duration,
     /// The request's tracking id, when a request-id layer set one (`None`
     /// without it).
     pub request_id: Option<String>,
@@ -37,6 +40,7 @@ impl Default for Summary {
             attempts: 1,
             from_cache: false,
             permit_wait: Duration::ZERO,
+            queue_wait: Duration::ZERO,
             request_id: None,
         }
     }
@@ -51,7 +55,11 @@ impl Summary {
         if let Some(record) = extensions.get::<tollgate_retry::RetryRecord>() {
             summary.attempts = record.attempts;
         }
-        #[cfg(not(feature = "retry"))]
+        #[cfg(feature = "limit")]
+        if let Some(wait) = extensions.get::<tollgate_limit::QueueWait>() {
+            summary.queue_wait = wait.0;
+        }
+        #[cfg(not(any(feature = "retry", feature = "limit")))]
         let _ = extensions;
         summary
     }
@@ -303,6 +311,7 @@ impl ApiResponse {
             "attempts": self.summary.attempts,
             "from_cache": self.summary.from_cache,
             "permit_wait_ms": self.summary.permit_wait.as_secs_f64() * 1e3,
+            "queue_wait_ms": self.summary.queue_wait.as_secs_f64() * 1e3,
             "request_id": self.summary.request_id,
         })
     }

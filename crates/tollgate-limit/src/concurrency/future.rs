@@ -1,0 +1,201 @@
+//! [`ResponseFuture`]: waiting for a slot, then the call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit};
+use tokio::time::{Instant, Sleep};
+use tower::{BoxError, Service};
+
+use super::body::PermitBody;
+use super::layer::Pool;
+use super::QueueWait;
+use crate::error::PendingTimeout;
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// Counts a call as pending until dropped, whatever ends the wait.
+struct PendingGuard(Arc<Pool>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a queued call holds while it waits (boxed: only queued calls pay).
+struct Waiting<S, R> {
+    acquire: Acquire,
+    timeout: Option<Pin<Box<Sleep>>>,
+    started: Instant,
+    service: Option<S>,
+    request: Option<R>,
+    _pending: PendingGuard,
+}
+
+pin_project! {
+    /// The response future of [`ConcurrencyLimit`](super::ConcurrencyLimit).
+    pub struct ResponseFuture<S, R>
+    where
+        S: Service<R>,
+    {
+        #[pin]
+        state: State<S, R, S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, R, F> {
+        Waiting { waiting: Box<Waiting<S, R>> },
+        Readying { service: S, request: Option<R>, permit: Option<OwnedSemaphorePermit>, waited: Duration },
+        Calling { #[pin] future: F, permit: Option<OwnedSemaphorePermit>, waited: Duration },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<S: Service<R>, R> std::fmt::Debug for ResponseFuture<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting for a slot",
+            State::Readying { .. } => "waiting for the inner service",
+            State::Calling { .. } => "in flight",
+            State::Failed { .. } => "failed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S: Service<R>, R> ResponseFuture<S, R> {
+    pub(crate) fn calling(future: S::Future, permit: OwnedSemaphorePermit) -> Self {
+        ResponseFuture {
+            state: State::Calling {
+                future,
+                permit: Some(permit),
+                waited: Duration::ZERO,
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+
+    /// A queued call; the caller has counted it in `pool.pending`.
+    pub(crate) fn waiting(pool: Arc<Pool>, service: S, request: R) -> Self {
+        let semaphore = Arc::clone(&pool.semaphore);
+        let timeout = pool
+            .pending_timeout
+            .map(|t| Box::pin(tokio::time::sleep(t)));
+        ResponseFuture {
+            state: State::Waiting {
+                waiting: Box::new(Waiting {
+                    acquire: Box::pin(semaphore.acquire_owned()),
+                    timeout,
+                    started: Instant::now(),
+                    service: Some(service),
+                    request: Some(request),
+                    _pending: PendingGuard(pool),
+                }),
+            },
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, Request<B>>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<PermitBody<ResB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { waiting } => {
+                    let permit = match waiting.acquire.as_mut().poll(cx) {
+                        Poll::Ready(Ok(permit)) => permit,
+                        Poll::Ready(Err(closed)) => return Poll::Ready(Err(Box::new(closed))),
+                        Poll::Pending => {
+                            if let Some(timeout) = &mut waiting.timeout {
+                                if timeout.as_mut().poll(cx).is_ready() {
+                                    let waited = waiting.started.elapsed();
+                                    return Poll::Ready(Err(Box::new(PendingTimeout { waited })));
+                                }
+                            }
+                            return Poll::Pending;
+                        }
+                    };
+                    let waited = waiting.started.elapsed();
+                    let (Some(service), request) = (waiting.service.take(), waiting.request.take())
+                    else {
+                        return Poll::Ready(Err(
+                            "concurrency limit: polled after completion".into()
+                        ));
+                    };
+                    // Leaving the queue: the guard in `waiting` is dropped here.
+                    this.state.set(State::Readying {
+                        service,
+                        request,
+                        permit: Some(permit),
+                        waited,
+                    });
+                }
+                StateProj::Readying {
+                    service,
+                    request,
+                    permit,
+                    waited,
+                } => {
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let Some(request) = request.take() else {
+                        return Poll::Ready(Err(
+                            "concurrency limit: polled after completion".into()
+                        ));
+                    };
+                    let future = service.call(request);
+                    let (permit, waited) = (permit.take(), *waited);
+                    this.state.set(State::Calling {
+                        future,
+                        permit,
+                        waited,
+                    });
+                }
+                StateProj::Calling {
+                    future,
+                    permit,
+                    waited,
+                } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let Some(permit) = permit.take() else {
+                        return Poll::Ready(Err(
+                            "concurrency limit: polled after completion".into()
+                        ));
+                    };
+                    let mut response = response.map(|body| PermitBody::new(body, permit));
+                    response.extensions_mut().insert(QueueWait(*waited));
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .unwrap_or_else(|| "concurrency limit: polled after completion".into());
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}

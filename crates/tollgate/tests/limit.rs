@@ -1,0 +1,80 @@
+//! The facade with its concurrency pool, against FakeApi over loopback.
+#![cfg(feature = "limit")]
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tollgate::{Client, ErrorKind};
+use tollgate_limit::ConcurrencyLimitLayer;
+use tollgate_testkit::{FakeApi, Fault};
+
+#[tokio::test(start_paused = true)]
+async fn calls_beyond_the_limit_wait_their_turn_and_say_how_long() {
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/posts/*", Fault::latency(Duration::from_millis(100)));
+    let client = Client::builder(api.url())
+        .concurrency_limit(ConcurrencyLimitLayer::new(2))
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let calls: Vec<_> = (1..=6)
+        .map(|id| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get(format!("/posts/{id}")).send().await })
+        })
+        .collect();
+    let mut waits = Vec::new();
+    for call in calls {
+        let res = call.await.expect("task").expect("response");
+        assert_eq!(res.status(), 200);
+        waits.push(res.summary().queue_wait);
+        assert_eq!(
+            res.to_json()["queue_wait_ms"],
+            res.summary().queue_wait.as_secs_f64() * 1e3
+        );
+    }
+    assert_eq!(api.hits("/posts/*"), 6);
+    assert_eq!(waits.iter().filter(|w| w.is_zero()).count(), 2);
+    assert!(
+        waits.iter().any(|w| *w >= Duration::from_millis(200)),
+        "{waits:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "three rounds of two"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_and_a_queue_timeout_are_typed_errors() {
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/users/*", Fault::latency(Duration::from_secs(10)));
+    let client = Client::builder(api.url())
+        .concurrency_limit(
+            ConcurrencyLimitLayer::new(1)
+                .max_pending(1)
+                .pending_timeout(Duration::from_millis(500)),
+        )
+        .build()
+        .expect("client");
+    let busy = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/users/1").send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let queued = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/users/2").send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let refused = client.get("/users/3").send().await.expect_err("queue full");
+    assert_eq!(refused.kind(), ErrorKind::TooManyPending, "{refused:?}");
+    let timed_out = queued.await.expect("task").expect_err("waited too long");
+    assert_eq!(timed_out.kind(), ErrorKind::PendingTimeout, "{timed_out:?}");
+    assert!(busy.await.expect("task").is_ok());
+    assert_eq!(
+        api.hits("/users/*"),
+        1,
+        "neither refused call reached the server"
+    );
+}
