@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use serde::Deserialize;
 use serde_json::json;
 use tollgate::{Client, ErrorKind};
-use tollgate_limit::ConcurrencyLimitLayer;
+use tollgate_limit::{ConcurrencyLimitLayer, Quota, RateLimitLayer};
 use tollgate_retry::{RetryLayer, RetryRecord};
 use tollgate_testkit::{FakeApi, Fault};
 
@@ -291,6 +291,35 @@ async fn run(base_url: Option<String>) -> Result<(), Failure> {
             res.summary().attempts
         );
         check(res.summary().attempts == 1 && seen == 1, "one attempt")?;
+
+        section("Rate limit: 6 GETs under \"at most 2 in any 500 ms\"");
+        let paced = Client::builder(api.url())
+            .rate_limit(RateLimitLayer::new(Quota::window(
+                2,
+                Duration::from_millis(500),
+            )?))
+            .build()?;
+        let started = Instant::now();
+        let mut waited = Vec::new();
+        for id in 1..=6 {
+            let res = paced.get(format!("/users/{id}")).send().await?;
+            let wait = res.summary().permit_wait;
+            waited.push(wait);
+            println!(
+                "  GET /users/{id}: status {}  waited {:>6.0?} for a permit  at +{:.0?}",
+                res.status(),
+                wait,
+                started.elapsed()
+            );
+        }
+        check(
+            waited
+                .iter()
+                .filter(|w| **w >= Duration::from_millis(400))
+                .count()
+                == 2,
+            "the third and fifth calls waited for the next window",
+        )?;
 
         section("Concurrency pool: 6 calls through 2 slots (FakeApi takes 200 ms each)");
         api.inject("/comments/*", Fault::latency(Duration::from_millis(200)));

@@ -32,6 +32,7 @@ struct Options {
     timeout: Duration,
     retries: Option<u32>,
     concurrency_limit: Option<usize>,
+    rate: Option<tollgate_limit::Quota>,
 }
 
 const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C] [--timeout-ms MS]
@@ -40,7 +41,9 @@ const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C]
   --concurrency C    requests in flight (default 16)
   --timeout-ms MS    per-request deadline (default 30000)
   --retries N        retry failed idempotent requests up to N times (RetryLayer defaults otherwise)
-  --concurrency-limit N  at most N requests in flight through the client's pool";
+  --concurrency-limit N  at most N requests in flight through the client's pool
+  --rate N/s | N/m   pace the requests smoothly (GCRA, burst N)
+  --rate N/PERIOD    at most N in any window of PERIOD (e.g. 100/60s, 5/500ms)";
 
 fn parse() -> Result<Options, String> {
     let mut o = Options {
@@ -50,6 +53,7 @@ fn parse() -> Result<Options, String> {
         timeout: Duration::from_secs(30),
         retries: None,
         concurrency_limit: None,
+        rate: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -71,6 +75,7 @@ fn parse() -> Result<Options, String> {
                 let n = number(value("--retries")?, "--retries")?;
                 o.retries = Some(u32::try_from(n).map_err(|_| "--retries: too large".to_owned())?);
             }
+            "--rate" => o.rate = Some(parse_rate(&value("--rate")?)?),
             "--concurrency-limit" => {
                 let n = number(value("--concurrency-limit")?, "--concurrency-limit")?;
                 let n = usize::try_from(n)
@@ -84,6 +89,30 @@ fn parse() -> Result<Options, String> {
         }
     }
     Ok(o)
+}
+
+/// `20/s` and `20/m` are smooth quotas; `100/60s` and `5/500ms` are windows.
+fn parse_rate(text: &str) -> Result<tollgate_limit::Quota, String> {
+    use tollgate_limit::Quota;
+    let bad = || format!("--rate: `{text}` is not N/s, N/m or N/PERIOD (like 100/60s)");
+    let (n, period) = text.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let quota = match period.trim() {
+        "s" => Quota::per_second(n),
+        "m" => Quota::per_minute(n),
+        p => {
+            let (digits, unit) = p.split_at(p.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+            let amount: u64 = digits.parse().map_err(|_| bad())?;
+            let period = match unit {
+                "ms" => Duration::from_millis(amount),
+                "s" => Duration::from_secs(amount),
+                "m" => Duration::from_secs(amount.saturating_mul(60)),
+                _ => return Err(bad()),
+            };
+            Quota::window(n, period)
+        }
+    };
+    quota.map_err(|e| format!("--rate: {e}"))
 }
 
 /// Splits `http://host:port/path?q` into the base URL and the path.
@@ -144,6 +173,9 @@ async fn main() -> ExitCode {
     let mut builder = Client::builder(base).timeout(opts.timeout);
     if let Some(n) = opts.retries {
         builder = builder.retry(tollgate_retry::RetryLayer::new().max_retries(n));
+    }
+    if let Some(quota) = opts.rate {
+        builder = builder.rate_limit(tollgate_limit::RateLimitLayer::new(quota));
     }
     if let Some(n) = opts.concurrency_limit {
         builder = builder.concurrency_limit(tollgate_limit::ConcurrencyLimitLayer::new(n));

@@ -4,12 +4,13 @@
 //! N requests in flight, a FIFO queue bounded in length and in time, and the
 //! time each call waited on its response.
 //!
-//! It also holds the rate limiter's core, which knows nothing of tower or
-//! clocks: [`Quota`] (smooth or window, validated when built), [`gcra`] (at
-//! most `burst + rate · t` in any interval `t`) and [`window`] (at most `n`
-//! in any window of length `period`), each bound proven by a property test.
-//! The `RateLimitLayer` that waits on them (FIFO, bounded, keyed, learning
-//! from the upstream) is the next part to land here.
+//! And [`RateLimitLayer`] (see [`rate`]): permits per time under a [`Quota`]
+//! (smooth GCRA, at most `burst + rate · t` in any interval `t`; or a strict
+//! window, at most `n` in any window of length `period`), waited for first
+//! come first served with bounded waits and queues, or refused at once in
+//! reject mode, keyed, shared by clones, and paused by the upstream's
+//! answers. The algorithms ([`gcra`], [`window`]) know nothing of tower or
+//! clocks, and each bound is proven by a property test.
 //!
 //! See the [`concurrency`] module for the rules and an example.
 //!
@@ -26,11 +27,13 @@ pub mod concurrency;
 mod error;
 pub mod gcra;
 mod quota;
+pub mod rate;
 pub mod window;
 
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer, PermitBody, QueueWait};
-pub use error::{PendingTimeout, TooManyPending};
+pub use error::{PendingTimeout, QueueFull, RateLimited, TooManyPending, WaitTooLong};
 pub use quota::{InvalidQuota, Quota, QuotaKind};
+pub use rate::{KeyBy, MemoryStore, PermitWait, RateLimit, RateLimitLayer, RateLimitStore};
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]

@@ -55,6 +55,51 @@ impl SlidingWindow {
     }
 }
 
+impl SlidingWindow {
+    /// Reserves the first slot at or after `from` that keeps the bound, and
+    /// records it. Slots are reserved in arrival order, so callers are
+    /// served first come, first served.
+    pub fn reserve(&self, log: &mut WindowLog, from: u64) -> u64 {
+        while log
+            .grants
+            .front()
+            .is_some_and(|&g| g.saturating_add(self.period) <= from)
+        {
+            log.grants.pop_front();
+        }
+        let at = if log.grants.len() < self.count {
+            from
+        } else {
+            // The count-th most recent slot must be a period old first.
+            let index = log.grants.len() - self.count;
+            from.max(log.grants[index].saturating_add(self.period))
+        };
+        log.grants.push_back(at);
+        while log.grants.len() > self.count {
+            log.grants.pop_front();
+        }
+        at
+    }
+
+    /// Gives back the slot reserved at `at`, if no later one was reserved
+    /// since (otherwise it stays used: the bound never loosens).
+    pub fn cancel(&self, log: &mut WindowLog, at: u64) -> bool {
+        if log.grants.back() == Some(&at) {
+            log.grants.pop_back();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the log no longer constrains anything at `now`.
+    pub fn is_idle(&self, log: &WindowLog, now: u64) -> bool {
+        log.grants
+            .back()
+            .is_none_or(|&g| g.saturating_add(self.period) <= now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +122,28 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn reserved_slots_keep_the_bound(
+            count in 1u32..10,
+            gaps in proptest::collection::vec(0u64..60_000_000, 1..200),
+        ) {
+            let w = SlidingWindow::new(&Quota::window(count, Duration::from_millis(100)).expect("valid"));
+            let mut log = WindowLog::default();
+            let mut now = 0;
+            let mut slots = Vec::new();
+            for g in gaps {
+                now += g;
+                let at = w.reserve(&mut log, now);
+                prop_assert!(at >= now);
+                slots.push(at);
+            }
+            prop_assert!(slots.windows(2).all(|p| p[0] <= p[1]), "slots in arrival order");
+            for (i, &start) in slots.iter().enumerate() {
+                let inside = slots[i..].iter().take_while(|&&s| s < start + 100_000_000).count();
+                prop_assert!(inside <= count as usize);
+            }
+        }
+
         #[test]
         fn never_more_than_count_in_any_window(
             count in 1u32..20,

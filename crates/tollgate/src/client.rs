@@ -170,6 +170,8 @@ struct Layers {
     attempt_timeout: Option<Duration>,
     #[cfg(feature = "limit")]
     concurrency: Option<tollgate_limit::ConcurrencyLimitLayer>,
+    #[cfg(feature = "limit")]
+    rate_limit: Option<tollgate_limit::RateLimitLayer>,
 }
 
 impl Layers {
@@ -179,7 +181,7 @@ impl Layers {
             return false;
         }
         #[cfg(feature = "limit")]
-        if self.concurrency.is_some() {
+        if self.concurrency.is_some() || self.rate_limit.is_some() {
             return false;
         }
         self.attempt_timeout.is_none()
@@ -216,6 +218,8 @@ impl Layers {
         let builder = tower::ServiceBuilder::new();
         #[cfg(feature = "retry")]
         let builder = builder.option_layer(self.retry);
+        #[cfg(feature = "limit")]
+        let builder = builder.option_layer(self.rate_limit);
         let builder = builder
             .option_layer(self.attempt_timeout.map(tower::timeout::TimeoutLayer::new))
             .map_err(Into::<BoxError>::into);
@@ -254,6 +258,8 @@ pub struct ClientBuilder {
     retry: Option<tollgate_retry::RetryLayer>,
     #[cfg(feature = "limit")]
     concurrency: Option<tollgate_limit::ConcurrencyLimitLayer>,
+    #[cfg(feature = "limit")]
+    rate_limit: Option<tollgate_limit::RateLimitLayer>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -287,6 +293,8 @@ impl ClientBuilder {
             retry: None,
             #[cfg(feature = "limit")]
             concurrency: None,
+            #[cfg(feature = "limit")]
+            rate_limit: None,
         }
     }
 
@@ -431,6 +439,30 @@ impl ClientBuilder {
         self
     }
 
+    /// Rate limits every attempt with this layer (stack position 5: below
+    /// retry, so each retry takes a permit too; above auth and the
+    /// connection). Callers wait their turn, or fail with
+    /// [`ErrorKind::WaitTooLong`], [`ErrorKind::QueueFull`] or
+    /// [`ErrorKind::RateLimited`] as the layer is configured; the wait is in
+    /// [`Summary::permit_wait`](crate::Summary::permit_wait). A 429 or 503
+    /// with `Retry-After` pauses the limiter for every caller, and the retry
+    /// layer waits until the same instant rather than twice.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate_limit::{Quota, RateLimitLayer};
+    ///
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .rate_limit(RateLimitLayer::new(Quota::window(100, Duration::from_secs(60)).unwrap()).max_wait(Duration::from_secs(10)))
+    ///     .build()?;
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[cfg(feature = "limit")]
+    pub fn rate_limit(mut self, layer: tollgate_limit::RateLimitLayer) -> Self {
+        self.rate_limit = Some(layer);
+        self
+    }
+
     /// Bounds the requests in flight with this pool (stack position 8, just
     /// above the connection pool): calls beyond the limit wait in its FIFO
     /// queue, and fail with [`ErrorKind::TooManyPending`] or
@@ -491,6 +523,8 @@ impl ClientBuilder {
             attempt_timeout: self.attempt_timeout,
             #[cfg(feature = "limit")]
             concurrency: self.concurrency,
+            #[cfg(feature = "limit")]
+            rate_limit: self.rate_limit,
         };
         // The stack is boxed exactly once: a second box would cost every call
         // another future allocation and every body frame another indirection.

@@ -46,6 +46,12 @@ pub enum ErrorKind {
     TooManyPending,
     /// The call waited in the concurrency pool's queue past its timeout.
     PendingTimeout,
+    /// Over the rate limit in reject mode (see [`Error::retry_after`]).
+    RateLimited,
+    /// The next rate-limit permit was further away than the allowed wait.
+    WaitTooLong,
+    /// Too many callers were already waiting for a rate-limit permit.
+    QueueFull,
 }
 
 impl ErrorKind {
@@ -63,6 +69,9 @@ impl ErrorKind {
             ErrorKind::Decode => "decoding the response failed",
             ErrorKind::TooManyPending => "too many requests waiting",
             ErrorKind::PendingTimeout => "waited too long for a free slot",
+            ErrorKind::RateLimited => "rate limited",
+            ErrorKind::WaitTooLong => "the rate-limit wait would be too long",
+            ErrorKind::QueueFull => "too many callers waiting for a rate-limit permit",
         }
     }
 }
@@ -146,14 +155,15 @@ impl Error {
         self
     }
 
-    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "retry", feature = "limit")), allow(dead_code))]
     pub(crate) fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
         self.inner.retry_after = Some(wait);
         self
     }
 
-    /// How long the server asked to wait before a retry, when the retry
-    /// layer did not wait because it was longer than its cap.
+    /// How long to wait before trying again: what the server asked when the
+    /// retry layer did not wait because it was longer than its cap, or when
+    /// the rate limiter (in reject mode) admits a request again.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         self.inner.retry_after
     }
@@ -278,6 +288,8 @@ impl StdError for TimedOut {}
 /// chain. Layers' own error types are recognised here as they are added.
 pub(crate) fn classify(err: BoxError) -> Error {
     let mut kind = ErrorKind::Transport;
+    #[allow(unused_mut, reason = "the limit feature sets it")]
+    let mut retry_after = None;
     let mut cur: Option<&(dyn StdError + 'static)> = Some(&*err);
     while let Some(e) = cur {
         if e.is::<TimedOut>()
@@ -295,6 +307,22 @@ pub(crate) fn classify(err: BoxError) -> Error {
         #[cfg(feature = "limit")]
         if e.is::<tollgate_limit::PendingTimeout>() {
             kind = ErrorKind::PendingTimeout;
+            break;
+        }
+        #[cfg(feature = "limit")]
+        if let Some(limited) = e.downcast_ref::<tollgate_limit::RateLimited>() {
+            kind = ErrorKind::RateLimited;
+            retry_after = Some(limited.retry_after);
+            break;
+        }
+        #[cfg(feature = "limit")]
+        if e.is::<tollgate_limit::WaitTooLong>() {
+            kind = ErrorKind::WaitTooLong;
+            break;
+        }
+        #[cfg(feature = "limit")]
+        if e.is::<tollgate_limit::QueueFull>() {
+            kind = ErrorKind::QueueFull;
             break;
         }
         if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
@@ -328,7 +356,11 @@ pub(crate) fn classify(err: BoxError) -> Error {
     if let Some(retry) = find::<tollgate_retry::RetryError>(&*err) {
         message = format!("{message} (after {} attempts)", retry.record.attempts);
     }
-    Error::new(kind, message).with_source(err)
+    let mut error = Error::new(kind, message).with_source(err);
+    if let Some(wait) = retry_after {
+        error = error.with_retry_after(wait);
+    }
+    error
 }
 
 /// The first error of type `T` in a chain.

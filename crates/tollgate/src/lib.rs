@@ -40,7 +40,8 @@
 //!              3 cache           (tollgate-cache, to come)
 //!              4 retry           ClientBuilder::retry (tollgate-retry): gets the
 //!                                call's deadline, starts no retry that would pass it
-//!              5 rate limit      (tollgate-limit, to come)
+//!              5 rate limit      ClientBuilder::rate_limit (tollgate-limit): every
+//!                                attempt takes a permit; upstream 429s pause it
 //!              6 auth            (tollgate-auth, to come)
 //!              7 attempt timeout ClientBuilder::attempt_timeout: bounds one attempt;
 //!                                retry treats its expiry as a retryable timeout

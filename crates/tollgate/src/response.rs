@@ -59,6 +59,10 @@ impl Summary {
         if let Some(wait) = extensions.get::<tollgate_limit::QueueWait>() {
             summary.queue_wait = wait.0;
         }
+        #[cfg(feature = "limit")]
+        if let Some(wait) = extensions.get::<tollgate_limit::PermitWait>() {
+            summary.permit_wait = wait.0;
+        }
         #[cfg(not(any(feature = "retry", feature = "limit")))]
         let _ = extensions;
         summary

@@ -1,0 +1,221 @@
+//! [`RateLimitLayer`] and its settings.
+
+use std::fmt;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
+use tokio::time::Instant;
+use tower::Layer;
+
+use super::service::RateLimit;
+use super::store::{MemoryStore, RateLimitStore};
+use crate::quota::Quota;
+
+/// What a key extractor sees of a request.
+#[derive(Debug)]
+pub struct KeyInput<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI.
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The extensions (where axum puts `ConnectInfo`, for per-IP limits).
+    pub extensions: &'a Extensions,
+}
+
+type KeyFn = Arc<dyn Fn(&KeyInput<'_>) -> Option<String> + Send + Sync>;
+
+/// How requests are split into separately limited keys.
+#[derive(Clone)]
+pub struct KeyBy(pub(crate) KeyFn);
+
+impl fmt::Debug for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyBy(..)")
+    }
+}
+
+impl KeyBy {
+    /// One limiter per upstream host (`host:port`): a gateway's choice.
+    pub fn host() -> KeyBy {
+        KeyBy(Arc::new(|r: &KeyInput<'_>| {
+            r.uri.authority().map(|a| a.as_str().to_owned())
+        }))
+    }
+
+    /// One limiter per value of this header (an API key, a tenant id).
+    /// Requests without it share one limiter.
+    pub fn header(name: HeaderName) -> KeyBy {
+        KeyBy(Arc::new(move |r: &KeyInput<'_>| {
+            r.headers
+                .get(&name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        }))
+    }
+
+    /// Any key a function computes; `None` means the shared limiter.
+    pub fn func<F>(f: F) -> KeyBy
+    where
+        F: Fn(&KeyInput<'_>) -> Option<String> + Send + Sync + 'static,
+    {
+        KeyBy(Arc::new(f))
+    }
+}
+
+/// Rate limits requests; see the [module docs](super).
+///
+/// Clones of the layer, and all services it makes, share one limiter.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) quota: Quota,
+    pub(crate) store: Arc<dyn RateLimitStore>,
+    pub(crate) key: Option<KeyBy>,
+    pub(crate) max_keys: usize,
+    pub(crate) reject: bool,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) max_queue: Option<usize>,
+    pub(crate) learn: bool,
+    pub(crate) max_pause: Duration,
+    pub(crate) epoch: Instant,
+    pub(crate) waiting: AtomicUsize,
+}
+
+impl Shared {
+    /// Nanoseconds since the limiter was built, on tokio's clock.
+    pub(crate) fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn instant(&self, at: u64) -> Instant {
+        self.epoch + Duration::from_nanos(at)
+    }
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &*self.shared;
+        f.debug_struct("RateLimitLayer")
+            .field("quota", &s.quota)
+            .field("keyed", &s.key.is_some())
+            .field("reject", &s.reject)
+            .field("max_wait", &s.max_wait)
+            .field("max_queue", &s.max_queue)
+            .field("learn_from_upstream", &s.learn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default bound of the key table.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+
+impl RateLimitLayer {
+    /// Callers wait for a permit of `quota` (a client's behaviour), without
+    /// a bound on the wait or the queue until set; the limiter learns pauses
+    /// from the upstream's answers (capped at 60 s).
+    pub fn new(quota: Quota) -> Self {
+        RateLimitLayer {
+            shared: Arc::new(Shared {
+                quota,
+                store: Arc::new(MemoryStore::new(&quota, DEFAULT_MAX_KEYS)),
+                key: None,
+                max_keys: DEFAULT_MAX_KEYS,
+                reject: false,
+                max_wait: None,
+                max_queue: None,
+                learn: true,
+                max_pause: Duration::from_secs(60),
+                epoch: Instant::now(),
+                waiting: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    fn with(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let s = &*self.shared;
+        let mut next = Shared {
+            quota: s.quota,
+            store: Arc::clone(&s.store),
+            key: s.key.clone(),
+            max_keys: s.max_keys,
+            reject: s.reject,
+            max_wait: s.max_wait,
+            max_queue: s.max_queue,
+            learn: s.learn,
+            max_pause: s.max_pause,
+            epoch: s.epoch,
+            waiting: AtomicUsize::new(0),
+        };
+        f(&mut next);
+        RateLimitLayer {
+            shared: Arc::new(next),
+        }
+    }
+
+    /// Refuses over-limit requests at once with [`RateLimited`](crate::RateLimited)
+    /// (a server's behaviour) instead of waiting.
+    pub fn reject(self) -> Self {
+        self.with(|s| s.reject = true)
+    }
+
+    /// A caller whose permit is further away than this fails at once with
+    /// [`WaitTooLong`](crate::WaitTooLong), without waiting first.
+    pub fn max_wait(self, max: Duration) -> Self {
+        self.with(|s| s.max_wait = Some(max))
+    }
+
+    /// At most this many callers wait; more fail at once with
+    /// [`QueueFull`](crate::QueueFull).
+    pub fn max_queue(self, max: usize) -> Self {
+        self.with(|s| s.max_queue = Some(max))
+    }
+
+    /// One limiter per key (default: one for all requests).
+    pub fn keyed_by(self, key: KeyBy) -> Self {
+        self.with(|s| s.key = Some(key))
+    }
+
+    /// Bounds the key table (default 10 000); idle keys are evicted first.
+    pub fn max_keys(self, max: usize) -> Self {
+        self.with(|s| {
+            s.max_keys = max;
+            s.store = Arc::new(MemoryStore::new(&s.quota, max));
+        })
+    }
+
+    /// Keeps the limiter's state in `store` (a shared backend).
+    pub fn store(self, store: Arc<dyn RateLimitStore>) -> Self {
+        self.with(|s| s.store = store)
+    }
+
+    /// Whether upstream answers (429/503 `Retry-After`, `RateLimit`,
+    /// `X-RateLimit-*`) pause the limiter for everyone sharing it (default
+    /// true), and for at most how long (default 60 s).
+    pub fn learn_from_upstream(self, learn: bool, max_pause: Duration) -> Self {
+        self.with(|s| {
+            s.learn = learn;
+            s.max_pause = max_pause;
+        })
+    }
+
+    /// Callers waiting for a permit right now.
+    pub fn waiting(&self) -> usize {
+        self.shared
+            .waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit::new(inner, self.clone())
+    }
+}
