@@ -56,6 +56,46 @@ impl fmt::Display for RateLimited {
 
 impl std::error::Error for RateLimited {}
 
+impl RateLimited {
+    /// The headers of a `429 Too Many Requests` answer for a server that
+    /// refused with this: `Retry-After` (whole seconds, rounded up), and the
+    /// IETF `RateLimit-Policy` and `RateLimit` fields for `quota`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate_limit::{Quota, RateLimited};
+    ///
+    /// let quota = Quota::window(100, Duration::from_secs(60))?;
+    /// let h = RateLimited { retry_after: Duration::from_millis(2500) }.headers(&quota);
+    /// assert_eq!(h["retry-after"], "3");
+    /// assert_eq!(h["ratelimit-policy"], "\"default\";q=100;w=60");
+    /// assert_eq!(h["ratelimit"], "\"default\";r=0;t=3");
+    /// # Ok::<(), tollgate_limit::InvalidQuota>(())
+    /// ```
+    pub fn headers(&self, quota: &crate::Quota) -> http::HeaderMap {
+        let wait = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        let window = quota.period().as_secs().max(1);
+        let mut h = http::HeaderMap::new();
+        let pairs = [
+            (http::header::RETRY_AFTER, wait.to_string()),
+            (
+                http::HeaderName::from_static("ratelimit-policy"),
+                format!("\"default\";q={};w={window}", quota.count()),
+            ),
+            (
+                http::HeaderName::from_static("ratelimit"),
+                format!("\"default\";r=0;t={wait}"),
+            ),
+        ];
+        for (name, value) in pairs {
+            if let Ok(value) = http::HeaderValue::try_from(value) {
+                h.insert(name, value);
+            }
+        }
+        h
+    }
+}
+
 /// The next permit is further away than the allowed wait: refused at once,
 /// without waiting first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

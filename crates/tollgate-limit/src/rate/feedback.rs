@@ -54,6 +54,16 @@ pub fn upstream_pause(
     }
 }
 
+/// Whether the response can carry a signal at all: a cheap test that spares
+/// most responses the wall-clock read and the header parsing.
+pub(crate) fn might_signal(status: StatusCode, headers: &HeaderMap) -> bool {
+    matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) || headers.contains_key("ratelimit")
+        || headers.contains_key("x-ratelimit-remaining")
+}
+
 /// `remaining` is 0 and `reset` is given: the reset delay.
 fn ratelimit_field(value: &str) -> Option<Duration> {
     let mut remaining = None;

@@ -183,7 +183,7 @@ where
 /// Pauses the limiter when the upstream asks, and says until when on the
 /// response, so the retry layer above waits until that same instant.
 fn learn<B>(shared: &Shared, key: &str, response: &mut Response<B>) {
-    if !shared.learn {
+    if !shared.learn || !super::feedback::might_signal(response.status(), response.headers()) {
         return;
     }
     let Some(pause) = upstream_pause(response.status(), response.headers(), SystemTime::now())

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::gcra::Gcra;
@@ -61,6 +62,10 @@ enum Algorithm {
 /// key is still active is the least recently used dropped.
 pub struct MemoryStore {
     algorithm: Algorithm,
+    /// The unkeyed GCRA state, lock-free: one compare-and-swap per permit.
+    single_tat: AtomicU64,
+    single_pause: AtomicU64,
+    /// The unkeyed window log (a window needs its log under a lock).
     single: Mutex<KeyState>,
     keyed: Mutex<HashMap<String, KeyState>>,
     max_keys: usize,
@@ -89,6 +94,8 @@ impl MemoryStore {
         };
         MemoryStore {
             algorithm,
+            single_tat: AtomicU64::new(0),
+            single_pause: AtomicU64::new(0),
             single: Mutex::new(KeyState::default()),
             keyed: Mutex::new(HashMap::new()),
             max_keys: max_keys.max(1),
@@ -174,15 +181,50 @@ impl MemoryStore {
 
 impl RateLimitStore for MemoryStore {
     fn reserve(&self, key: &str, now: u64, latest: u64) -> Result<Reservation, u64> {
+        if let (true, Algorithm::Gcra(g)) = (key.is_empty(), self.algorithm) {
+            // No two callers can take the same permit: the swap only succeeds
+            // on the state the decision was made from.
+            let mut tat = self.single_tat.load(Ordering::Acquire);
+            loop {
+                let from = now.max(self.single_pause.load(Ordering::Acquire));
+                let (at, next) = g.reserve(tat, from);
+                if at > latest {
+                    return Err(at);
+                }
+                match self.single_tat.compare_exchange_weak(
+                    tat,
+                    next,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Ok(Reservation { at, undo: tat }),
+                    Err(current) => tat = current,
+                }
+            }
+        }
         self.with_key(key, now, |s| self.reserve_in(s, now, latest))
     }
 
     fn cancel(&self, key: &str, reservation: Reservation) {
+        if let (true, Algorithm::Gcra(g)) = (key.is_empty(), self.algorithm) {
+            // Undone only if no one reserved after it.
+            let (_, after) = g.reserve(reservation.undo, reservation.at);
+            let _ = self.single_tat.compare_exchange(
+                after,
+                reservation.undo,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            return;
+        }
         let now = reservation.at;
         self.with_key(key, now, |s| self.cancel_in(s, reservation));
     }
 
     fn pause(&self, key: &str, until: u64) {
+        if key.is_empty() {
+            self.single_pause.fetch_max(until, Ordering::AcqRel);
+        }
         self.with_key(key, until, |s| s.paused_until = s.paused_until.max(until));
     }
 }
