@@ -1,36 +1,16 @@
 //! One tracing event per retry, with the resend count, the reason and the
 //! delay. Alone in its binary: the subscriber is process-global.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
 use tollgate_retry::RetryLayer;
+use tollgate_testkit::CapturedLogs;
 use tower::{service_fn, Layer, ServiceExt};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn each_retry_emits_one_event_with_count_reason_and_delay() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+    let logs = CapturedLogs::install_global();
 
     let calls = Arc::new(Mutex::new(0));
     let svc = RetryLayer::new()
@@ -59,7 +39,7 @@ async fn each_retry_emits_one_event_with_count_reason_and_delay() {
         .expect("response");
     assert_eq!(res.status(), StatusCode::OK);
 
-    let out = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let out = logs.contents();
     let retries: Vec<&str> = out.lines().filter(|l| l.contains("retrying")).collect();
     assert_eq!(retries.len(), 2, "{out}");
     assert!(

@@ -31,9 +31,11 @@
 pub mod data;
 mod fake_api;
 mod fault;
+mod logs;
 
 pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
 pub use fault::Fault;
+pub use logs::CapturedLogs;
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]
