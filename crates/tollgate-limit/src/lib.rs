@@ -23,6 +23,7 @@
 //! never holds capacity it is not using.
 #![deny(missing_docs)]
 
+mod call;
 pub mod concurrency;
 mod error;
 pub mod gcra;

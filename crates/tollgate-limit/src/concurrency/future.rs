@@ -16,6 +16,7 @@ use tower::{BoxError, Service};
 use super::body::PermitBody;
 use super::layer::Pool;
 use super::QueueWait;
+use crate::call::Call;
 use crate::error::PendingTimeout;
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
@@ -47,6 +48,8 @@ pin_project! {
     {
         #[pin]
         state: State<S, R, S::Future>,
+        permit: Option<OwnedSemaphorePermit>,
+        waited: Duration,
     }
 }
 
@@ -54,18 +57,20 @@ pin_project! {
     #[project = StateProj]
     enum State<S, R, F> {
         Waiting { waiting: Box<Waiting<S, R>> },
-        Readying { service: S, request: Option<R>, permit: Option<OwnedSemaphorePermit>, waited: Duration },
-        Calling { #[pin] future: F, permit: Option<OwnedSemaphorePermit>, waited: Duration },
+        Call { #[pin] call: Call<S, R, F> },
         Failed { error: Option<BoxError> },
     }
 }
 
-impl<S: Service<R>, R> std::fmt::Debug for ResponseFuture<S, R> {
+impl<S, R> std::fmt::Debug for ResponseFuture<S, R>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
             State::Waiting { .. } => "waiting for a slot",
-            State::Readying { .. } => "waiting for the inner service",
-            State::Calling { .. } => "in flight",
+            State::Call { call } => call.describe(),
             State::Failed { .. } => "failed",
         };
         f.debug_struct("ResponseFuture")
@@ -74,20 +79,26 @@ impl<S: Service<R>, R> std::fmt::Debug for ResponseFuture<S, R> {
     }
 }
 
-impl<S: Service<R>, R> ResponseFuture<S, R> {
+impl<S, R> ResponseFuture<S, R>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
     pub(crate) fn calling(future: S::Future, permit: OwnedSemaphorePermit) -> Self {
         ResponseFuture {
-            state: State::Calling {
-                future,
-                permit: Some(permit),
-                waited: Duration::ZERO,
+            state: State::Call {
+                call: Call::calling(future),
             },
+            permit: Some(permit),
+            waited: Duration::ZERO,
         }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
+            permit: None,
+            waited: Duration::ZERO,
         }
     }
 
@@ -108,6 +119,8 @@ impl<S: Service<R>, R> ResponseFuture<S, R> {
                     _pending: PendingGuard(pool),
                 }),
             },
+            permit: None,
+            waited: Duration::ZERO,
         }
     }
 }
@@ -137,56 +150,29 @@ where
                             return Poll::Pending;
                         }
                     };
-                    let waited = waiting.started.elapsed();
-                    let (Some(service), request) = (waiting.service.take(), waiting.request.take())
+                    *this.waited = waiting.started.elapsed();
+                    *this.permit = Some(permit);
+                    let (Some(service), Some(request)) =
+                        (waiting.service.take(), waiting.request.take())
                     else {
                         return Poll::Ready(Err(
                             "concurrency limit: polled after completion".into()
                         ));
                     };
                     // Leaving the queue: the guard in `waiting` is dropped here.
-                    this.state.set(State::Readying {
-                        service,
-                        request,
-                        permit: Some(permit),
-                        waited,
+                    this.state.set(State::Call {
+                        call: Call::ready_then(service, request),
                     });
                 }
-                StateProj::Readying {
-                    service,
-                    request,
-                    permit,
-                    waited,
-                } => {
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
-                        return Poll::Ready(Err(e.into()));
-                    }
-                    let Some(request) = request.take() else {
-                        return Poll::Ready(Err(
-                            "concurrency limit: polled after completion".into()
-                        ));
-                    };
-                    let future = service.call(request);
-                    let (permit, waited) = (permit.take(), *waited);
-                    this.state.set(State::Calling {
-                        future,
-                        permit,
-                        waited,
-                    });
-                }
-                StateProj::Calling {
-                    future,
-                    permit,
-                    waited,
-                } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    let Some(permit) = permit.take() else {
+                StateProj::Call { call } => {
+                    let response = ready!(call.poll_call(cx))?;
+                    let Some(permit) = this.permit.take() else {
                         return Poll::Ready(Err(
                             "concurrency limit: polled after completion".into()
                         ));
                     };
                     let mut response = response.map(|body| PermitBody::new(body, permit));
-                    response.extensions_mut().insert(QueueWait(*waited));
+                    response.extensions_mut().insert(QueueWait(*this.waited));
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Failed { error } => {

@@ -17,6 +17,7 @@ use super::feedback::upstream_pause;
 use super::layer::Shared;
 use super::store::Reservation;
 use super::PermitWait;
+use crate::call::Call;
 
 /// Holds a waiting caller's reservation and queue place; dropping it (the
 /// caller left) gives both back.
@@ -59,18 +60,20 @@ pin_project! {
     #[project = StateProj]
     enum State<S, R, F> {
         Waiting { waiting: Box<Waiting<S, R>> },
-        Readying { service: S, request: Option<R> },
-        Calling { #[pin] future: F },
+        Call { #[pin] call: Call<S, R, F> },
         Failed { error: Option<BoxError> },
     }
 }
 
-impl<S: Service<R>, R> std::fmt::Debug for ResponseFuture<S, R> {
+impl<S, R> std::fmt::Debug for ResponseFuture<S, R>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
             State::Waiting { .. } => "waiting for a permit",
-            State::Readying { .. } => "waiting for the inner service",
-            State::Calling { .. } => "in flight",
+            State::Call { call } => call.describe(),
             State::Failed { .. } => "failed",
         };
         f.debug_struct("ResponseFuture")
@@ -79,7 +82,11 @@ impl<S: Service<R>, R> std::fmt::Debug for ResponseFuture<S, R> {
     }
 }
 
-impl<S: Service<R>, R> ResponseFuture<S, R> {
+impl<S, R> ResponseFuture<S, R>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
     pub(crate) fn calling(
         future: S::Future,
         shared: Arc<Shared>,
@@ -87,7 +94,9 @@ impl<S: Service<R>, R> ResponseFuture<S, R> {
         waited: Duration,
     ) -> Self {
         ResponseFuture {
-            state: State::Calling { future },
+            state: State::Call {
+                call: Call::calling(future),
+            },
             context: Some((shared, key)),
             waited,
         }
@@ -145,24 +154,17 @@ where
                     ready!(waiting.sleep.as_mut().poll(cx));
                     // The permit is used from here on: it is not given back.
                     waiting.ticket.reservation = None;
-                    let (Some(service), request) = (waiting.service.take(), waiting.request.take())
+                    let (Some(service), Some(request)) =
+                        (waiting.service.take(), waiting.request.take())
                     else {
                         return Poll::Ready(Err("rate limit: polled after completion".into()));
                     };
-                    this.state.set(State::Readying { service, request });
+                    this.state.set(State::Call {
+                        call: Call::ready_then(service, request),
+                    });
                 }
-                StateProj::Readying { service, request } => {
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
-                        return Poll::Ready(Err(e.into()));
-                    }
-                    let Some(request) = request.take() else {
-                        return Poll::Ready(Err("rate limit: polled after completion".into()));
-                    };
-                    let future = service.call(request);
-                    this.state.set(State::Calling { future });
-                }
-                StateProj::Calling { future } => {
-                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                StateProj::Call { call } => {
+                    let mut response = ready!(call.poll_call(cx))?;
                     response.extensions_mut().insert(PermitWait(*this.waited));
                     if let Some((shared, key)) = this.context.take() {
                         learn(&shared, &key, &mut response);
