@@ -69,9 +69,10 @@ pub(crate) struct ClientInner {
     pub(crate) max_body: usize,
     pub(crate) sensitive_query: Vec<String>,
     pub(crate) stack: Stack,
-    /// Whether a retry layer is in the stack (it wants the call's deadline).
-    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
-    pub(crate) retries: bool,
+    /// Whether a layer in the stack wants the call's deadline (retry, rate
+    /// limit) as a `Deadline` request extension.
+    #[cfg_attr(not(any(feature = "retry", feature = "limit")), allow(dead_code))]
+    pub(crate) wants_deadline: bool,
 }
 
 impl fmt::Debug for Client {
@@ -513,10 +514,18 @@ impl ClientBuilder {
                 "tollgate/",
                 env!("CARGO_PKG_VERSION")
             )));
+        // Layers that want the call's deadline: retry starts no retry past it,
+        // the rate limiter grants no permit beyond it.
+        #[allow(unused_mut, reason = "each layer's feature adds to it")]
+        let mut wants_deadline = false;
         #[cfg(feature = "retry")]
-        let retries = self.retry.is_some();
-        #[cfg(not(feature = "retry"))]
-        let retries = false;
+        {
+            wants_deadline |= self.retry.is_some();
+        }
+        #[cfg(feature = "limit")]
+        {
+            wants_deadline |= self.rate_limit.is_some();
+        }
         let layers = Layers {
             #[cfg(feature = "retry")]
             retry: self.retry,
@@ -541,7 +550,7 @@ impl ClientBuilder {
                 max_body: self.max_body,
                 sensitive_query: self.sensitive_query,
                 stack,
-                retries,
+                wants_deadline,
             }),
         })
     }

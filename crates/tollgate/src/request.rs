@@ -331,9 +331,11 @@ impl RequestBuilder {
         let started = Instant::now();
         let deadline = timeout.unwrap_or(inner.timeout);
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
-        #[cfg(feature = "retry")]
-        if let Some(d) = deadline.filter(|_| inner.retries) {
-            // The retry layer starts no attempt whose wait would pass this.
+        // The Deadline type is tollgate-retry's, which both features bring.
+        #[cfg(any(feature = "retry", feature = "limit"))]
+        if let Some(d) = deadline.filter(|_| inner.wants_deadline) {
+            // Retry starts no attempt, and the rate limiter grants no permit,
+            // whose wait would pass this.
             request
                 .extensions_mut()
                 .insert(tollgate_retry::Deadline(started + d));

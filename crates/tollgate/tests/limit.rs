@@ -144,6 +144,32 @@ mod rate {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_permit_beyond_the_calls_deadline_is_refused_at_once() {
+        let api = FakeApi::start().await.expect("start");
+        let client = Client::builder(api.url())
+            .timeout(Duration::from_secs(2))
+            .rate_limit(RateLimitLayer::new(
+                Quota::window(1, Duration::from_secs(60)).expect("valid"),
+            ))
+            .build()
+            .expect("client");
+        client.get("/posts/1").send().await.expect("first");
+        let started = Instant::now();
+        let err = client
+            .get("/posts/1")
+            .send()
+            .await
+            .expect_err("the next permit is a minute away");
+        assert_eq!(err.kind(), ErrorKind::WaitTooLong, "{err:?}");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "refused without waiting out the 2 s deadline"
+        );
+        assert_eq!(api.hits("/posts/1"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn refusals_are_typed_errors() {
         let api = FakeApi::start().await.expect("start");
         let quota = Quota::window(1, Duration::from_secs(60)).expect("valid");

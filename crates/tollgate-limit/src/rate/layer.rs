@@ -93,6 +93,11 @@ impl Shared {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// An instant as nanoseconds on the limiter's clock (0 if before it).
+    pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn instant(&self, at: u64) -> Instant {
         self.epoch + Duration::from_nanos(at)
     }

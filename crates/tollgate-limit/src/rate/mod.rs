@@ -32,8 +32,10 @@
 //!   or a strict window).
 //! - **First come, first served**: each caller reserves the next conforming
 //!   permit in arrival order and sleeps until it; nobody overtakes a waiter.
-//! - **Bounded waits**: [`max_wait`](RateLimitLayer::max_wait) refuses at
-//!   once, without sleeping first, a caller whose permit is further away
+//! - **Bounded waits**: [`max_wait`](RateLimitLayer::max_wait), and the call's
+//!   deadline when an outer layer put a `tollgate_retry::Deadline` in the
+//!   request's extensions (the facade does), refuse at once, without sleeping
+//!   first, a caller whose permit is further away
 //!   ([`WaitTooLong`](crate::WaitTooLong)); [`max_queue`](RateLimitLayer::max_queue)
 //!   bounds the waiters ([`QueueFull`](crate::QueueFull)).
 //! - **Reject mode** for servers: [`reject`](RateLimitLayer::reject) refuses

@@ -89,25 +89,33 @@ where
             None => String::new(),
         };
         let now = shared.now();
-        let latest = if shared.reject {
+        let mut latest = if shared.reject {
             now
         } else {
             shared.max_wait.map_or(u64::MAX, |w| {
                 now.saturating_add(u64::try_from(w.as_nanos()).unwrap_or(u64::MAX))
             })
         };
+        // The call's deadline, when an outer layer set one: a permit beyond
+        // it is refused now rather than waited for until the deadline cuts
+        // the call off.
+        if let Some(deadline) = req.extensions().get::<tollgate_retry::Deadline>() {
+            latest = latest.min(shared.nanos_at(deadline.0));
+        }
         let reservation = match shared.store.reserve(&key, now, latest) {
             Ok(r) => r,
             Err(at) => {
                 let needed = Duration::from_nanos(at - now);
-                let error: BoxError = match (shared.reject, shared.max_wait) {
-                    (true, _) => Box::new(RateLimited {
+                let allowed = Duration::from_nanos(latest.saturating_sub(now));
+                let error: BoxError = if shared.reject {
+                    Box::new(RateLimited {
                         retry_after: needed,
-                    }),
-                    (false, Some(max)) => Box::new(WaitTooLong { needed, max }),
-                    (false, None) => Box::new(RateLimited {
-                        retry_after: needed,
-                    }),
+                    })
+                } else {
+                    Box::new(WaitTooLong {
+                        needed,
+                        max: allowed,
+                    })
                 };
                 return ResponseFuture::failed(error);
             }
