@@ -61,3 +61,37 @@ where
         }
     }
 }
+
+pin_project! {
+    /// A limit layer's response future's stages: its own wait (`W`, boxed so
+    /// that calls which never wait carry none of it), then [`Call`], or an
+    /// error decided at once.
+    #[project = StageProj]
+    pub(crate) enum Stage<W, S, R, F> {
+        Waiting { waiting: Box<W> },
+        Call { #[pin] call: Call<S, R, F> },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<W, S, R> Stage<W, S, R, S::Future>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    /// What the stage is doing, for `Debug`; `waiting` names the layer's wait.
+    pub(crate) fn describe(&self, waiting: &'static str) -> &'static str {
+        match self {
+            Stage::Waiting { .. } => waiting,
+            Stage::Call { call } => call.describe(),
+            Stage::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// A [`Stage::Failed`] error, taken (a second poll gets a plain error).
+pub(crate) fn take_error(error: &mut Option<BoxError>) -> BoxError {
+    error
+        .take()
+        .unwrap_or_else(|| "limit: polled after completion".into())
+}

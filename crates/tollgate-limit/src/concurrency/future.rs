@@ -16,7 +16,7 @@ use tower::{BoxError, Service};
 use super::body::PermitBody;
 use super::layer::Pool;
 use super::QueueWait;
-use crate::call::Call;
+use crate::call::{take_error, Call, Stage, StageProj};
 use crate::error::PendingTimeout;
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
@@ -47,18 +47,9 @@ pin_project! {
         S: Service<R>,
     {
         #[pin]
-        state: State<S, R, S::Future>,
+        state: Stage<Waiting<S, R>, S, R, S::Future>,
         permit: Option<OwnedSemaphorePermit>,
         waited: Duration,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, R, F> {
-        Waiting { waiting: Box<Waiting<S, R>> },
-        Call { #[pin] call: Call<S, R, F> },
-        Failed { error: Option<BoxError> },
     }
 }
 
@@ -68,11 +59,7 @@ where
     S::Error: Into<BoxError>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Waiting { .. } => "waiting for a slot",
-            State::Call { call } => call.describe(),
-            State::Failed { .. } => "failed",
-        };
+        let state = self.state.describe("waiting for a slot");
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
@@ -86,7 +73,7 @@ where
 {
     pub(crate) fn calling(future: S::Future, permit: OwnedSemaphorePermit) -> Self {
         ResponseFuture {
-            state: State::Call {
+            state: Stage::Call {
                 call: Call::calling(future),
             },
             permit: Some(permit),
@@ -96,7 +83,7 @@ where
 
     pub(crate) fn failed(error: BoxError) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
+            state: Stage::Failed { error: Some(error) },
             permit: None,
             waited: Duration::ZERO,
         }
@@ -109,7 +96,7 @@ where
             .pending_timeout
             .map(|t| Box::pin(tokio::time::sleep(t)));
         ResponseFuture {
-            state: State::Waiting {
+            state: Stage::Waiting {
                 waiting: Box::new(Waiting {
                     acquire: Box::pin(semaphore.acquire_owned()),
                     timeout,
@@ -136,7 +123,7 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting { waiting } => {
+                StageProj::Waiting { waiting } => {
                     let permit = match waiting.acquire.as_mut().poll(cx) {
                         Poll::Ready(Ok(permit)) => permit,
                         Poll::Ready(Err(closed)) => return Poll::Ready(Err(Box::new(closed))),
@@ -160,11 +147,11 @@ where
                         ));
                     };
                     // Leaving the queue: the guard in `waiting` is dropped here.
-                    this.state.set(State::Call {
+                    this.state.set(Stage::Call {
                         call: Call::ready_then(service, request),
                     });
                 }
-                StateProj::Call { call } => {
+                StageProj::Call { call } => {
                     let response = ready!(call.poll_call(cx))?;
                     let Some(permit) = this.permit.take() else {
                         return Poll::Ready(Err(
@@ -175,11 +162,8 @@ where
                     response.extensions_mut().insert(QueueWait(*this.waited));
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .unwrap_or_else(|| "concurrency limit: polled after completion".into());
-                    return Poll::Ready(Err(error));
+                StageProj::Failed { error } => {
+                    return Poll::Ready(Err(take_error(error)));
                 }
             }
         }

@@ -17,7 +17,7 @@ use super::feedback::upstream_pause;
 use super::layer::Shared;
 use super::store::Reservation;
 use super::PermitWait;
-use crate::call::Call;
+use crate::call::{take_error, Call, Stage, StageProj};
 
 /// Holds a waiting caller's reservation and queue place; dropping it (the
 /// caller left) gives both back.
@@ -50,18 +50,9 @@ pin_project! {
         S: Service<R>,
     {
         #[pin]
-        state: State<S, R, S::Future>,
+        state: Stage<Waiting<S, R>, S, R, S::Future>,
         context: Option<(Arc<Shared>, String)>,
         waited: Duration,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, R, F> {
-        Waiting { waiting: Box<Waiting<S, R>> },
-        Call { #[pin] call: Call<S, R, F> },
-        Failed { error: Option<BoxError> },
     }
 }
 
@@ -71,11 +62,7 @@ where
     S::Error: Into<BoxError>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Waiting { .. } => "waiting for a permit",
-            State::Call { call } => call.describe(),
-            State::Failed { .. } => "failed",
-        };
+        let state = self.state.describe("waiting for a permit");
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
@@ -94,7 +81,7 @@ where
         waited: Duration,
     ) -> Self {
         ResponseFuture {
-            state: State::Call {
+            state: Stage::Call {
                 call: Call::calling(future),
             },
             context: Some((shared, key)),
@@ -104,7 +91,7 @@ where
 
     pub(crate) fn failed(error: BoxError) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
+            state: Stage::Failed { error: Some(error) },
             context: None,
             waited: Duration::ZERO,
         }
@@ -121,7 +108,7 @@ where
         let sleep = Box::pin(tokio::time::sleep_until(shared.instant(reservation.at)));
         let waited = Duration::from_nanos(reservation.at.saturating_sub(shared.now()));
         ResponseFuture {
-            state: State::Waiting {
+            state: Stage::Waiting {
                 waiting: Box::new(Waiting {
                     sleep,
                     service: Some(service),
@@ -150,7 +137,7 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting { waiting } => {
+                StageProj::Waiting { waiting } => {
                     ready!(waiting.sleep.as_mut().poll(cx));
                     // The permit is used from here on: it is not given back.
                     waiting.ticket.reservation = None;
@@ -159,11 +146,11 @@ where
                     else {
                         return Poll::Ready(Err("rate limit: polled after completion".into()));
                     };
-                    this.state.set(State::Call {
+                    this.state.set(Stage::Call {
                         call: Call::ready_then(service, request),
                     });
                 }
-                StateProj::Call { call } => {
+                StageProj::Call { call } => {
                     let mut response = ready!(call.poll_call(cx))?;
                     response.extensions_mut().insert(PermitWait(*this.waited));
                     if let Some((shared, key)) = this.context.take() {
@@ -171,11 +158,8 @@ where
                     }
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .unwrap_or_else(|| "rate limit: polled after completion".into());
-                    return Poll::Ready(Err(error));
+                StageProj::Failed { error } => {
+                    return Poll::Ready(Err(take_error(error)));
                 }
             }
         }
