@@ -13,7 +13,7 @@ use tower::{BoxError, Service};
 
 use crate::error::{Error, ErrorKind};
 use crate::request::RequestBuilder;
-use crate::transport::{self, RequestBody, Stack, TransportConfig};
+use crate::transport::{self, RequestBody, Stack, Transport, TransportBody, TransportConfig};
 use crate::url::BaseUrl;
 
 /// The default for [`ClientBuilder::timeout`].
@@ -192,14 +192,7 @@ impl Layers {
     /// crate docs), boxed once. The pool (8) changes the body type, so it is
     /// a branch here rather than an optional layer.
     #[cfg_attr(not(feature = "limit"), allow(unused_mut))]
-    fn compose<S, B>(mut self, transport: S) -> Stack
-    where
-        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    fn compose<S: Transport<B>, B: TransportBody>(mut self, transport: S) -> Stack {
         #[cfg(feature = "limit")]
         if let Some(pool) = self.concurrency.take() {
             return self.upper(tower::Layer::layer(&pool, transport));
@@ -208,14 +201,7 @@ impl Layers {
     }
 
     /// Layers 4 to 7 over `inner`, boxed once.
-    fn upper<S, B>(self, inner: S) -> Stack
-    where
-        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    fn upper<S: Transport<B>, B: TransportBody>(self, inner: S) -> Stack {
         let builder = tower::ServiceBuilder::new();
         #[cfg(feature = "retry")]
         let builder = builder.option_layer(self.retry);

@@ -28,15 +28,43 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 /// The type-erased service the facade sends requests through.
 pub(crate) type Stack = BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, BoxError>;
 
-/// Erases a caller's service (and its body type) into a [`Stack`].
-pub(crate) fn boxed<S, B>(service: S) -> Stack
-where
-    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+/// A service the stack can be built over: its bounds, stated once.
+pub(crate) trait Transport<B>:
+    Service<
+        Request<RequestBody>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
 {
+}
+
+impl<S, B> Transport<B> for S where
+    S: Service<
+            Request<RequestBody>,
+            Response = Response<B>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A response body the facade can read: its bounds, stated once.
+pub(crate) trait TransportBody:
+    HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> TransportBody for B where B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+/// Erases a caller's service (and its body type) into a [`Stack`].
+pub(crate) fn boxed<S: Transport<B>, B: TransportBody>(service: S) -> Stack {
     BoxCloneSyncService::new(Erase(service))
 }
 
