@@ -352,6 +352,66 @@ async fn run(base_url: Option<String>) -> Result<(), Failure> {
             "4 of the 6 calls waited for one of the 2 slots",
         )?;
 
+        section("Auth: FakeApi now requires a bearer token");
+        api.require_bearer("demo-s3cret");
+        let anonymous = client.get("/posts/1").send().await?;
+        let authed = Client::builder(api.url())
+            .bearer_auth("demo-s3cret")
+            .build()?;
+        let with_token = authed.get("/posts/1").send().await?;
+        println!(
+            "without a credential: {}; with bearer_auth: {}",
+            anonymous.status(),
+            with_token.status()
+        );
+        println!("Debug of that client: {authed:?}");
+        check(
+            anonymous.status() == 401 && with_token.status() == 200,
+            "401 without the token, 200 with it",
+        )?;
+        check(
+            !format!("{authed:?}").contains("demo-s3cret"),
+            "the token is not in the client's Debug output",
+        )?;
+
+        section("Auth: OAuth2 client credentials, refreshed after the server revokes the token");
+        api.issue_tokens("demo-client", "demo-client-secret", 3600);
+        let oauth = Client::builder(api.url())
+            .oauth2_client_credentials(
+                format!("{}/oauth/token", api.url()),
+                "demo-client",
+                "demo-client-secret",
+            )
+            .build()?;
+        let calls: Vec<_> = (1..=5)
+            .map(|id| {
+                let oauth = oauth.clone();
+                tokio::spawn(async move { oauth.get(format!("/users/{id}")).send().await })
+            })
+            .collect();
+        for call in calls {
+            call.await??.error_for_status()?;
+        }
+        println!(
+            "5 concurrent calls with no token yet: {} token grant(s)",
+            api.hits("/oauth/token")
+        );
+        check(api.hits("/oauth/token") == 1, "one grant served all five")?;
+        api.revoke_tokens();
+        let before = api.hits("/users/1");
+        let after_refresh = oauth.get("/users/1").send().await?;
+        println!(
+            "after the revocation: status {} (the server saw {} requests: a 401, then the replay), {} grants in all",
+            after_refresh.status(),
+            api.hits("/users/1") - before,
+            api.hits("/oauth/token")
+        );
+        check(
+            after_refresh.status() == 200 && api.hits("/oauth/token") == 2,
+            "a 401 led to one refresh and one replay",
+        )?;
+        api.allow_anonymous();
+
         println!("\nFakeApi received {} requests in all.", api.total_hits());
     }
 

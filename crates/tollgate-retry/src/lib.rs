@@ -114,7 +114,7 @@ pub use policy::{
     error_kind, Outcome, Predicate, RetryReason, IDEMPOTENT_METHODS, RETRYABLE_STATUSES,
 };
 pub use record::{Deadline, NotBefore, RetryError, RetryEvent, RetryRecord, Stopped};
-pub use replay::{buffer_request, BodyTooLarge, ReplayBody};
+pub use replay::{buffer_request, try_clone_request, BodyTooLarge, ReplayBody};
 pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER};
 pub use service::Retry;
 

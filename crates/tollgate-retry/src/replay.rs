@@ -49,8 +49,19 @@ impl<D, E> ReplayBody for http_body_util::combinators::BoxBody<D, E> {
     }
 }
 
-/// A copy of the request for another attempt, if its body can be replayed.
-pub(crate) fn try_clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
+/// A copy of the request for another attempt (method, URI, version,
+/// headers, extensions and body), if its body can be replayed. The auth
+/// layer uses it to replay a request after a 401.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+///
+/// let req = http::Request::put("/x").body(Full::new(Bytes::from("data"))).unwrap();
+/// let copy = tollgate_retry::try_clone_request(&req).expect("a Full body can be replayed");
+/// assert_eq!(copy.method(), "PUT");
+/// ```
+pub fn try_clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
     let body = req.body().try_clone()?;
     let mut copy = Request::new(body);
     *copy.method_mut() = req.method().clone();

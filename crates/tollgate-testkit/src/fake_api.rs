@@ -36,10 +36,26 @@ pub struct RecordedRequest {
     pub body: Bytes,
 }
 
+impl RecordedRequest {
+    /// The value of the header `name` as text, if it was sent (and is
+    /// visible ASCII).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 #[derive(Default)]
 struct RouteStats {
     count: u64,
     last: Option<RecordedRequest>,
+}
+
+/// The one client the fake token endpoint knows.
+struct OAuthClient {
+    id: String,
+    secret: String,
+    expires_in: u64,
+    issued: u64,
 }
 
 #[derive(Default)]
@@ -47,6 +63,7 @@ struct State {
     total: AtomicU64,
     faults: Mutex<Vec<(String, Fault)>>,
     bearer: Mutex<Option<String>>,
+    oauth: Mutex<Option<OAuthClient>>,
     cache_control: Mutex<Vec<(String, HeaderValue)>>,
     stats: Mutex<HashMap<String, RouteStats>>,
 }
@@ -77,6 +94,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// | `DELETE /{resource}/{id}` | `200` with `{}` |
 /// | `GET /metadata?id=1&id=2..` | `{"items": [..]}`, one record per known id (1 to 1000), each once |
 /// | any method `/anything/..` | echoes method, path, query pairs, headers and body as JSON |
+/// | `POST /oauth/token` | after [`issue_tokens`](FakeApi::issue_tokens): an OAuth2 client-credentials grant |
 ///
 /// Writes are not persisted, as on JSONPlaceholder. A body that is not JSON
 /// gets `400`, an unknown route `404`.
@@ -172,6 +190,29 @@ impl FakeApi {
     /// Stops requiring a bearer token.
     pub fn allow_anonymous(&self) {
         *lock(&self.state.bearer) = None;
+    }
+
+    /// Serves an OAuth2 token endpoint at `POST /oauth/token` for one client
+    /// (client-credentials grant; the id and secret in a Basic header or in
+    /// the form body). Each grant issues `token-1`, `token-2`, ... with
+    /// `expires_in` seconds, and from then on only the newest token is
+    /// accepted on the other routes, as with
+    /// [`require_bearer`](Self::require_bearer). Count grants with
+    /// `hits("/oauth/token")`.
+    pub fn issue_tokens(&self, client_id: &str, client_secret: &str, expires_in: u64) {
+        *lock(&self.state.oauth) = Some(OAuthClient {
+            id: client_id.to_owned(),
+            secret: client_secret.to_owned(),
+            expires_in,
+            issued: 0,
+        });
+        *lock(&self.state.bearer) = Some(String::new());
+    }
+
+    /// Refuses every token issued so far, as a server does after revoking
+    /// them: requests get `401` until a new token is issued.
+    pub fn revoke_tokens(&self) {
+        *lock(&self.state.bearer) = Some(String::new());
     }
 
     /// Sends `Cache-Control: <value>` on responses to paths matching `route`.
@@ -356,12 +397,16 @@ fn query_u64(uri: &Uri, name: &str) -> Option<Option<u64>> {
 }
 
 fn route(state: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Reply {
+    if uri.path() == "/oauth/token" && *method == Method::POST {
+        return grant(state, headers, body);
+    }
     if let Some(expected) = lock(&state.bearer).as_deref() {
-        let ok = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == expected);
+        let ok = !expected.is_empty()
+            && headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| t == expected);
         if !ok {
             let mut r = json_reply(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
             r.headers_mut()
@@ -396,6 +441,56 @@ fn route(state: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &
         ([collection, id], _) => item(method, collection, id, body),
         _ => not_found(),
     }
+}
+
+/// `POST /oauth/token`: the client-credentials grant of [`FakeApi::issue_tokens`].
+fn grant(state: &State, headers: &HeaderMap, body: &Bytes) -> Reply {
+    use base64::Engine as _;
+    let mut oauth = lock(&state.oauth);
+    let Some(client) = oauth.as_mut() else {
+        return not_found();
+    };
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).unwrap_or_default();
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    if field("grant_type").as_deref() != Some("client_credentials") {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "unsupported_grant_type"}),
+        );
+    }
+    let from_basic = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| {
+            let (id, secret) = pair.split_once(':')?;
+            let decode = |s: &str| -> Option<String> {
+                let pairs: Vec<(String, String)> =
+                    serde_urlencoded::from_str(&format!("v={s}")).ok()?;
+                pairs.into_iter().next().map(|(_, v)| v)
+            };
+            Some((decode(id)?, decode(secret)?))
+        });
+    let presented = from_basic.or_else(|| Some((field("client_id")?, field("client_secret")?)));
+    if presented != Some((client.id.clone(), client.secret.clone())) {
+        return json_reply(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "invalid_client"}),
+        );
+    }
+    client.issued += 1;
+    let token = format!("token-{}", client.issued);
+    *lock(&state.bearer) = Some(token.clone());
+    let mut reply = json_reply(
+        StatusCode::OK,
+        &json!({"access_token": token, "token_type": "Bearer", "expires_in": client.expires_in}),
+    );
+    reply
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    reply
 }
 
 fn lookup(collection: &str, id: &str) -> Option<Value> {

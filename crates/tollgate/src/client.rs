@@ -73,6 +73,10 @@ pub(crate) struct ClientInner {
     /// limit) as a `Deadline` request extension.
     #[cfg_attr(not(any(feature = "retry", feature = "limit")), allow(dead_code))]
     pub(crate) wants_deadline: bool,
+    /// Whether an auth layer is in the stack (it applies a request's own
+    /// credential; without one, the request builder does).
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) has_auth: bool,
 }
 
 impl fmt::Debug for Client {
@@ -173,6 +177,8 @@ struct Layers {
     concurrency: Option<tollgate_limit::ConcurrencyLimitLayer>,
     #[cfg(feature = "limit")]
     rate_limit: Option<tollgate_limit::RateLimitLayer>,
+    #[cfg(feature = "auth")]
+    auth: Option<tollgate_auth::AuthLayer>,
 }
 
 impl Layers {
@@ -183,6 +189,10 @@ impl Layers {
         }
         #[cfg(feature = "limit")]
         if self.concurrency.is_some() || self.rate_limit.is_some() {
+            return false;
+        }
+        #[cfg(feature = "auth")]
+        if self.auth.is_some() {
             return false;
         }
         self.attempt_timeout.is_none()
@@ -207,6 +217,8 @@ impl Layers {
         let builder = builder.option_layer(self.retry);
         #[cfg(feature = "limit")]
         let builder = builder.option_layer(self.rate_limit);
+        #[cfg(feature = "auth")]
+        let builder = builder.option_layer(self.auth);
         let builder = builder
             .option_layer(self.attempt_timeout.map(tower::timeout::TimeoutLayer::new))
             .map_err(Into::<BoxError>::into);
@@ -247,6 +259,19 @@ pub struct ClientBuilder {
     concurrency: Option<tollgate_limit::ConcurrencyLimitLayer>,
     #[cfg(feature = "limit")]
     rate_limit: Option<tollgate_limit::RateLimitLayer>,
+    #[cfg(feature = "auth")]
+    auth: Option<Auth>,
+}
+
+/// The credential configured on a [`ClientBuilder`].
+#[cfg(feature = "auth")]
+enum Auth {
+    Layer(tollgate_auth::AuthLayer),
+    ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+    },
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -282,6 +307,8 @@ impl ClientBuilder {
             concurrency: None,
             #[cfg(feature = "limit")]
             rate_limit: None,
+            #[cfg(feature = "auth")]
+            auth: None,
         }
     }
 
@@ -471,6 +498,116 @@ impl ClientBuilder {
         self
     }
 
+    /// Authenticates every request with this layer (stack position 6: below
+    /// retry and rate limiting, so each attempt gets a current credential).
+    /// Unless the layer names its origins, credentials go only to the base
+    /// URL's origin (scheme, host and port): never to another host, even
+    /// when a path given to a request is an absolute URL elsewhere.
+    ///
+    /// The shortcuts [`bearer_auth`](Self::bearer_auth),
+    /// [`basic_auth`](Self::basic_auth),
+    /// [`api_key_header`](Self::api_key_header),
+    /// [`api_key_query`](Self::api_key_query),
+    /// [`token_source`](Self::token_source) and
+    /// [`oauth2_client_credentials`](Self::oauth2_client_credentials) each
+    /// set one; the last one set wins.
+    ///
+    /// ```
+    /// use tollgate_auth::AuthLayer;
+    ///
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .auth(
+    ///         AuthLayer::api_key_header("x-api-key", "k3y")?
+    ///             .origin("https://api.example.com".parse()?)
+    ///             .origin("https://files.example.com".parse()?),
+    ///     )
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "auth")]
+    pub fn auth(mut self, layer: tollgate_auth::AuthLayer) -> Self {
+        self.auth = Some(Auth::Layer(layer));
+        self
+    }
+
+    #[cfg(feature = "auth")]
+    fn auth_or_fail(
+        self,
+        layer: Result<tollgate_auth::AuthLayer, tollgate_auth::InvalidCredential>,
+    ) -> Self {
+        match layer {
+            Ok(layer) => self.auth(layer),
+            Err(e) => self.fail(Error::new(ErrorKind::Builder, e.to_string()).with_source(e)),
+        }
+    }
+
+    /// `Authorization: Bearer <token>` on every request to the base URL's
+    /// origin. A token with CR, LF or another byte a header cannot carry is
+    /// an [`ErrorKind::Builder`] from `build` that does not show it.
+    ///
+    /// ```
+    /// let client = tollgate::Client::builder("https://api.example.com").bearer_auth("s3cret").build()?;
+    /// assert!(!format!("{client:?}").contains("s3cret"));
+    /// assert!(tollgate::Client::builder("https://api.example.com").bearer_auth("a\r\nb").build().is_err());
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[cfg(feature = "auth")]
+    pub fn bearer_auth(self, token: impl AsRef<str>) -> Self {
+        self.auth_or_fail(tollgate_auth::AuthLayer::bearer(token))
+    }
+
+    /// `Authorization: Basic ...` on every request to the base URL's origin.
+    #[cfg(feature = "auth")]
+    pub fn basic_auth(self, user: impl AsRef<str>, password: impl AsRef<str>) -> Self {
+        self.auth_or_fail(tollgate_auth::AuthLayer::basic(user, password))
+    }
+
+    /// An API key in the header `name` on every request to the base URL's
+    /// origin.
+    #[cfg(feature = "auth")]
+    pub fn api_key_header(self, name: impl AsRef<str>, key: impl AsRef<str>) -> Self {
+        self.auth_or_fail(tollgate_auth::AuthLayer::api_key_header(name, key))
+    }
+
+    /// An API key as the query parameter `name` on every request to the
+    /// base URL's origin. The parameter is added below the tracing span, and
+    /// its name is redacted in tracing output anyway.
+    #[cfg(feature = "auth")]
+    pub fn api_key_query(self, name: impl AsRef<str>, key: impl AsRef<str>) -> Self {
+        let redact = name.as_ref().to_owned();
+        self.auth_or_fail(tollgate_auth::AuthLayer::api_key_query(name, key))
+            .redact_query_param(redact)
+    }
+
+    /// Tokens from `source`, refreshed before they expire (10 s early),
+    /// single-flight, and after a 401 (one refresh, one replay). For other
+    /// settings, pass [`AuthLayer::token_source`](tollgate_auth::AuthLayer::token_source)
+    /// to [`auth`](Self::auth).
+    #[cfg(feature = "auth")]
+    pub fn token_source(self, source: impl tollgate_auth::TokenSource) -> Self {
+        self.auth(tollgate_auth::AuthLayer::token_source(source))
+    }
+
+    /// OAuth2 client credentials: tokens from `token_url` for this client,
+    /// asked for over the client's own connection pool (not through its
+    /// layers, so the API's credentials never go to the token endpoint),
+    /// with the secret in a Basic header. Refreshed as with
+    /// [`token_source`](Self::token_source).
+    #[cfg(feature = "auth")]
+    pub fn oauth2_client_credentials(
+        mut self,
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        self.auth = Some(Auth::ClientCredentials {
+            token_url: token_url.into(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+        });
+        self
+    }
+
     /// Bounds each attempt (stack position 7); with retry on, an attempt
     /// that times out is retried like a connection failure. The whole call
     /// stays bounded by [`timeout`](Self::timeout).
@@ -512,7 +649,8 @@ impl ClientBuilder {
         {
             wants_deadline |= self.rate_limit.is_some();
         }
-        let layers = Layers {
+        #[allow(unused_mut, reason = "the auth feature sets a layer later")]
+        let mut layers = Layers {
             #[cfg(feature = "retry")]
             retry: self.retry,
             attempt_timeout: self.attempt_timeout,
@@ -520,13 +658,39 @@ impl ClientBuilder {
             concurrency: self.concurrency,
             #[cfg(feature = "limit")]
             rate_limit: self.rate_limit,
+            #[cfg(feature = "auth")]
+            auth: None,
         };
         // The stack is boxed exactly once: a second box would cost every call
         // another future allocation and every body frame another indirection.
+        // The OAuth2 token source asks over the transport itself, below every
+        // layer, so the API's own credentials never reach the token endpoint.
+        #[cfg(feature = "auth")]
+        let auth = self.auth;
+        #[cfg(feature = "auth")]
+        let has_auth = auth.is_some();
+        #[cfg(not(feature = "auth"))]
+        let has_auth = false;
         let stack = match self.transport {
-            Some(custom) if layers.is_empty() => custom,
-            Some(custom) => layers.compose(custom),
-            None => layers.compose(transport::hyper_client(&self.transport_config)?),
+            Some(custom) => {
+                #[cfg(feature = "auth")]
+                if let Some(auth) = auth {
+                    layers.auth = Some(auth_layer(auth, &base, custom.clone())?);
+                }
+                if layers.is_empty() {
+                    custom
+                } else {
+                    layers.compose(custom)
+                }
+            }
+            None => {
+                let hyper = transport::hyper_client(&self.transport_config)?;
+                #[cfg(feature = "auth")]
+                if let Some(auth) = auth {
+                    layers.auth = Some(auth_layer(auth, &base, hyper.clone())?);
+                }
+                layers.compose(hyper)
+            }
         };
         Ok(Client {
             inner: Arc::new(ClientInner {
@@ -537,7 +701,55 @@ impl ClientBuilder {
                 sensitive_query: self.sensitive_query,
                 stack,
                 wants_deadline,
+                has_auth,
             }),
         })
     }
+}
+
+/// The auth layer a builder's settings describe, sent to the base URL's
+/// origin unless it names its own.
+#[cfg(feature = "auth")]
+fn auth_layer<S, B>(
+    auth: Auth,
+    base: &BaseUrl,
+    transport: S,
+) -> Result<tollgate_auth::AuthLayer, Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let layer = match auth {
+        Auth::Layer(layer) => layer,
+        Auth::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+        } => {
+            let url = token_url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme().is_some() && u.host().is_some())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Builder,
+                        "the OAuth2 token URL is not an absolute URL",
+                    )
+                })?;
+            let source =
+                tollgate_auth::ClientCredentials::new(transport, url, client_id, client_secret)
+                    .map_err(|e| Error::new(ErrorKind::Builder, e.to_string()).with_source(e))?;
+            tollgate_auth::AuthLayer::token_source(source)
+        }
+    };
+    if layer.has_origin() {
+        return Ok(layer);
+    }
+    let origin = tollgate_auth::Origin::parse(&base.as_str())
+        .map_err(|e| Error::new(ErrorKind::Builder, e.to_string()).with_source(e))?;
+    Ok(layer.origin(origin))
 }

@@ -52,6 +52,9 @@ pub enum ErrorKind {
     WaitTooLong,
     /// Too many callers were already waiting for a rate-limit permit.
     QueueFull,
+    /// No credential could be had: the token refresh failed or timed out
+    /// (its source is a `tollgate_auth::AuthError`).
+    Auth,
 }
 
 impl ErrorKind {
@@ -72,6 +75,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate limited",
             ErrorKind::WaitTooLong => "the rate-limit wait would be too long",
             ErrorKind::QueueFull => "too many callers waiting for a rate-limit permit",
+            ErrorKind::Auth => "getting a credential failed",
         }
     }
 }
@@ -323,6 +327,11 @@ pub(crate) fn classify(err: BoxError) -> Error {
         #[cfg(feature = "limit")]
         if e.is::<tollgate_limit::QueueFull>() {
             kind = ErrorKind::QueueFull;
+            break;
+        }
+        #[cfg(feature = "auth")]
+        if e.is::<tollgate_auth::AuthError>() {
+            kind = ErrorKind::Auth;
             break;
         }
         if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {

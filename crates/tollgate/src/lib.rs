@@ -42,7 +42,10 @@
 //!                                call's deadline, starts no retry that would pass it
 //!              5 rate limit      ClientBuilder::rate_limit (tollgate-limit): every
 //!                                attempt takes a permit; upstream 429s pause it
-//!              6 auth            (tollgate-auth, to come)
+//!              6 auth            ClientBuilder::bearer_auth, token_source, auth, ...
+//!                                (tollgate-auth): each attempt gets a current
+//!                                credential, only for the base URL's origin; a 401
+//!                                refreshes the token once and replays once
 //!              7 attempt timeout ClientBuilder::attempt_timeout: bounds one attempt;
 //!                                retry treats its expiry as a retryable timeout
 //!              8 concurrency     ClientBuilder::concurrency_limit (tollgate-limit):
@@ -64,7 +67,11 @@
 //! - `Accept: application/json` and `User-Agent: tollgate/<version>` are sent
 //!   unless replaced.
 //! - A base URL with credentials in it is refused: they would ride along in
-//!   every logged URL. Use an auth layer.
+//!   every logged URL. Use an auth layer: credentials set on the builder go
+//!   only to the base URL's origin, are marked sensitive, and never appear in
+//!   `Debug` or tracing output. A 401 replay happens inside the auth layer,
+//!   so it takes no second rate-limit permit and does not count as an
+//!   attempt in [`Summary::attempts`].
 //! - With retry on, a call that fails after retrying keeps the kind of its
 //!   last attempt's error (`Connect`, `Timeout`, ...) and says how many
 //!   attempts it made; a response returned without waiting out a too-long

@@ -65,6 +65,9 @@ pub struct RequestBuilder {
     body: Option<Bytes>,
     timeout: Option<Option<Duration>>,
     error: Option<Error>,
+    /// Boxed: rare, and the send future stays small.
+    #[cfg(feature = "auth")]
+    credential: Option<Box<tollgate_auth::Credential>>,
 }
 
 impl fmt::Debug for RequestBuilder {
@@ -132,6 +135,8 @@ impl RequestBuilder {
             body: None,
             timeout: None,
             error: None,
+            #[cfg(feature = "auth")]
+            credential: None,
         }
     }
 
@@ -235,6 +240,41 @@ impl RequestBuilder {
         self
     }
 
+    /// Sends this request with `credential` instead of the client's own (a
+    /// gateway calling an API for the user it serves). It goes only to the
+    /// client's origins, like the client's own, and replaces a header of
+    /// the same name.
+    ///
+    /// ```
+    /// # async fn run(client: tollgate::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tollgate_auth::Credential;
+    ///
+    /// let user_token = "token-of-user-42";
+    /// let me = client.get("/me").credential(Credential::bearer(user_token)?).send().await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "auth")]
+    pub fn credential(mut self, credential: tollgate_auth::Credential) -> Self {
+        self.credential = Some(Box::new(credential));
+        self
+    }
+
+    /// `Authorization: Bearer <token>` on this request, marked sensitive; a
+    /// shortcut for [`credential`](Self::credential). An invalid token is an
+    /// [`ErrorKind::InvalidRequest`](crate::ErrorKind::InvalidRequest) that
+    /// does not show it.
+    #[cfg(feature = "auth")]
+    pub fn bearer_auth(self, token: impl AsRef<str>) -> Self {
+        match tollgate_auth::Credential::bearer(token) {
+            Ok(credential) => self.credential(credential),
+            Err(e) => {
+                let error =
+                    Error::new(crate::ErrorKind::InvalidRequest, e.to_string()).with_source(e);
+                self.fail(error)
+            }
+        }
+    }
+
     /// Sends the request and reads the whole response body.
     ///
     /// A response with an error status is still `Ok`: call
@@ -315,6 +355,8 @@ impl RequestBuilder {
             body,
             timeout,
             error,
+            #[cfg(feature = "auth")]
+            credential,
         } = self;
         if let Some(e) = error {
             return Err(e);
@@ -347,6 +389,16 @@ impl RequestBuilder {
             merge_headers(&mut all_headers, headers);
         }
         *request.headers_mut() = all_headers;
+        #[cfg(feature = "auth")]
+        if let Some(credential) = credential {
+            // The auth layer applies it, after its origin check; without
+            // one, the request is for the base URL's origin by construction.
+            if inner.has_auth {
+                request.extensions_mut().insert(*credential);
+            } else {
+                credential.apply(&mut request, true);
+            }
+        }
 
         let span = tracing::debug_span!(
             "http.request",

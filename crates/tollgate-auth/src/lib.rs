@@ -1,0 +1,52 @@
+//! Credentials for HTTP clients as a tower layer.
+//!
+//! [`AuthLayer`] attaches a [`Credential`] to each request for the origins
+//! it is configured for: a static bearer token, basic auth, an API key in a
+//! header or in the query, or tokens from a [`TokenSource`] (such as OAuth2
+//! [`ClientCredentials`]) refreshed before they expire and after a 401.
+//!
+//! | rule | how |
+//! |------|-----|
+//! | credentials are checked when configured | CR, LF, NUL or any byte a header cannot carry is an [`InvalidCredential`] naming the field, not the value |
+//! | secrets stay secret | header values are marked sensitive; `Debug` of every credential, token, source and layer prints a redaction; nothing is logged |
+//! | credentials never cross origins | only requests on an [`Origin`] the layer names get them, so a redirect or an absolute URL elsewhere goes without |
+//! | the caller decides | an explicit header is kept unless [`overwrite`](AuthLayer::overwrite); a [`Credential`] in the request's extensions replaces the layer's own |
+//! | refresh is single-flight, early and bounded | within the skew (10 s) of expiry; one refresh however many requests wait; a timeout (10 s); a failure is an [`AuthError`] shared by the waiting requests |
+//! | a 401 is answered once | the refused token is invalidated, refreshed once, and the request replayed once if its body can be; a second 401 is returned |
+//!
+//! # Readiness
+//!
+//! `poll_ready` is the inner service's. Waiting for a token happens inside
+//! the response future, so an idle or cloned service holds nothing, and a
+//! dropped request leaves the refresh to the next one waiting.
+//!
+//! # In the stack
+//!
+//! In the `tollgate` facade this is layer 6, below retry and rate limiting:
+//! every attempt gets a current credential. A 401 replay happens inside this
+//! layer, so it takes no second rate-limit permit and no retry; there is at
+//! most one per attempt.
+#![deny(missing_docs)]
+
+mod credential;
+mod error;
+mod future;
+mod layer;
+mod oauth2;
+mod origin;
+mod service;
+mod token;
+
+pub use credential::{Credential, InvalidCredential};
+pub use error::{AuthError, SharedError};
+pub use future::ResponseFuture;
+pub use layer::{AuthLayer, DEFAULT_REFRESH_SKEW, DEFAULT_REFRESH_TIMEOUT};
+pub use oauth2::{ClientCredentials, TokenEndpointError, MAX_TOKEN_RESPONSE};
+pub use origin::{InvalidOrigin, Origin};
+pub use service::Auth;
+pub use token::{token_fn, FnTokenSource, Token, TokenFuture, TokenSource};
+
+/// The README's example, compiled and run as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

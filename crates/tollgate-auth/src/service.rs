@@ -1,0 +1,109 @@
+//! [`Auth`]: the service [`AuthLayer`] makes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use tollgate_retry::ReplayBody;
+use tower::{BoxError, Service};
+
+use crate::credential::Credential;
+use crate::future::{ResponseFuture, TokenCtx};
+use crate::layer::{AuthLayer, Config, Source};
+
+/// Attaches credentials to requests; made by [`AuthLayer`].
+///
+/// `poll_ready` is the inner service's. A request that needs a token
+/// refresh waits for it inside its response future, so an idle clone holds
+/// nothing.
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> Auth<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, layer: AuthLayer) -> Self {
+        Auth {
+            inner,
+            config: layer.config,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Auth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("config", &*self.config)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    B: ReplayBody + Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let config = &self.config;
+        let own = req.extensions_mut().remove::<Credential>();
+        if !config.allows(req.uri()) {
+            tracing::debug!(
+                target: "tollgate_auth",
+                "credential withheld: the request is for another origin"
+            );
+            return ResponseFuture::called(self.inner.call(req));
+        }
+        if let Some(own) = own {
+            own.apply(&mut req, config.overwrite);
+            return ResponseFuture::called(self.inner.call(req));
+        }
+        match &config.source {
+            Source::Static(credential) => {
+                credential.apply(&mut req, config.overwrite);
+                ResponseFuture::called(self.inner.call(req))
+            }
+            Source::Tokens(tokens) => {
+                if !config.overwrite && req.headers().contains_key(AUTHORIZATION) {
+                    return ResponseFuture::called(self.inner.call(req));
+                }
+                // Take the service that was polled ready; leave a clone.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let ctx = TokenCtx::new(tokens, config);
+                match tokens.fresh(config.skew) {
+                    Some(current) => ResponseFuture::with_token(ready, req, &current, &ctx),
+                    None => ResponseFuture::refreshing(ready, req, ctx),
+                }
+            }
+        }
+    }
+}
