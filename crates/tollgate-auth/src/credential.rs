@@ -38,12 +38,14 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 /// assert_eq!(format!("{key:?}"), r#"Credential { query: "api_key", value: "[redacted]" }"#);
 /// # Ok::<(), tollgate_auth::InvalidCredential>(())
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+// `Hash` lets a cache partition its entries by credential without keeping
+// the secret in its keys; hashing reveals nothing `Debug` would not.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Credential {
     kind: Kind,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum Kind {
     Header {
         name: HeaderName,

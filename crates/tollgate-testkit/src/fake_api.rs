@@ -65,6 +65,11 @@ struct State {
     bearer: Mutex<Option<String>>,
     oauth: Mutex<Option<OAuthClient>>,
     cache_control: Mutex<Vec<(String, HeaderValue)>>,
+    /// Routes answered with `ETag` and `Last-Modified`, and 304s.
+    validators: Mutex<Vec<String>>,
+    vary: Mutex<Vec<(String, HeaderValue)>>,
+    version: AtomicU64,
+    not_modified: AtomicU64,
     stats: Mutex<HashMap<String, RouteStats>>,
 }
 
@@ -225,6 +230,36 @@ impl FakeApi {
         lock(&self.state.cache_control).push((route.to_owned(), value));
     }
 
+    /// Sends `ETag` and `Last-Modified` with `200` responses to `GET` and
+    /// `HEAD` on paths matching `route`, and answers a matching
+    /// `If-None-Match` (or, without one, an `If-Modified-Since` not before
+    /// the `Last-Modified`) with `304 Not Modified` and no body. The `ETag`
+    /// changes with the body and with [`touch`](Self::touch).
+    pub fn validators(&self, route: &str) {
+        lock(&self.state.validators).push(route.to_owned());
+    }
+
+    /// Marks every resource as changed: new `ETag`s and `Last-Modified`,
+    /// so revalidations get a full `200`.
+    pub fn touch(&self) {
+        self.state.version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `304 Not Modified` answers sent so far.
+    pub fn not_modified_count(&self) -> u64 {
+        self.state.not_modified.load(Ordering::Relaxed)
+    }
+
+    /// Sends `Vary: <value>` on responses to paths matching `route`.
+    ///
+    /// # Panics
+    ///
+    /// If `value` is not a valid header value (a programming error in a test).
+    pub fn vary(&self, route: &str, value: &str) {
+        let value = HeaderValue::try_from(value).expect("vary: invalid header value");
+        lock(&self.state.vary).push((route.to_owned(), value));
+    }
+
     /// Requests received for paths matching `route` (same patterns as
     /// [`inject`](Self::inject)), faults and refusals included.
     pub fn hits(&self, route: &str) -> u64 {
@@ -353,7 +388,74 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Drop
     }
 
     let reply = route(&state, &parts.method, &parts.uri, &parts.headers, &body);
+    let reply = conditional(&state, &parts.method, &path, &parts.headers, reply).await;
     Ok(finish(&state, &path, reply))
+}
+
+/// `Last-Modified` of version 0; each [`FakeApi::touch`] adds a day.
+const EPOCH_SECS: u64 = 1_700_000_000;
+
+/// Validators on a 200, and a 304 when the client's copy is current.
+async fn conditional(
+    state: &State,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    reply: Reply,
+) -> Reply {
+    let wanted = lock(&state.validators)
+        .iter()
+        .any(|route| route_matches(route, path));
+    if !wanted
+        || reply.status() != StatusCode::OK
+        || !(method == Method::GET || method == Method::HEAD)
+    {
+        return reply;
+    }
+    let version = state.version.load(Ordering::Relaxed);
+    let (head, body) = reply.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let digest = body_digest(&body);
+    let reply = Response::from_parts(head, Full::new(body));
+    let etag = format!("\"v{version}-{digest:016x}\"");
+    let modified =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(EPOCH_SECS + version * 86_400);
+    let matches_etag = headers
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let unmodified_since = headers
+        .get(http::header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .is_some_and(|since| since >= modified);
+    let fresh = matches_etag.unwrap_or(unmodified_since);
+    let mut reply = if fresh {
+        state.not_modified.fetch_add(1, Ordering::Relaxed);
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        reply
+    };
+    if let Ok(v) = HeaderValue::try_from(etag) {
+        reply.headers_mut().insert(http::header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(httpdate::fmt_http_date(modified)) {
+        reply.headers_mut().insert(http::header::LAST_MODIFIED, v);
+    }
+    reply
+}
+
+/// FNV-1a over the body: a stable tag for its content.
+fn body_digest(bytes: &Bytes) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn finish(state: &State, path: &str, mut reply: Reply) -> Reply {
@@ -364,6 +466,16 @@ fn finish(state: &State, path: &str, mut reply: Reply) -> Reply {
         .find(|(route, _)| route_matches(route, path))
     {
         reply.headers_mut().insert(CACHE_CONTROL, value.clone());
+    }
+    drop(cc);
+    if let Some((_, value)) = lock(&state.vary)
+        .iter()
+        .rev()
+        .find(|(route, _)| route_matches(route, path))
+    {
+        reply
+            .headers_mut()
+            .insert(http::header::VARY, value.clone());
     }
     reply
 }

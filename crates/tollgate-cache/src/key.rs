@@ -1,0 +1,255 @@
+//! What a cached response is filed under: the normalized URI, the method,
+//! an identity of the request's credentials, and the `Vary` headers.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::OnceLock;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
+use tollgate_auth::Credential;
+
+/// The URI as a cache key: scheme and host lowercased, an empty path as
+/// `/`, query parameters sorted by name (values of one name keep their
+/// order, which may matter to the API).
+///
+/// ```
+/// let uri = "HTTP://API.Example.com?b=2&a=1&b=1".parse().unwrap();
+/// assert_eq!(tollgate_cache::normalize_uri(&uri), "http://api.example.com/?a=1&b=2&b=1");
+/// ```
+pub fn normalize_uri(uri: &Uri) -> String {
+    let query = uri.query().filter(|q| !q.is_empty());
+    let mut out = String::with_capacity(
+        uri.authority().map_or(0, |a| a.as_str().len())
+            + uri.path().len()
+            + query.map_or(0, str::len)
+            + 10,
+    );
+    if let Some(scheme) = uri.scheme_str() {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    if let Some(authority) = uri.authority() {
+        let start = out.len();
+        out.push_str(authority.as_str());
+        out[start..].make_ascii_lowercase();
+    }
+    let path = uri.path();
+    out.push_str(if path.is_empty() { "/" } else { path });
+    if let Some(query) = query {
+        out.push('?');
+        fn name(pair: &str) -> &str {
+            pair.split('=').next().unwrap_or("")
+        }
+        let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        if !pairs.is_sorted_by(|a, b| name(a) <= name(b)) {
+            // Stable: the values of one name keep their order.
+            pairs.sort_by(|a, b| name(a).cmp(name(b)));
+        }
+        for (i, pair) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            out.push_str(pair);
+        }
+    }
+    out
+}
+
+/// Keeps the responses of one tenant or user apart from everyone else's:
+/// put it in a request's extensions and only requests with the same
+/// partition share cached responses.
+///
+/// The cache already partitions by the request's credential headers and by a
+/// `tollgate_auth::Credential` in its extensions; a `Partition` is for
+/// whatever else tells users apart (a tenant id, a session). The `tollgate`
+/// facade gives each client with its own credentials its own partition.
+///
+/// ```
+/// use tollgate_cache::Partition;
+///
+/// let tenant = Partition::of(&"tenant-42");
+/// assert_eq!(tenant, Partition::of(&"tenant-42"));
+/// assert_ne!(tenant, Partition::of(&"tenant-43"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Partition(u128);
+
+impl Partition {
+    /// The partition of `value`, by a 128-bit keyed hash (the key is random
+    /// per process): the value itself is not kept.
+    pub fn of<T: Hash + ?Sized>(value: &T) -> Partition {
+        let (a, b) = hashers();
+        Partition(u128::from(a.hash_one(value)) << 64 | u128::from(b.hash_one(value)))
+    }
+}
+
+fn hashers() -> &'static (
+    std::collections::hash_map::RandomState,
+    std::collections::hash_map::RandomState,
+) {
+    static HASHERS: OnceLock<(
+        std::collections::hash_map::RandomState,
+        std::collections::hash_map::RandomState,
+    )> = OnceLock::new();
+    HASHERS.get_or_init(Default::default)
+}
+
+/// Who a request speaks for: 0 for a request with no credential, else a
+/// 128-bit keyed hash of its credential headers, its `Credential` and its
+/// [`Partition`]. Two requests share cached responses only if these match.
+pub(crate) fn identity<B>(request: &Request<B>, credential_headers: &[HeaderName]) -> u128 {
+    let headers = request.headers();
+    let extensions = request.extensions();
+    let credential = extensions.get::<Credential>();
+    let partition = extensions.get::<Partition>();
+    let any_header = credential_headers
+        .iter()
+        .any(|name| headers.contains_key(name));
+    if !any_header && credential.is_none() && partition.is_none() {
+        return 0;
+    }
+    let mut parts: Vec<(&str, Vec<&HeaderValue>)> = Vec::new();
+    for name in credential_headers {
+        let values: Vec<&HeaderValue> = headers.get_all(name).iter().collect();
+        if !values.is_empty() {
+            parts.push((name.as_str(), values));
+        }
+    }
+    Partition::of(&(parts, credential, partition)).0 | 1
+}
+
+/// The request headers a response's `Vary` names, with the values this
+/// request had; `None` when the response varies on everything (`Vary: *`).
+pub(crate) fn vary_of(response: &HeaderMap, request: &HeaderMap) -> Option<Vary> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for value in response.get_all(http::header::VARY) {
+        let Ok(text) = value.to_str() else {
+            return None;
+        };
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return None;
+            }
+            let Ok(name) = HeaderName::try_from(name) else {
+                return None;
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let pairs = names
+        .into_iter()
+        .map(|name| {
+            let values = request.get_all(&name).iter().cloned().collect();
+            (name, values)
+        })
+        .collect();
+    Some(Vary(pairs))
+}
+
+/// The `Vary` headers of a stored response and the values its request had.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Vary(Vec<(HeaderName, Vec<HeaderValue>)>);
+
+impl Vary {
+    /// Whether `request` has the same values for every header named.
+    pub(crate) fn matches(&self, request: &HeaderMap) -> bool {
+        self.0
+            .iter()
+            .all(|(name, values)| request.get_all(name).iter().eq(values.iter()))
+    }
+
+    pub(crate) fn weight(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(n, vs)| n.as_str().len() + vs.iter().map(|v| v.len() + 16).sum::<usize>() + 48)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn uri(s: &str) -> Uri {
+        s.parse().expect("uri")
+    }
+
+    #[test]
+    fn normalizes_case_path_and_query_order() {
+        assert_eq!(
+            normalize_uri(&uri("http://H/p?b=1&a=2")),
+            "http://h/p?a=2&b=1"
+        );
+        assert_eq!(normalize_uri(&uri("http://h")), "http://h/");
+        assert_eq!(normalize_uri(&uri("http://h/?")), "http://h/");
+        assert_eq!(normalize_uri(&uri("/p?id=2&id=1&a")), "/p?a&id=2&id=1");
+        assert_ne!(
+            normalize_uri(&uri("http://h/P")),
+            normalize_uri(&uri("http://h/p"))
+        );
+    }
+
+    #[test]
+    fn identity_separates_credentials() {
+        let names = [http::header::AUTHORIZATION, http::header::COOKIE];
+        let req = |auth: Option<&str>| {
+            let mut r = Request::get("/x").body(()).expect("request");
+            if let Some(a) = auth {
+                r.headers_mut()
+                    .insert(http::header::AUTHORIZATION, a.parse().expect("value"));
+            }
+            r
+        };
+        assert_eq!(identity(&req(None), &names), 0);
+        let a = identity(&req(Some("Bearer a")), &names);
+        let b = identity(&req(Some("Bearer b")), &names);
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(a, identity(&req(Some("Bearer a")), &names));
+        let mut with_ext = req(None);
+        with_ext
+            .extensions_mut()
+            .insert(Credential::bearer("a").expect("valid"));
+        assert_ne!(identity(&with_ext, &names), 0);
+        let mut tenant = req(None);
+        tenant.extensions_mut().insert(Partition::of("t1"));
+        assert_ne!(identity(&tenant, &names), identity(&with_ext, &names));
+    }
+
+    #[test]
+    fn vary_star_never_matches_and_names_compare_values() {
+        let mut res = HeaderMap::new();
+        res.insert(http::header::VARY, "*".parse().expect("value"));
+        assert!(vary_of(&res, &HeaderMap::new()).is_none());
+        res.insert(
+            http::header::VARY,
+            "Accept-Language, accept".parse().expect("value"),
+        );
+        let mut req = HeaderMap::new();
+        req.insert("accept-language", "fr".parse().expect("value"));
+        let vary = vary_of(&res, &req).expect("vary");
+        assert!(vary.matches(&req));
+        let mut other = req.clone();
+        other.insert("accept-language", "de".parse().expect("value"));
+        assert!(!vary.matches(&other));
+        other.remove("accept-language");
+        assert!(!vary.matches(&other));
+    }
+
+    proptest! {
+        #[test]
+        fn query_order_does_not_change_the_key(mut pairs in proptest::collection::vec(("[a-e]{1,2}", "[0-9]{0,2}"), 0..6)) {
+            // Distinct names: their order must not matter.
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            pairs.dedup_by(|a, b| a.0 == b.0);
+            let forward: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut backward = forward.clone();
+            backward.reverse();
+            let a = normalize_uri(&uri(&format!("http://h/p?{}", forward.join("&"))));
+            let b = normalize_uri(&uri(&format!("http://h/p?{}", backward.join("&"))));
+            prop_assert_eq!(a, b);
+        }
+    }
+}

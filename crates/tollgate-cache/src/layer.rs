@@ -1,0 +1,257 @@
+//! [`CacheLayer`], its builder, and what it can tell.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+use http::{HeaderName, Method, StatusCode, Uri};
+use tower::Layer;
+
+use crate::key::normalize_uri;
+use crate::policy::Freshness;
+use crate::service::Cache;
+use crate::store::{Config, Store};
+
+/// The default for [`CacheBuilder::max_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+/// The default for [`CacheBuilder::max_entry_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;
+/// The default for [`CacheBuilder::keep_for_revalidation`]: 10 minutes.
+pub const DEFAULT_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(600);
+
+/// Caches HTTP responses in memory, shared by every clone.
+///
+/// # Contents
+///
+/// - Freshness: [`CacheLayer::new`] (fixed TTL) or [`CacheLayer::http`]
+///   (HTTP's rules), then [`CacheBuilder`] for the rest.
+/// - Handles: [`invalidate`](Self::invalidate), [`clear`](Self::clear),
+///   [`stats`](Self::stats).
+///
+/// # Rules
+///
+/// | rule | how |
+/// |------|-----|
+/// | what is stored | responses to `GET` and `HEAD` (configurable) with a 2xx status other than 206 (configurable); never `no-store` on the request or the response |
+/// | how long | [`Freshness::Fixed`] or [`Freshness::Http`]; a request's [`CacheTtl`](crate::CacheTtl) overrides |
+/// | the key | the method, the [normalized URI](crate::normalize_uri), the request headers the response's `Vary` names (`Vary: *` is never stored), and an identity of the request's credentials: its `Authorization`, `Proxy-Authorization`, `Cookie` and `X-Api-Key` headers, a `tollgate_auth::Credential` and a [`Partition`](crate::Partition) in its extensions. A response fetched with one credential is never served to a request with another |
+/// | revalidation | a stale entry with an `ETag` or `Last-Modified` is asked for with `If-None-Match` / `If-Modified-Since`; a `304` renews it without a body |
+/// | stale-if-error | within [`stale_if_error`](CacheBuilder::stale_if_error) of going stale, an entry is served when the upstream fails (an error or a 5xx), marked [`CacheStatus::Stale`](crate::CacheStatus::Stale) |
+/// | single-flight | concurrent misses for one key make one upstream request; the others wait for its response, or get its error; a cancelled request hands the fetch to the next |
+/// | invalidation | a `POST`, `PUT`, `PATCH` or `DELETE` answered with a 2xx or 3xx drops every stored response for its URI |
+/// | memory | capacity in bytes, weighed over body, headers and bookkeeping; a response over the per-entry limit is streamed through, not stored; a body that will not be stored is never buffered |
+/// | what happened | a [`CacheStatus`](crate::CacheStatus) in the response's extensions; an `Age` header on responses from the cache |
+///
+/// Conditional requests (`If-None-Match`, ...), range requests, and requests
+/// with a [`Bypass`](crate::Bypass) or `Cache-Control: no-store` go straight
+/// through.
+///
+/// # Time
+///
+/// Freshness is measured on tokio's clock (each entry carries its own
+/// deadline), so tests with paused time see entries expire exactly.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{service_fn, Layer, ServiceExt};
+/// use tollgate_cache::{CacheLayer, CacheStatus};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let upstream = service_fn(|_req: Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("{\"id\":1}"))))
+/// });
+/// let cache = CacheLayer::new(Duration::from_secs(60));
+/// let service = cache.layer(upstream);
+///
+/// let first = service.clone().oneshot(Request::get("http://api.test/posts/1").body(())?).await?;
+/// assert_eq!(first.extensions().get::<CacheStatus>(), Some(&CacheStatus::Miss));
+/// let second = service.oneshot(Request::get("http://api.test/posts/1").body(())?).await?;
+/// assert_eq!(second.extensions().get::<CacheStatus>(), Some(&CacheStatus::Hit));
+/// assert_eq!(cache.stats().hits, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CacheLayer {
+    pub(crate) store: Arc<Store>,
+}
+
+impl CacheLayer {
+    /// A cache that keeps responses for `ttl`, whatever the server says
+    /// (but `no-store`), with the other defaults of [`CacheBuilder`].
+    pub fn new(ttl: Duration) -> CacheLayer {
+        CacheLayer::builder(Freshness::Fixed(ttl)).build()
+    }
+
+    /// A cache that follows HTTP's rules for a private cache
+    /// ([`Freshness::Http`]), keeping responses that say nothing about
+    /// freshness for `default_ttl` if given.
+    pub fn http(default_ttl: Option<Duration>) -> CacheLayer {
+        CacheLayer::builder(Freshness::Http { default_ttl }).build()
+    }
+
+    /// Starts configuring a cache.
+    pub fn builder(freshness: Freshness) -> CacheBuilder {
+        CacheBuilder {
+            config: Config {
+                freshness,
+                methods: vec![Method::GET, Method::HEAD],
+                statuses: (200..300)
+                    .filter(|s| *s != 206)
+                    .filter_map(|s| StatusCode::from_u16(s).ok())
+                    .collect(),
+                max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+                stale_if_error: Duration::ZERO,
+                keep_for_revalidation: DEFAULT_KEEP_FOR_REVALIDATION,
+                credential_headers: vec![
+                    AUTHORIZATION,
+                    PROXY_AUTHORIZATION,
+                    COOKIE,
+                    HeaderName::from_static("x-api-key"),
+                ],
+                max_variants: 8,
+            },
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+
+    /// Drops every stored response for `uri` (all methods, credentials and
+    /// variants).
+    pub fn invalidate(&self, uri: &Uri) {
+        self.store.invalidate(&normalize_uri(uri));
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        self.store.clear();
+    }
+
+    /// Counters since the cache was built.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.store.counters;
+        CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            revalidated: c.revalidated.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+            bypassed: c.bypassed.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            entries: self.store.entry_count(),
+            bytes: self.store.weighted_size(),
+        }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+
+    fn layer(&self, inner: S) -> Cache<S> {
+        Cache::new(inner, self.clone())
+    }
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("config", &self.store.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of a [`CacheLayer`] (from [`CacheLayer::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Responses served fresh from the cache.
+    pub hits: u64,
+    /// Requests that went upstream as leaders (or alone).
+    pub misses: u64,
+    /// Requests that waited for another's identical request.
+    pub coalesced: u64,
+    /// Stale entries renewed by a `304`.
+    pub revalidated: u64,
+    /// Stale entries served because the upstream failed.
+    pub stale: u64,
+    /// Requests that did not use the cache.
+    pub bypassed: u64,
+    /// Entries evicted to stay within the capacity.
+    pub evictions: u64,
+    /// URIs with stored responses.
+    pub entries: u64,
+    /// Bytes counted against the capacity.
+    pub bytes: u64,
+}
+
+/// Configures a [`CacheLayer`]; from [`CacheLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct CacheBuilder {
+    config: Config,
+    max_bytes: u64,
+}
+
+impl CacheBuilder {
+    /// The capacity in bytes (default 64 MiB), counting bodies, headers
+    /// and per-entry bookkeeping. The least useful entries are evicted
+    /// beyond it.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// The largest body stored (default 1 MiB). A larger response is
+    /// streamed through unbuffered and not stored.
+    pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_entry_bytes = bytes;
+        self
+    }
+
+    /// The methods whose responses are stored (default `GET` and `HEAD`).
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// The statuses stored (default every 2xx but 206).
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.config.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Serves a stale entry, within this long of going stale, when the
+    /// upstream fails with an error or a 5xx (default: never).
+    pub fn stale_if_error(mut self, grace: Duration) -> Self {
+        self.config.stale_if_error = grace;
+        self
+    }
+
+    /// How long a stale entry with an `ETag` or `Last-Modified` is kept for
+    /// revalidation (default 10 minutes).
+    pub fn keep_for_revalidation(mut self, keep: Duration) -> Self {
+        self.config.keep_for_revalidation = keep;
+        self
+    }
+
+    /// Also partitions by this request header (besides `Authorization`,
+    /// `Proxy-Authorization`, `Cookie` and `X-Api-Key`).
+    pub fn credential_header(mut self, name: HeaderName) -> Self {
+        if !self.config.credential_headers.contains(&name) {
+            self.config.credential_headers.push(name);
+        }
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> CacheLayer {
+        CacheLayer {
+            store: Arc::new(Store::new(self.config, self.max_bytes)),
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! [`Cache`]: the service [`CacheLayer`] makes.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    AGE, CONTENT_LENGTH, CONTENT_RANGE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::body::CacheBody;
+use crate::entry::Stored;
+use crate::flight::{self, FlightKey, Leader, Outcome, Role};
+use crate::key::{identity, normalize_uri, vary_of};
+use crate::layer::CacheLayer;
+use crate::policy::{decide, has_directive, Decision};
+use crate::status::{Bypass, CacheStatus, CacheTtl, CoalescedError};
+use crate::store::{Counters, Store};
+
+/// Caches responses; made by [`CacheLayer`].
+///
+/// `poll_ready` is the inner service's. A hit is answered without calling
+/// it; a miss takes the service that was polled ready and leaves a clone.
+#[derive(Clone)]
+pub struct Cache<S> {
+    inner: S,
+    store: Arc<Store>,
+}
+
+impl<S> Cache<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, layer: CacheLayer) -> Self {
+        Cache {
+            inner,
+            store: layer.store,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Cache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("config", &self.store.config)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// Methods that change the resource: their success invalidates it.
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Requests the cache must not answer nor store.
+fn bypasses<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    req.extensions().get::<Bypass>().is_some()
+        || [
+            IF_NONE_MATCH,
+            IF_MODIFIED_SINCE,
+            IF_MATCH,
+            IF_UNMODIFIED_SINCE,
+            IF_RANGE,
+            RANGE,
+        ]
+        .iter()
+        .any(|name| h.contains_key(name))
+        || has_directive(h, "no-store")
+}
+
+/// A response from the stored one.
+fn respond<B>(stored: &Stored, status: CacheStatus, now: Instant) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::full(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    *response.version_mut() = stored.version;
+    let mut headers = stored.headers.clone();
+    if status != CacheStatus::Coalesced {
+        headers.insert(AGE, stored.age(now));
+    }
+    *response.headers_mut() = headers;
+    response.extensions_mut().insert(status);
+    response
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Cache<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody<ResB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let store = &self.store;
+        let config = &store.config;
+        if is_unsafe(req.method()) {
+            let uri = normalize_uri(req.uri());
+            Counters::bump(&store.counters.bypassed);
+            return ResponseFuture::new(Kind::Invalidate {
+                future: self.inner.call(req),
+                store: store.clone(),
+                uri,
+            });
+        }
+        if !config.methods.contains(req.method()) || bypasses(&req) {
+            Counters::bump(&store.counters.bypassed);
+            return ResponseFuture::new(Kind::Bypass {
+                future: self.inner.call(req),
+            });
+        }
+        let uri = normalize_uri(req.uri());
+        let identity = identity(&req, &config.credential_headers);
+        let found = store.lookup(&uri, req.method(), identity, req.headers());
+        let now = Instant::now();
+        let revalidate = has_directive(req.headers(), "no-cache");
+        if let Some(stored) = found.as_ref().filter(|s| !revalidate && s.is_fresh(now)) {
+            Counters::bump(&store.counters.hits);
+            return ResponseFuture::new(Kind::Ready {
+                response: Some(respond(stored, CacheStatus::Hit, now)),
+            });
+        }
+        // Take the service that was polled ready; leave a clone.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        let key = FlightKey {
+            uri: Arc::from(uri),
+            method: req.method().clone(),
+            identity,
+        };
+        ResponseFuture::new(Kind::Slow {
+            future: Box::pin(fetch(store.clone(), service, req, key, found)),
+        })
+    }
+}
+
+type Slow<B> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, BoxError>> + Send>>;
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Ready { response: Option<Response<CacheBody<B>>> },
+        Bypass { #[pin] future: F },
+        Invalidate { #[pin] future: F, store: Arc<Store>, uri: String },
+        Slow { future: Slow<B> },
+    }
+}
+
+pin_project! {
+    /// The response future of [`Cache`].
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn new(kind: Kind<F, B>) -> Self {
+        ResponseFuture { kind }
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Ready { .. } => "hit",
+            Kind::Bypass { .. } => "bypass",
+            Kind::Invalidate { .. } => "unsafe method",
+            Kind::Slow { .. } => "miss",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+fn streamed<B>(response: Response<B>, status: CacheStatus) -> Response<CacheBody<B>> {
+    let mut response = response.map(CacheBody::stream);
+    response.extensions_mut().insert(status);
+    response
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<CacheBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Ready { response } => Poll::Ready(
+                response
+                    .take()
+                    .ok_or_else(|| "cache: response future polled after completion".into()),
+            ),
+            KindProj::Bypass { future } => {
+                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                Poll::Ready(Ok(streamed(response, CacheStatus::Bypass)))
+            }
+            KindProj::Invalidate { future, store, uri } => {
+                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                let status = response.status();
+                if status.is_success() || status.is_redirection() {
+                    store.invalidate(uri);
+                }
+                Poll::Ready(Ok(streamed(response, CacheStatus::Bypass)))
+            }
+            KindProj::Slow { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// A miss, or a stale entry: lead the flight for the key, or wait for it.
+async fn fetch<S, ReqB, ResB>(
+    store: Arc<Store>,
+    service: S,
+    req: Request<ReqB>,
+    key: FlightKey,
+    mut found: Option<Arc<Stored>>,
+) -> Result<Response<CacheBody<ResB>>, BoxError>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    loop {
+        let rx = match store.flights.join(key.clone()) {
+            Role::Leader(leader) => {
+                return lead(&store, service, req, &key, found, Some(leader)).await
+            }
+            Role::Waiter(rx) => rx,
+        };
+        match flight::wait(rx).await {
+            Some(Outcome::Shared(stored)) if stored.vary.matches(req.headers()) => {
+                Counters::bump(&store.counters.coalesced);
+                return Ok(respond(&stored, CacheStatus::Coalesced, Instant::now()));
+            }
+            Some(Outcome::Failed(error)) => return Err(Box::new(CoalescedError(error))),
+            Some(Outcome::Shared(_) | Outcome::NotShared | Outcome::Pending) => {
+                // Not a response this request can use: ask for itself.
+                return lead(&store, service, req, &key, found, None).await;
+            }
+            None => {
+                // The leader was cancelled. Look again, then lead or wait.
+                found = store.lookup(&key.uri, &key.method, key.identity, req.headers());
+                let now = Instant::now();
+                if let Some(stored) = found.as_ref().filter(|s| s.is_fresh(now)) {
+                    Counters::bump(&store.counters.hits);
+                    return Ok(respond(stored, CacheStatus::Hit, now));
+                }
+            }
+        }
+    }
+}
+
+fn finish(leader: Option<Leader<'_>>, outcome: Outcome) {
+    if let Some(leader) = leader {
+        leader.finish(outcome);
+    }
+}
+
+/// The leader's error; shared with its waiters, if it has any.
+fn fail(leader: Option<Leader<'_>>, error: BoxError) -> BoxError {
+    match leader {
+        Some(leader) if leader.has_waiters() => {
+            let shared: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
+            leader.finish(Outcome::Failed(shared.clone()));
+            Box::new(CoalescedError(shared))
+        }
+        _ => error,
+    }
+}
+
+enum Buffered<B> {
+    Whole(Bytes),
+    /// Over the limit: what was read, and the rest.
+    Overflow(Bytes, Pin<Box<B>>),
+    Failed(BoxError),
+}
+
+/// Reads `body` into memory up to `limit` bytes.
+async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    loop {
+        match body.as_mut().frame().await {
+            None => break,
+            Some(Err(e)) => return Buffered::Failed(e.into()),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers are not stored
+                };
+                let len = first.as_ref().map_or(0, Bytes::len) + rest.len() + data.len();
+                match first.take() {
+                    None if rest.is_empty() => first = Some(data),
+                    Some(f) => {
+                        rest.extend_from_slice(&f);
+                        rest.extend_from_slice(&data);
+                    }
+                    None => rest.extend_from_slice(&data),
+                }
+                if len > limit {
+                    let read = first.take().unwrap_or_else(|| rest.split().freeze());
+                    return Buffered::Overflow(read, body);
+                }
+            }
+        }
+    }
+    Buffered::Whole(first.unwrap_or_else(|| rest.freeze()))
+}
+
+/// How long past freshness a response stays useful.
+fn retention(store: &Store, headers: &HeaderMap) -> Duration {
+    let validators = headers.contains_key(http::header::ETAG)
+        || headers.contains_key(http::header::LAST_MODIFIED);
+    let revalidation = if validators {
+        store.config.keep_for_revalidation
+    } else {
+        Duration::ZERO
+    };
+    revalidation.max(store.config.stale_if_error)
+}
+
+struct Request0 {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    ttl: Option<Duration>,
+}
+
+fn build_stored(
+    store: &Store,
+    (status, version, mut headers): (StatusCode, http::Version, HeaderMap),
+    body: Bytes,
+    decision: Decision,
+    vary: crate::key::Vary,
+    received: Instant,
+) -> Stored {
+    let initial_age = Stored::strip_age(&mut headers);
+    let fresh_until = received + decision.ttl;
+    let stale_until = fresh_until + retention(store, &headers);
+    Stored {
+        status,
+        version,
+        headers,
+        body,
+        stored_at: received,
+        initial_age,
+        fresh_until,
+        stale_until,
+        must_revalidate: decision.must_revalidate,
+        vary,
+    }
+}
+
+/// Fetches for this request (and its waiters, if it leads a flight).
+async fn lead<S, ReqB, ResB>(
+    store: &Store,
+    service: S,
+    mut req: Request<ReqB>,
+    key: &FlightKey,
+    found: Option<Arc<Stored>>,
+    leader: Option<Leader<'_>>,
+) -> Result<Response<CacheBody<ResB>>, BoxError>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let config = &store.config;
+    let asked = Request0 {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+        ttl: req.extensions().get::<CacheTtl>().map(|t| t.0),
+    };
+    // A stale entry with validators: ask whether it changed.
+    let revalidating = found.clone().filter(|s| s.has_validators());
+    if let Some(stored) = &revalidating {
+        if let Some(etag) = stored.etag() {
+            req.headers_mut().insert(IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = stored.last_modified() {
+            req.headers_mut()
+                .insert(IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
+    Counters::bump(&store.counters.misses);
+    let result = service.oneshot(req).await.map_err(Into::into);
+    let received = Instant::now();
+    let stale = found.filter(|s| s.can_serve_stale(received));
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            if let Some(stale) = stale {
+                tracing::debug!(target: "tollgate_cache", error = %error, "upstream failed: serving the stale entry");
+                Counters::bump(&store.counters.stale);
+                finish(leader, Outcome::Shared(stale.clone()));
+                return Ok(respond(&stale, CacheStatus::Stale, received));
+            }
+            return Err(fail(leader, error));
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+
+    if let (Some(stored), StatusCode::NOT_MODIFIED) = (&revalidating, parts.status) {
+        drop(body);
+        // RFC 9111 §4.3.4: the 304's headers update the stored ones.
+        let mut headers = stored.headers.clone();
+        for name in parts.headers.keys() {
+            if [CONTENT_LENGTH, TRANSFER_ENCODING, CONTENT_RANGE].contains(name) {
+                continue;
+            }
+            headers.remove(name);
+            for value in parts.headers.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let decision = decide(
+            config.freshness,
+            asked.ttl,
+            &asked.method,
+            &asked.uri,
+            &asked.headers,
+            stored.status,
+            &headers,
+        );
+        let renewed = Arc::new(build_stored(
+            store,
+            (stored.status, stored.version, headers),
+            stored.body.clone(),
+            decision.unwrap_or(Decision {
+                ttl: Duration::ZERO,
+                must_revalidate: true,
+            }),
+            stored.vary.clone(),
+            received,
+        ));
+        if decision.is_some() {
+            store.insert(
+                key.uri.clone(),
+                asked.method,
+                key.identity,
+                &asked.headers,
+                renewed.clone(),
+            );
+        }
+        Counters::bump(&store.counters.revalidated);
+        finish(leader, Outcome::Shared(renewed.clone()));
+        let mut response = respond(&renewed, CacheStatus::Revalidated, received);
+        // What the layers below recorded (attempts, waits) stays on it.
+        let status = CacheStatus::Revalidated;
+        let mut extensions = parts.extensions;
+        extensions.insert(status);
+        *response.extensions_mut() = extensions;
+        return Ok(response);
+    }
+
+    if parts.status.is_server_error() {
+        if let Some(stale) = stale {
+            tracing::debug!(target: "tollgate_cache", status = %parts.status, "upstream failed: serving the stale entry");
+            Counters::bump(&store.counters.stale);
+            finish(leader, Outcome::Shared(stale.clone()));
+            return Ok(respond(&stale, CacheStatus::Stale, received));
+        }
+    }
+
+    let decision = config
+        .statuses
+        .contains(&parts.status)
+        .then(|| {
+            decide(
+                config.freshness,
+                asked.ttl,
+                &asked.method,
+                &asked.uri,
+                &asked.headers,
+                parts.status,
+                &parts.headers,
+            )
+        })
+        .flatten()
+        .filter(|d| !d.ttl.is_zero() || !retention(store, &parts.headers).is_zero());
+    let vary = decision.and_then(|_| vary_of(&parts.headers, &asked.headers));
+    let storable = decision.is_some() && vary.is_some();
+    let share = leader.as_ref().is_some_and(Leader::has_waiters);
+    let declared = body.size_hint().lower();
+    parts.extensions.insert(CacheStatus::Miss);
+    if declared > config.max_entry_bytes as u64 || !(storable || share) {
+        // Never buffered: streamed as it comes.
+        finish(leader, Outcome::NotShared);
+        return Ok(Response::from_parts(parts, CacheBody::stream(body)));
+    }
+    match buffer(body, config.max_entry_bytes).await {
+        Buffered::Whole(bytes) => {
+            let stored = Arc::new(build_stored(
+                store,
+                (parts.status, parts.version, parts.headers.clone()),
+                bytes.clone(),
+                decision.unwrap_or(Decision {
+                    ttl: Duration::ZERO,
+                    must_revalidate: true,
+                }),
+                vary.unwrap_or_default(),
+                received,
+            ));
+            if storable {
+                store.insert(
+                    key.uri.clone(),
+                    asked.method,
+                    key.identity,
+                    &asked.headers,
+                    stored.clone(),
+                );
+            }
+            finish(leader, Outcome::Shared(stored));
+            Ok(Response::from_parts(parts, CacheBody::full(bytes)))
+        }
+        Buffered::Overflow(read, rest) => {
+            finish(leader, Outcome::NotShared);
+            Ok(Response::from_parts(parts, CacheBody::prefix(read, rest)))
+        }
+        Buffered::Failed(error) => Err(fail(leader, error)),
+    }
+}

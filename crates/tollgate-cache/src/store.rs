@@ -1,0 +1,169 @@
+//! The state all clones of a cache share: moka, the flights, the counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+use moka::notification::RemovalCause;
+use tokio::time::Instant;
+
+use crate::entry::{Stored, UriEntry, Variant};
+use crate::flight::Flights;
+use crate::policy::Freshness;
+
+/// How the cache behaves; set with [`CacheBuilder`](crate::CacheBuilder).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) freshness: Freshness,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) max_entry_bytes: usize,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) keep_for_revalidation: Duration,
+    pub(crate) credential_headers: Vec<HeaderName>,
+    pub(crate) max_variants: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) revalidated: AtomicU64,
+    pub(crate) stale: AtomicU64,
+    pub(crate) bypassed: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Store {
+    pub(crate) config: Config,
+    entries: moka::sync::Cache<Arc<str>, Arc<UriEntry>>,
+    pub(crate) flights: Flights,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// moka's expiry: each URI entry is kept as long as its most useful variant.
+struct KeepFor;
+
+#[allow(
+    clippy::disallowed_types,
+    reason = "moka's Expiry trait passes its own std clock, which we do not read: freshness is on tokio's clock"
+)]
+impl moka::Expiry<Arc<str>, Arc<UriEntry>> for KeepFor {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Arc<UriEntry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.keep)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Arc<str>,
+        value: &Arc<UriEntry>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.keep)
+    }
+}
+
+impl Store {
+    pub(crate) fn new(config: Config, max_bytes: u64) -> Store {
+        let counters = Arc::new(Counters::default());
+        let evictions = counters.clone();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_key: &Arc<str>, entry: &Arc<UriEntry>| entry.weight)
+            .expire_after(KeepFor)
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    Counters::bump(&evictions.evictions);
+                }
+            })
+            .build();
+        Store {
+            config,
+            entries,
+            flights: Flights::default(),
+            counters,
+        }
+    }
+
+    /// The stored response for this request, fresh or not.
+    pub(crate) fn lookup(
+        &self,
+        uri: &str,
+        method: &Method,
+        identity: u128,
+        request: &HeaderMap,
+    ) -> Option<Arc<Stored>> {
+        let entry = self.entries.get(uri)?;
+        entry.find(method, identity, request).cloned()
+    }
+
+    /// Stores `stored` for this request, replacing the variant it matches.
+    pub(crate) fn insert(
+        &self,
+        uri: Arc<str>,
+        method: Method,
+        identity: u128,
+        request: &HeaderMap,
+        stored: Arc<Stored>,
+    ) {
+        let now = Instant::now();
+        let mut variants: Vec<Variant> = match self.entries.get(&*uri) {
+            Some(entry) => entry
+                .variants
+                .iter()
+                .filter(|v| {
+                    !(v.method == method
+                        && v.identity == identity
+                        && v.stored.vary.matches(request))
+                        && v.stored.stale_until > now
+                })
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        if variants.len() >= self.config.max_variants {
+            // The oldest goes.
+            variants.remove(0);
+        }
+        variants.push(Variant {
+            method,
+            identity,
+            stored,
+        });
+        let entry = UriEntry::new(variants, now, uri.len());
+        self.entries.insert(uri, Arc::new(entry));
+    }
+
+    /// Drops everything stored for `uri` (normalized).
+    pub(crate) fn invalidate(&self, uri: &str) {
+        self.entries.invalidate(uri);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.invalidate_all();
+    }
+
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+}
