@@ -7,6 +7,8 @@
 //! the facade adds: path joining, header defaults, the span, the deadline,
 //! boxing, body reading and the `ApiResponse`.
 //!
+//! `facade_get_cache_hit` answers from a `CacheLayer` after the first call.
+//!
 //! `cargo bench --bench facade`
 #![allow(missing_docs, reason = "a benchmark binary")]
 
@@ -40,7 +42,20 @@ fn facade(c: &mut Criterion) {
         .build()
         .expect("client");
 
+    let cached = tollgate::Client::builder("http://127.0.0.1:8080/api")
+        .transport(stub)
+        .cache(tollgate_cache::CacheLayer::new(
+            std::time::Duration::from_secs(3600),
+        ))
+        .build()
+        .expect("client");
     let mut group = c.benchmark_group("facade_overhead");
+    group.bench_function("facade_get_cache_hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            let res = cached.get("/posts/1").send().await.expect("sent");
+            black_box(res)
+        });
+    });
     group.bench_function("facade_get_no_timeout", |b| {
         b.to_async(&rt).iter(|| async {
             let res = no_timeout.get("/posts/1").send().await.expect("sent");

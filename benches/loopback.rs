@@ -5,7 +5,13 @@
 //! cargo bench --bench loopback                  # defaults below
 //! cargo bench --bench loopback -- --requests 100000 --rounds 5 --concurrency 1,64 \
 //!     --clients bare,facade,facade-nt,facade-retry,reqwest
+//! cargo bench --bench loopback -- --concurrency 64 \
+//!     --clients bare,facade,facade-cache-hit,facade-distinct,facade-cache-miss
 //! ```
+//!
+//! `facade-cache-hit` repeats one GET through a cache (all hits after the
+//! warm-up); `facade-distinct` and `facade-cache-miss` GET a new URL each
+//! time, without and with a cache (every call a miss that is stored).
 //!
 //! The parent process only orchestrates: it starts the server pinned to core
 //! 1 (`taskset -c 1`) and each measurement as a fresh client process pinned
@@ -168,6 +174,37 @@ fn client(args: &[&str]) {
                     Arc::new(move || {
                         let c = c.clone();
                         Box::pin(async move { c.get("/posts/1").send().await.is_ok() })
+                    })
+                }
+                "facade-cache-hit" => {
+                    // After the warm-up every call is a hit.
+                    let c = tollgate::Client::builder(format!("http://{addr}"))
+                        .cache(tollgate_cache::CacheLayer::new(
+                            std::time::Duration::from_secs(3600),
+                        ))
+                        .build()
+                        .expect("client");
+                    Arc::new(move || {
+                        let c = c.clone();
+                        Box::pin(async move { c.get("/posts/1").send().await.is_ok() })
+                    })
+                }
+                "facade-distinct" | "facade-cache-miss" => {
+                    // Every call a new URL: with the cache on, every call is
+                    // a miss that is stored. Without it, the baseline.
+                    let mut builder = tollgate::Client::builder(format!("http://{addr}"));
+                    if kind == "facade-cache-miss" {
+                        builder = builder.cache(tollgate_cache::CacheLayer::new(
+                            std::time::Duration::from_secs(3600),
+                        ));
+                    }
+                    let c = builder.build().expect("client");
+                    let n = Arc::new(AtomicU64::new(0));
+                    Arc::new(move || {
+                        let (c, n) = (c.clone(), n.fetch_add(1, Ordering::Relaxed));
+                        Box::pin(async move {
+                            c.get("/posts/1").query(&[("n", n)]).send().await.is_ok()
+                        })
                     })
                 }
                 "reqwest" => {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use serde::Deserialize;
 use serde_json::json;
 use tollgate::{Client, ErrorKind};
+use tollgate_cache::{CacheLayer, CacheStatus};
 use tollgate_limit::{ConcurrencyLimitLayer, Quota, RateLimitLayer};
 use tollgate_retry::{RetryLayer, RetryRecord};
 use tollgate_testkit::{FakeApi, Fault};
@@ -351,6 +352,48 @@ async fn run(base_url: Option<String>) -> Result<(), Failure> {
             queued == 4,
             "4 of the 6 calls waited for one of the 2 slots",
         )?;
+
+        section("Cache: a miss, a hit, and a burst of 20 concurrent GETs for one URL");
+        api.inject("/users/*", Fault::latency(Duration::from_millis(50)));
+        let cache = CacheLayer::new(Duration::from_secs(60));
+        let cached = Client::builder(api.url()).cache(cache.clone()).build()?;
+        let (before2, before3) = (api.hits("/users/2"), api.hits("/users/3"));
+        let first = cached.get("/users/2").send().await?;
+        let second = cached.get("/users/2").send().await?;
+        for (name, res) in [("first", &first), ("second", &second)] {
+            println!(
+                "  {name} GET /users/2: {}  cache {:?}  attempts {}  took {:.2?}",
+                res.status(),
+                res.summary().cache,
+                res.summary().attempts,
+                res.elapsed()
+            );
+        }
+        check(
+            second.summary().cache == Some(CacheStatus::Hit) && api.hits("/users/2") - before2 == 1,
+            "the second GET was a hit: FakeApi saw one request",
+        )?;
+        let started = Instant::now();
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let cached = cached.clone();
+                tokio::spawn(async move { cached.get("/users/3").send().await })
+            })
+            .collect();
+        for call in burst {
+            call.await??.error_for_status()?;
+        }
+        println!(
+            "  20 concurrent GETs /users/3 in {:.2?}: FakeApi saw {} request(s); cache stats {:?}",
+            started.elapsed(),
+            api.hits("/users/3") - before3,
+            cache.stats()
+        );
+        check(
+            api.hits("/users/3") - before3 == 1,
+            "the burst was one upstream request",
+        )?;
+        api.clear_faults();
 
         section("Auth: FakeApi now requires a bearer token");
         api.require_bearer("demo-s3cret");

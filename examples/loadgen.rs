@@ -33,6 +33,7 @@ struct Options {
     retries: Option<u32>,
     concurrency_limit: Option<usize>,
     rate: Option<tollgate_limit::Quota>,
+    cache: Option<Duration>,
 }
 
 const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C] [--timeout-ms MS]
@@ -43,7 +44,8 @@ const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C]
   --retries N        retry failed idempotent requests up to N times (RetryLayer defaults otherwise)
   --concurrency-limit N  at most N requests in flight through the client's pool
   --rate N/s | N/m   pace the requests smoothly (GCRA, burst N)
-  --rate N/PERIOD    at most N in any window of PERIOD (e.g. 100/60s, 5/500ms)";
+  --rate N/PERIOD    at most N in any window of PERIOD (e.g. 100/60s, 5/500ms)
+  --cache SECS       cache responses for SECS seconds (CacheLayer, fixed TTL); the summary counts hits";
 
 fn parse() -> Result<Options, String> {
     let mut o = Options {
@@ -54,6 +56,7 @@ fn parse() -> Result<Options, String> {
         retries: None,
         concurrency_limit: None,
         rate: None,
+        cache: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -83,6 +86,9 @@ fn parse() -> Result<Options, String> {
                     .filter(|n| *n > 0)
                     .ok_or("--concurrency-limit: must be 1 or more")?;
                 o.concurrency_limit = Some(n);
+            }
+            "--cache" => {
+                o.cache = Some(Duration::from_secs(number(value("--cache")?, "--cache")?));
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
@@ -180,6 +186,10 @@ async fn main() -> ExitCode {
     if let Some(n) = opts.concurrency_limit {
         builder = builder.concurrency_limit(tollgate_limit::ConcurrencyLimitLayer::new(n));
     }
+    let cache = opts.cache.map(tollgate_cache::CacheLayer::new);
+    if let Some(cache) = &cache {
+        builder = builder.cache(cache.clone());
+    }
     let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
@@ -276,5 +286,12 @@ async fn main() -> ExitCode {
         pct(1.0)
     );
     println!("wall time   {wall:.2?}");
+    if let Some(cache) = &cache {
+        let stats = cache.stats();
+        println!(
+            "cache       {} hits, {} misses, {} coalesced",
+            stats.hits, stats.misses, stats.coalesced
+        );
+    }
     ExitCode::SUCCESS
 }

@@ -14,7 +14,19 @@ use crate::key::Vary;
 /// Bytes counted for each stored response besides its body and headers: the
 /// entry's own fields, its `Arc`, the variant list, and moka's bookkeeping
 /// for the key (measured by `benches/cache_memory.rs`).
-pub(crate) const ENTRY_OVERHEAD: usize = 400;
+pub(crate) const ENTRY_OVERHEAD: usize = 1_200;
+
+/// Bytes counted for each stored header besides its name and value: the
+/// header map's bucket and index, and the value's own allocation.
+const HEADER_OVERHEAD: usize = 128;
+
+/// `Age` values of under a minute, as static header values.
+const SMALL_AGES: [&str; 60] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+    "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
+    "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59",
+];
 
 /// A stored response.
 #[derive(Debug)]
@@ -59,8 +71,12 @@ impl Stored {
 
     /// The `Age` to send with it now.
     pub(crate) fn age(&self, now: Instant) -> HeaderValue {
-        let age = self.initial_age + now.saturating_duration_since(self.stored_at);
-        HeaderValue::from(age.as_secs())
+        let age = (self.initial_age + now.saturating_duration_since(self.stored_at)).as_secs();
+        // Most ages are under a minute: no allocation for those.
+        match SMALL_AGES.get(age as usize) {
+            Some(text) => HeaderValue::from_static(text),
+            None => HeaderValue::from(age),
+        }
     }
 
     /// Bytes counted against the cache's capacity.
@@ -68,18 +84,22 @@ impl Stored {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 64)
+            .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD)
             .sum();
         self.body.len() + headers + self.vary.weight() + ENTRY_OVERHEAD
     }
 
     /// The headers of a stored response minus the `Age` it came with (the
     /// cache computes its own).
+    ///
+    /// An `Age: 0` takes its place, so that a response from the cache sets
+    /// its own `Age` in place rather than growing a copied header map.
     pub(crate) fn strip_age(headers: &mut HeaderMap) -> Duration {
         let age = headers
             .remove(AGE)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
             .unwrap_or(0);
+        headers.insert(AGE, HeaderValue::from_static("0"));
         Duration::from_secs(age.min(u64::from(u32::MAX)))
     }
 }
@@ -98,23 +118,14 @@ pub(crate) struct Variant {
 #[derive(Debug)]
 pub(crate) struct UriEntry {
     pub(crate) variants: Vec<Variant>,
-    /// How long moka keeps it: the longest any variant stays useful (fresh,
-    /// revalidatable or servable stale), from its insertion.
-    pub(crate) keep: Duration,
     pub(crate) weight: u32,
 }
 
 impl UriEntry {
-    pub(crate) fn new(variants: Vec<Variant>, now: Instant, key_len: usize) -> UriEntry {
-        let keep = variants
-            .iter()
-            .map(|v| v.stored.stale_until.saturating_duration_since(now))
-            .max()
-            .unwrap_or_default();
+    pub(crate) fn new(variants: Vec<Variant>, key_len: usize) -> UriEntry {
         let weight = variants.iter().map(|v| v.stored.weight()).sum::<usize>() + key_len;
         UriEntry {
             variants,
-            keep,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
     }

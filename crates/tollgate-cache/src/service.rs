@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    AGE, CONTENT_LENGTH, CONTENT_RANGE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
@@ -21,10 +21,10 @@ use tower::{BoxError, Service, ServiceExt};
 
 use crate::body::CacheBody;
 use crate::entry::Stored;
-use crate::flight::{self, FlightKey, Leader, Outcome, Role};
+use crate::flight::{FlightKey, Leader, Outcome, Role};
 use crate::key::{identity, normalize_uri, vary_of};
 use crate::layer::CacheLayer;
-use crate::policy::{decide, has_directive, Decision};
+use crate::policy::{decide, Decision};
 use crate::status::{Bypass, CacheStatus, CacheTtl, CoalescedError};
 use crate::store::{Counters, Store};
 
@@ -80,21 +80,40 @@ fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// Requests the cache must not answer nor store.
-fn bypasses<B>(req: &Request<B>) -> bool {
-    let h = req.headers();
-    req.extensions().get::<Bypass>().is_some()
-        || [
-            IF_NONE_MATCH,
-            IF_MODIFIED_SINCE,
-            IF_MATCH,
-            IF_UNMODIFIED_SINCE,
-            IF_RANGE,
-            RANGE,
-        ]
-        .iter()
-        .any(|name| h.contains_key(name))
-        || has_directive(h, "no-store")
+/// What the cache needs to know of a request's headers, read in one pass
+/// (cheaper than a lookup per name: requests carry few headers).
+#[derive(Default)]
+struct Scan {
+    /// Conditional, range, or `Cache-Control: no-store`.
+    bypass: bool,
+    /// `Cache-Control: no-cache`: revalidate whatever is stored.
+    no_cache: bool,
+    /// Carries one of the credential headers.
+    credential: bool,
+}
+
+fn scan(headers: &HeaderMap, credential_headers: &[http::HeaderName]) -> Scan {
+    let mut out = Scan::default();
+    for (name, value) in headers {
+        if name == IF_NONE_MATCH
+            || name == IF_MODIFIED_SINCE
+            || name == IF_MATCH
+            || name == IF_UNMODIFIED_SINCE
+            || name == IF_RANGE
+            || name == RANGE
+        {
+            out.bypass = true;
+        } else if name == CACHE_CONTROL {
+            let text = value.to_str().unwrap_or("").to_ascii_lowercase();
+            for directive in text.split(',').map(str::trim) {
+                out.bypass |= directive == "no-store";
+                out.no_cache |= directive == "no-cache";
+            }
+        } else if credential_headers.contains(name) {
+            out.credential = true;
+        }
+    }
+    out
 }
 
 /// A response from the stored one.
@@ -103,7 +122,10 @@ fn respond<B>(stored: &Stored, status: CacheStatus, now: Instant) -> Response<Ca
     *response.status_mut() = stored.status;
     *response.version_mut() = stored.version;
     let mut headers = stored.headers.clone();
-    if status != CacheStatus::Coalesced {
+    if status == CacheStatus::Coalesced {
+        // Fresh from upstream: no `Age` (the stored one is a placeholder).
+        headers.remove(AGE);
+    } else {
         headers.insert(AGE, stored.age(now));
     }
     *response.headers_mut() = headers;
@@ -135,22 +157,26 @@ where
             let uri = normalize_uri(req.uri());
             Counters::bump(&store.counters.bypassed);
             return ResponseFuture::new(Kind::Invalidate {
-                future: self.inner.call(req),
+                future: Box::pin(self.inner.call(req)),
                 store: store.clone(),
                 uri,
             });
         }
-        if !config.methods.contains(req.method()) || bypasses(&req) {
+        let scanned = scan(req.headers(), &config.credential_headers);
+        if scanned.bypass
+            || !config.methods.contains(req.method())
+            || req.extensions().get::<Bypass>().is_some()
+        {
             Counters::bump(&store.counters.bypassed);
             return ResponseFuture::new(Kind::Bypass {
-                future: self.inner.call(req),
+                future: Box::pin(self.inner.call(req)),
             });
         }
         let uri = normalize_uri(req.uri());
-        let identity = identity(&req, &config.credential_headers);
+        let identity = identity(&req, &config.credential_headers, scanned.credential);
         let found = store.lookup(&uri, req.method(), identity, req.headers());
         let now = Instant::now();
-        let revalidate = has_directive(req.headers(), "no-cache");
+        let revalidate = scanned.no_cache;
         if let Some(stored) = found.as_ref().filter(|s| !revalidate && s.is_fresh(now)) {
             Counters::bump(&store.counters.hits);
             return ResponseFuture::new(Kind::Ready {
@@ -174,11 +200,13 @@ where
 type Slow<B> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, BoxError>> + Send>>;
 
 pin_project! {
+    // Only a hit is inline: the other paths box their future, so a hit's
+    // future stays small whatever the inner service's is.
     #[project = KindProj]
     enum Kind<F, B> {
         Ready { response: Option<Response<CacheBody<B>>> },
-        Bypass { #[pin] future: F },
-        Invalidate { #[pin] future: F, store: Arc<Store>, uri: String },
+        Bypass { future: Pin<Box<F>> },
+        Invalidate { future: Pin<Box<F>>, store: Arc<Store>, uri: String },
         Slow { future: Slow<B> },
     }
 }
@@ -232,11 +260,11 @@ where
                     .ok_or_else(|| "cache: response future polled after completion".into()),
             ),
             KindProj::Bypass { future } => {
-                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                let response = ready!(future.as_mut().poll(cx)).map_err(Into::into)?;
                 Poll::Ready(Ok(streamed(response, CacheStatus::Bypass)))
             }
             KindProj::Invalidate { future, store, uri } => {
-                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                let response = ready!(future.as_mut().poll(cx)).map_err(Into::into)?;
                 let status = response.status();
                 if status.is_success() || status.is_redirection() {
                     store.invalidate(uri);
@@ -263,23 +291,23 @@ where
     ResB::Error: Into<BoxError>,
 {
     loop {
-        let rx = match store.flights.join(key.clone()) {
+        let waiter = match store.flights.join(key.clone()) {
             Role::Leader(leader) => {
                 return lead(&store, service, req, &key, found, Some(leader)).await
             }
-            Role::Waiter(rx) => rx,
+            Role::Waiter(waiter) => waiter,
         };
-        match flight::wait(rx).await {
-            Some(Outcome::Shared(stored)) if stored.vary.matches(req.headers()) => {
+        match waiter.outcome().await {
+            Outcome::Shared(stored) if stored.vary.matches(req.headers()) => {
                 Counters::bump(&store.counters.coalesced);
                 return Ok(respond(&stored, CacheStatus::Coalesced, Instant::now()));
             }
-            Some(Outcome::Failed(error)) => return Err(Box::new(CoalescedError(error))),
-            Some(Outcome::Shared(_) | Outcome::NotShared | Outcome::Pending) => {
+            Outcome::Failed(error) => return Err(Box::new(CoalescedError(error))),
+            Outcome::Shared(_) | Outcome::NotShared => {
                 // Not a response this request can use: ask for itself.
                 return lead(&store, service, req, &key, found, None).await;
             }
-            None => {
+            Outcome::Abandoned => {
                 // The leader was cancelled. Look again, then lead or wait.
                 found = store.lookup(&key.uri, &key.method, key.identity, req.headers());
                 let now = Instant::now();

@@ -49,34 +49,6 @@ pub(crate) struct Store {
     pub(crate) counters: Arc<Counters>,
 }
 
-/// moka's expiry: each URI entry is kept as long as its most useful variant.
-struct KeepFor;
-
-#[allow(
-    clippy::disallowed_types,
-    reason = "moka's Expiry trait passes its own std clock, which we do not read: freshness is on tokio's clock"
-)]
-impl moka::Expiry<Arc<str>, Arc<UriEntry>> for KeepFor {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<UriEntry>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.keep)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<UriEntry>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.keep)
-    }
-}
-
 impl Store {
     pub(crate) fn new(config: Config, max_bytes: u64) -> Store {
         let counters = Arc::new(Counters::default());
@@ -84,7 +56,10 @@ impl Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_key: &Arc<str>, entry: &Arc<UriEntry>| entry.weight)
-            .expire_after(KeepFor)
+            // No time-based expiry in moka: its per-entry timer wheel cost
+            // more than a miss's every other step. Entries carry their own
+            // deadlines on tokio's clock, and the byte capacity bounds what
+            // stale ones can hold; `insert` drops dead variants.
             .eviction_listener(move |_key, _value, cause| {
                 if cause == RemovalCause::Size {
                     Counters::bump(&evictions.evictions);
@@ -144,7 +119,7 @@ impl Store {
             identity,
             stored,
         });
-        let entry = UriEntry::new(variants, now, uri.len());
+        let entry = UriEntry::new(variants, uri.len());
         self.entries.insert(uri, Arc::new(entry));
     }
 

@@ -77,6 +77,17 @@ pub(crate) struct ClientInner {
     /// credential; without one, the request builder does).
     #[cfg_attr(not(feature = "auth"), allow(dead_code))]
     pub(crate) has_auth: bool,
+    /// The cache partition of a client with credentials of its own.
+    #[cfg(feature = "cache")]
+    pub(crate) partition: Option<tollgate_cache::Partition>,
+}
+
+/// A partition no other client has.
+#[cfg(feature = "cache")]
+fn next_partition() -> tollgate_cache::Partition {
+    static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tollgate_cache::Partition::of(&("tollgate client", n))
 }
 
 impl fmt::Debug for Client {
@@ -179,6 +190,8 @@ struct Layers {
     rate_limit: Option<tollgate_limit::RateLimitLayer>,
     #[cfg(feature = "auth")]
     auth: Option<tollgate_auth::AuthLayer>,
+    #[cfg(feature = "cache")]
+    cache: Option<tollgate_cache::CacheLayer>,
 }
 
 impl Layers {
@@ -193,6 +206,10 @@ impl Layers {
         }
         #[cfg(feature = "auth")]
         if self.auth.is_some() {
+            return false;
+        }
+        #[cfg(feature = "cache")]
+        if self.cache.is_some() {
             return false;
         }
         self.attempt_timeout.is_none()
@@ -210,8 +227,19 @@ impl Layers {
         self.upper(transport)
     }
 
-    /// Layers 4 to 7 over `inner`, boxed once.
-    fn upper<S: Transport<B>, B: TransportBody>(self, inner: S) -> Stack {
+    /// Layers 3 to 7 over `inner`, boxed once. The cache (3) changes the
+    /// body type, so it is a branch too.
+    #[cfg_attr(not(feature = "cache"), allow(unused_mut))]
+    fn upper<S: Transport<B>, B: TransportBody>(mut self, inner: S) -> Stack {
+        #[cfg(feature = "cache")]
+        if let Some(cache) = self.cache.take() {
+            return transport::boxed(tower::Layer::layer(&cache, self.middle(inner)));
+        }
+        transport::boxed(self.middle(inner))
+    }
+
+    /// Layers 4 to 7 over `inner`.
+    fn middle<S: Transport<B>, B: TransportBody>(self, inner: S) -> impl Transport<B> {
         let builder = tower::ServiceBuilder::new();
         #[cfg(feature = "retry")]
         let builder = builder.option_layer(self.retry);
@@ -222,7 +250,7 @@ impl Layers {
         let builder = builder
             .option_layer(self.attempt_timeout.map(tower::timeout::TimeoutLayer::new))
             .map_err(Into::<BoxError>::into);
-        transport::boxed(builder.service(inner))
+        builder.service(inner)
     }
 }
 
@@ -261,6 +289,8 @@ pub struct ClientBuilder {
     rate_limit: Option<tollgate_limit::RateLimitLayer>,
     #[cfg(feature = "auth")]
     auth: Option<Auth>,
+    #[cfg(feature = "cache")]
+    cache: Option<tollgate_cache::CacheLayer>,
 }
 
 /// The credential configured on a [`ClientBuilder`].
@@ -309,6 +339,8 @@ impl ClientBuilder {
             rate_limit: None,
             #[cfg(feature = "auth")]
             auth: None,
+            #[cfg(feature = "cache")]
+            cache: None,
         }
     }
 
@@ -498,6 +530,37 @@ impl ClientBuilder {
         self
     }
 
+    /// Caches responses with this layer (stack position 3: below the total
+    /// deadline, above retry and rate limiting, so a hit costs no attempt
+    /// and no permit). Keep a clone of the layer to read its
+    /// [`stats`](tollgate_cache::CacheLayer::stats) or
+    /// [`invalidate`](tollgate_cache::CacheLayer::invalidate) a URI: clones
+    /// share one cache. What it did for a response is in
+    /// [`Summary::cache`](crate::Summary::cache); a request can opt out with
+    /// [`RequestBuilder::no_cache`].
+    ///
+    /// A client with credentials of its own (`bearer_auth`, ...) keeps its
+    /// responses in a partition of its own, so two clients sharing one
+    /// cache layer never see each other's responses; a request's own
+    /// [`credential`](RequestBuilder::credential) partitions it further.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate_cache::CacheLayer;
+    ///
+    /// let cache = CacheLayer::new(Duration::from_secs(30));
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .cache(cache.clone())
+    ///     .build()?;
+    /// assert_eq!(cache.stats().hits, 0);
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[cfg(feature = "cache")]
+    pub fn cache(mut self, layer: tollgate_cache::CacheLayer) -> Self {
+        self.cache = Some(layer);
+        self
+    }
+
     /// Authenticates every request with this layer (stack position 6: below
     /// retry and rate limiting, so each attempt gets a current credential).
     /// Unless the layer names its origins, credentials go only to the base
@@ -660,6 +723,8 @@ impl ClientBuilder {
             rate_limit: self.rate_limit,
             #[cfg(feature = "auth")]
             auth: None,
+            #[cfg(feature = "cache")]
+            cache: self.cache,
         };
         // The stack is boxed exactly once: a second box would cost every call
         // another future allocation and every body frame another indirection.
@@ -702,6 +767,8 @@ impl ClientBuilder {
                 stack,
                 wants_deadline,
                 has_auth,
+                #[cfg(feature = "cache")]
+                partition: has_auth.then(next_partition),
             }),
         })
     }

@@ -37,7 +37,9 @@
 //!   send() ──► 1 trace span (`http.request`, OpenTelemetry field names)
 //!              2 total timeout   ClientBuilder::timeout / RequestBuilder::timeout:
 //!                                covers every attempt, every wait and the body read
-//!              3 cache           (tollgate-cache, to come)
+//!              3 cache           ClientBuilder::cache (tollgate-cache): a hit returns
+//!                                at once, with no attempt and no permit; concurrent
+//!                                misses for one URL make one request
 //!              4 retry           ClientBuilder::retry (tollgate-retry): gets the
 //!                                call's deadline, starts no retry that would pass it
 //!              5 rate limit      ClientBuilder::rate_limit (tollgate-limit): every
@@ -52,7 +54,8 @@
 //!                                FIFO queue, bounded in length and time
 //!              9 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
 //!                                HTTPS via rustls/ring), or ClientBuilder::transport
-//!   ◄── ApiResponse: each layer's record (e.g. RetryRecord) read into Summary
+//!   ◄── ApiResponse: each layer's record (CacheStatus, RetryRecord, PermitWait,
+//!       QueueWait) read into Summary
 //! ```
 //!
 //! # Choices

@@ -68,6 +68,9 @@ pub struct RequestBuilder {
     /// Boxed: rare, and the send future stays small.
     #[cfg(feature = "auth")]
     credential: Option<Box<tollgate_auth::Credential>>,
+    /// `None`: the cache's rule; `Some(None)`: bypass; `Some(Some(ttl))`.
+    #[cfg(feature = "cache")]
+    cache: Option<Option<Duration>>,
 }
 
 impl fmt::Debug for RequestBuilder {
@@ -137,6 +140,8 @@ impl RequestBuilder {
             error: None,
             #[cfg(feature = "auth")]
             credential: None,
+            #[cfg(feature = "cache")]
+            cache: None,
         }
     }
 
@@ -237,6 +242,22 @@ impl RequestBuilder {
     /// The deadline of this call, replacing the client's default.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(Some(timeout));
+        self
+    }
+
+    /// Skips the client's cache for this request: it is neither answered
+    /// from the cache nor stored.
+    #[cfg(feature = "cache")]
+    pub fn no_cache(mut self) -> Self {
+        self.cache = Some(None);
+        self
+    }
+
+    /// Keeps this request's response in the client's cache for `ttl`,
+    /// whatever the cache's freshness rule (`no-store` is still honoured).
+    #[cfg(feature = "cache")]
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache = Some(Some(ttl));
         self
     }
 
@@ -357,6 +378,8 @@ impl RequestBuilder {
             error,
             #[cfg(feature = "auth")]
             credential,
+            #[cfg(feature = "cache")]
+            cache,
         } = self;
         if let Some(e) = error {
             return Err(e);
@@ -389,6 +412,23 @@ impl RequestBuilder {
             merge_headers(&mut all_headers, headers);
         }
         *request.headers_mut() = all_headers;
+        #[cfg(feature = "cache")]
+        {
+            match cache {
+                Some(None) => {
+                    request.extensions_mut().insert(tollgate_cache::Bypass);
+                }
+                Some(Some(ttl)) => {
+                    request
+                        .extensions_mut()
+                        .insert(tollgate_cache::CacheTtl(ttl));
+                }
+                None => {}
+            }
+            if let Some(partition) = inner.partition {
+                request.extensions_mut().insert(partition);
+            }
+        }
         #[cfg(feature = "auth")]
         if let Some(credential) = credential {
             // The auth layer applies it, after its origin check; without

@@ -22,8 +22,14 @@ use crate::error::{Error, ErrorKind};
 pub struct Summary {
     /// Attempts made, the first included (1 without a retry layer).
     pub attempts: u32,
-    /// Whether the response came from the cache (false without a cache layer).
+    /// Whether the body came from the cache rather than from this call's
+    /// own download: a hit, a response shared with a concurrent identical
+    /// call, a stale entry renewed by a `304`, or a stale entry served
+    /// because the upstream failed (false without a cache layer).
     pub from_cache: bool,
+    /// What the cache did (`None` without a cache layer).
+    #[cfg(feature = "cache")]
+    pub cache: Option<tollgate_cache::CacheStatus>,
     /// Time spent waiting for a rate-limit permit (zero without a limiter).
     pub permit_wait: Duration,
     /// Time spent in the concurrency pool's queue (zero without a pool, or
@@ -39,6 +45,8 @@ impl Default for Summary {
         Summary {
             attempts: 1,
             from_cache: false,
+            #[cfg(feature = "cache")]
+            cache: None,
             permit_wait: Duration::ZERO,
             queue_wait: Duration::ZERO,
             request_id: None,
@@ -63,7 +71,19 @@ impl Summary {
         if let Some(wait) = extensions.get::<tollgate_limit::PermitWait>() {
             summary.permit_wait = wait.0;
         }
-        #[cfg(not(any(feature = "retry", feature = "limit")))]
+        #[cfg(feature = "cache")]
+        if let Some(status) = extensions.get::<tollgate_cache::CacheStatus>() {
+            summary.cache = Some(*status);
+            summary.from_cache = status.is_from_cache();
+            // Answered from memory: no attempt of this call's own.
+            if matches!(
+                status,
+                tollgate_cache::CacheStatus::Hit | tollgate_cache::CacheStatus::Coalesced
+            ) {
+                summary.attempts = 0;
+            }
+        }
+        #[cfg(not(any(feature = "retry", feature = "limit", feature = "cache")))]
         let _ = extensions;
         summary
     }
@@ -306,7 +326,8 @@ impl ApiResponse {
             Ok(v) => v,
             Err(_) => Value::from(self.text()),
         };
-        serde_json::json!({
+        #[allow(unused_mut, reason = "the cache feature adds to it")]
+        let mut record = serde_json::json!({
             "status": self.status.as_u16(),
             "headers": headers,
             "data": data,
@@ -317,6 +338,11 @@ impl ApiResponse {
             "permit_wait_ms": self.summary.permit_wait.as_secs_f64() * 1e3,
             "queue_wait_ms": self.summary.queue_wait.as_secs_f64() * 1e3,
             "request_id": self.summary.request_id,
-        })
+        });
+        #[cfg(feature = "cache")]
+        if let Some(status) = self.summary.cache {
+            record["cache"] = Value::from(status.as_str());
+        }
+        record
     }
 }
