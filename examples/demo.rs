@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use serde::Deserialize;
 use serde_json::json;
-use tollgate::{Client, ErrorKind};
+use tollgate::{BatchSpec, Client, ErrorKind};
 use tollgate_cache::{CacheLayer, CacheStatus};
 use tollgate_limit::{ConcurrencyLimitLayer, Quota, RateLimitLayer};
 use tollgate_retry::{RetryLayer, RetryRecord};
@@ -394,6 +394,53 @@ async fn run(base_url: Option<String>) -> Result<(), Failure> {
             "the burst was one upstream request",
         )?;
         api.clear_faults();
+
+        section("Batching: single-id lookups against an endpoint limited to 10 calls/s");
+        let limited = || -> Result<Client, Failure> {
+            Ok(Client::builder(api.url())
+                .rate_limit(RateLimitLayer::new(Quota::per_second(10)?))
+                .build()?)
+        };
+        let metadata = limited()?.batched(BatchSpec::get("/metadata").max_batch(50));
+        let before = api.hits("/metadata");
+        let started = Instant::now();
+        let calls: Vec<_> = (1..=200u64)
+            .map(|id| {
+                let metadata = metadata.clone();
+                tokio::spawn(async move { metadata.load(id).await })
+            })
+            .collect();
+        for call in calls {
+            call.await??;
+        }
+        let batched_calls = api.hits("/metadata") - before;
+        println!(
+            "  batched:   200 ids in {batched_calls} requests, {:.2?}",
+            started.elapsed()
+        );
+        let single = limited()?;
+        let before = api.hits("/metadata");
+        let started = Instant::now();
+        let calls: Vec<_> = (1..=30u64)
+            .map(|id| {
+                let single = single.clone();
+                tokio::spawn(
+                    async move { single.get("/metadata").query(&[("id", id)]).send().await },
+                )
+            })
+            .collect();
+        for call in calls {
+            call.await??.error_for_status()?;
+        }
+        println!(
+            "  unbatched:  30 ids in {} requests, {:.2?} (200 would take about 20 s)",
+            api.hits("/metadata") - before,
+            started.elapsed()
+        );
+        check(
+            batched_calls == 4,
+            "200 single-id calls made 4 batched requests",
+        )?;
 
         section("Auth: FakeApi now requires a bearer token");
         api.require_bearer("demo-s3cret");

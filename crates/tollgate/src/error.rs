@@ -52,6 +52,8 @@ pub enum ErrorKind {
     WaitTooLong,
     /// Too many callers were already waiting for a rate-limit permit.
     QueueFull,
+    /// A batched endpoint's answer had no item with the id asked for.
+    NotInBatch,
     /// No credential could be had: the token refresh failed or timed out
     /// (its source is a `tollgate_auth::AuthError`).
     Auth,
@@ -76,6 +78,7 @@ impl ErrorKind {
             ErrorKind::WaitTooLong => "the rate-limit wait would be too long",
             ErrorKind::QueueFull => "too many callers waiting for a rate-limit permit",
             ErrorKind::Auth => "getting a credential failed",
+            ErrorKind::NotInBatch => "the batched answer has no item with this id",
         }
     }
 }

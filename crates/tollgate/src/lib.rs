@@ -88,6 +88,8 @@
 //! [ARCHITECTURE.md]: https://example.invalid/tollgate/ARCHITECTURE.md
 #![deny(missing_docs)]
 
+#[cfg(feature = "batch")]
+mod batch;
 mod client;
 mod error;
 mod request;
@@ -95,6 +97,8 @@ mod response;
 mod transport;
 mod url;
 
+#[cfg(feature = "batch")]
+pub use batch::{BatchSpec, Batched};
 pub use client::{
     Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_SENSITIVE_QUERY_PARAMS,
     DEFAULT_TIMEOUT,

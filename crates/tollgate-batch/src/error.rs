@@ -1,0 +1,69 @@
+//! What a caller of a batched call can get instead of its item.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+use tower::BoxError;
+
+/// Why a single-item call through [`Batch`](crate::Batch) got no item.
+#[derive(Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The batched call succeeded but its answer had no item for this key.
+    /// Only this caller gets it; the others in the batch get their items.
+    #[error("batch: the batched answer has no item for this key")]
+    Missing,
+    /// The batched call failed; every caller in the batch gets this, with
+    /// the call's error as the source.
+    #[error("batch: the batched call failed")]
+    Failed(#[source] SharedError),
+    /// The batcher was shut down (its runtime stopped) before answering.
+    #[error("batch: the batcher stopped before answering")]
+    Closed,
+}
+
+impl fmt::Debug for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchError::Missing => f.write_str("Missing"),
+            BatchError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+            BatchError::Closed => f.write_str("Closed"),
+        }
+    }
+}
+
+/// The batched call's error, shared by every caller of the batch.
+#[derive(Clone)]
+pub struct SharedError(pub(crate) Arc<dyn StdError + Send + Sync>);
+
+impl SharedError {
+    pub(crate) fn new(error: BoxError) -> Self {
+        SharedError(Arc::from(error))
+    }
+
+    /// The batched call's error itself.
+    pub fn get(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl StdError for SharedError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        // Transparent: this is the batched call's error; `get` gives it
+        // itself, to downcast.
+        self.0.source()
+    }
+}
