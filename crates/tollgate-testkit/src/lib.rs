@@ -1,4 +1,5 @@
-//! Test support for Tollgate: [`FakeApi`], a real HTTP server on loopback.
+//! Test support for Tollgate: [`FakeApi`], a real HTTP server on loopback,
+//! and [`StubTransport`], canned answers in process with no sockets.
 //!
 //! `FakeApi` serves JSONPlaceholder's resources (`/posts`, `/users`,
 //! `/comments`), a batch endpoint (`/metadata?id=1&id=2..`) and an echo
@@ -32,10 +33,12 @@ pub mod data;
 mod fake_api;
 mod fault;
 mod logs;
+mod stub;
 
 pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
 pub use fault::Fault;
 pub use logs::CapturedLogs;
+pub use stub::{Params, Reply, StubTransport};
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]

@@ -11,10 +11,14 @@ use http_body::Body as HttpBody;
 use serde::de::DeserializeOwned;
 use tower::{BoxError, Service};
 
+use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::request::RequestBuilder;
 use crate::transport::{self, RequestBody, Stack, Transport, TransportBody, TransportConfig};
 use crate::url::BaseUrl;
+
+/// The default for [`ClientBuilder::request_id_header`].
+pub const DEFAULT_REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The default for [`ClientBuilder::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,6 +72,11 @@ pub(crate) struct ClientInner {
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_body: usize,
     pub(crate) sensitive_query: Vec<String>,
+    /// Query parameters sent with every request (the widest level).
+    pub(crate) default_query: Vec<crate::endpoint::QueryPair>,
+    pub(crate) endpoints: std::collections::HashMap<String, Arc<Endpoint>>,
+    /// The header carrying each call's tracking id, if any.
+    pub(crate) request_id: Option<HeaderName>,
     pub(crate) stack: Stack,
     /// Whether a layer in the stack wants the call's deadline (retry, rate
     /// limit) as a `Deadline` request extension.
@@ -177,6 +186,27 @@ impl Client {
     pub fn base_url(&self) -> String {
         self.inner.base.as_str()
     }
+
+    /// Starts a call of the named [`Endpoint`]: its method and path
+    /// template, its headers, query and timeout. Fill its placeholders with
+    /// [`path_param`](RequestBuilder::path_param); a missing one is an error
+    /// naming it, as is an unknown endpoint name (from `send`).
+    pub fn call(&self, endpoint: &str) -> RequestBuilder {
+        match self.inner.endpoints.get(endpoint) {
+            Some(e) => RequestBuilder::for_endpoint(self.clone(), e.clone()),
+            None => {
+                RequestBuilder::new(self.clone(), Method::GET, String::new()).fail_with(Error::new(
+                    ErrorKind::InvalidRequest,
+                    format!("unknown endpoint `{endpoint}`"),
+                ))
+            }
+        }
+    }
+
+    /// The declared endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.inner.endpoints.get(name).map(|e| &**e)
+    }
 }
 
 /// The optional layers between the facade and the transport.
@@ -274,6 +304,9 @@ impl Layers {
 pub struct ClientBuilder {
     base: String,
     headers: HeaderMap,
+    default_query: Vec<crate::endpoint::QueryPair>,
+    endpoints: Vec<Endpoint>,
+    request_id: Option<HeaderName>,
     error: Option<Error>,
     timeout: Option<Duration>,
     max_body: usize,
@@ -321,6 +354,9 @@ impl ClientBuilder {
         ClientBuilder {
             base,
             headers: HeaderMap::new(),
+            default_query: Vec::new(),
+            endpoints: Vec::new(),
+            request_id: Some(HeaderName::from_static(DEFAULT_REQUEST_ID_HEADER)),
             error: None,
             timeout: Some(DEFAULT_TIMEOUT),
             max_body: DEFAULT_MAX_RESPONSE_BODY,
@@ -372,6 +408,68 @@ impl ClientBuilder {
     /// of the same names.
     pub fn default_headers(mut self, headers: HeaderMap) -> Self {
         crate::request::merge_headers(&mut self.headers, headers);
+        self
+    }
+
+    /// Sends this query parameter with every request (a request's or an
+    /// endpoint's parameter of the same name replaces it).
+    pub fn default_query(mut self, name: &str, value: &str) -> Self {
+        match crate::endpoint::QueryPair::new(name, value) {
+            Some(pair) => {
+                self.default_query.retain(|q| q.name != pair.name);
+                self.default_query.push(pair);
+                self
+            }
+            None => self.fail(Error::new(
+                ErrorKind::Builder,
+                format!("invalid query parameter `{name}`"),
+            )),
+        }
+    }
+
+    /// Declares a named endpoint, called with [`Client::call`].
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Declares the endpoints of a JSON spec: an object of name to either
+    /// `"METHOD /path/{param}"` or `{"method", "path", "headers", "query",
+    /// "timeout_ms"}`. An invalid spec is an [`ErrorKind::Builder`] from
+    /// `build`.
+    ///
+    /// ```
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .endpoints_json(r#"{
+    ///         "get_user": "GET /users/{user_id}",
+    ///         "search": {"method": "GET", "path": "/search", "query": {"limit": "20"}, "timeout_ms": 2000}
+    ///     }"#)
+    ///     .build()?;
+    /// assert_eq!(client.endpoint("get_user").map(|e| e.path()), Some("/users/{user_id}"));
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    pub fn endpoints_json(mut self, json: &str) -> Self {
+        match crate::endpoint::from_json(json) {
+            Ok(endpoints) => {
+                self.endpoints.extend(endpoints);
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// The header that carries each call's tracking id (default
+    /// `x-request-id`). Every call gets a new random id unless it sets the
+    /// header itself; retries keep it, and it is in
+    /// [`Summary::request_id`](crate::Summary::request_id).
+    pub fn request_id_header(mut self, name: HeaderName) -> Self {
+        self.request_id = Some(name);
+        self
+    }
+
+    /// Sends no tracking id.
+    pub fn no_request_id(mut self) -> Self {
+        self.request_id = None;
         self
     }
 
@@ -690,10 +788,24 @@ impl ClientBuilder {
             return Err(e);
         }
         let base = BaseUrl::parse(&self.base)?;
+        let mut endpoints = std::collections::HashMap::new();
+        for endpoint in self.endpoints {
+            if let Some(e) = &endpoint.error {
+                return Err(Error::new(ErrorKind::Builder, e.clone()));
+            }
+            endpoints.insert(endpoint.name.clone(), Arc::new(endpoint));
+        }
         let mut headers = self.headers;
         headers
             .entry(ACCEPT)
             .or_insert(HeaderValue::from_static("application/json"));
+        if let Some(name) = &self.request_id {
+            // A placeholder each call replaces with its own id (see
+            // `RequestBuilder::prepare`).
+            headers
+                .entry(name.clone())
+                .or_insert(HeaderValue::from_static(""));
+        }
         headers
             .entry(USER_AGENT)
             .or_insert(HeaderValue::from_static(concat!(
@@ -764,6 +876,9 @@ impl ClientBuilder {
                 timeout: self.timeout,
                 max_body: self.max_body,
                 sensitive_query: self.sensitive_query,
+                default_query: self.default_query,
+                endpoints,
+                request_id: self.request_id,
                 stack,
                 wants_deadline,
                 has_auth,

@@ -354,6 +354,18 @@ pub(crate) fn classify(err: BoxError) -> Error {
                 kind = ErrorKind::Timeout;
                 break;
             }
+            // A transport of one's own (or a stub) reporting that nothing
+            // could be sent.
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            ) {
+                kind = ErrorKind::Connect;
+                break;
+            }
             // `io::Error::source` skips the error it wraps; look at it too.
             if let Some(inner) = io.get_ref() {
                 cur = Some(inner as &(dyn StdError + 'static));

@@ -58,6 +58,19 @@
 //!       QueueWait) read into Summary
 //! ```
 //!
+//! # Endpoints, levels and tracking ids
+//!
+//! Named [`Endpoint`]s (`get_user: GET /users/{user_id}`) are declared on
+//! the builder or loaded from JSON ([`ClientBuilder::endpoints_json`]) and
+//! called by name ([`Client::call`]). Headers, query parameters and
+//! timeouts come from three levels, the narrower replacing the wider for the
+//! same name: the client's defaults, the endpoint's, the request's own.
+//! Every call carries a tracking id in `x-request-id` (configurable with
+//! [`ClientBuilder::request_id_header`], off with
+//! [`ClientBuilder::no_request_id`]), the same on every retry, and in
+//! [`Summary::request_id`]. For tests without sockets, put the testkit's
+//! `StubTransport` under the client with [`ClientBuilder::transport`].
+//!
 //! # Choices
 //!
 //! - A default deadline of 30 s per call and 10 s per connect: a hung
@@ -91,6 +104,7 @@
 #[cfg(feature = "batch")]
 mod batch;
 mod client;
+mod endpoint;
 mod error;
 mod request;
 mod response;
@@ -100,9 +114,10 @@ mod url;
 #[cfg(feature = "batch")]
 pub use batch::{BatchSpec, Batched};
 pub use client::{
-    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_SENSITIVE_QUERY_PARAMS,
-    DEFAULT_TIMEOUT,
+    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_REQUEST_ID_HEADER,
+    DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
 };
+pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};
 pub use request::RequestBuilder;
 pub use response::{ApiResponse, Summary};

@@ -13,7 +13,10 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
 
+use std::sync::Arc;
+
 use crate::client::Client;
+use crate::endpoint::Endpoint;
 use crate::error::{classify, Error, ErrorKind, TimedOut};
 use crate::response::{ApiResponse, Summary};
 use crate::url::{fill_template, RedactedUri};
@@ -65,9 +68,18 @@ pub struct RequestBuilder {
     body: Option<Bytes>,
     timeout: Option<Option<Duration>>,
     error: Option<Error>,
-    /// Boxed: rare, and the send future stays small.
+    /// The declared endpoint this call is of (its settings are the middle
+    /// level).
+    endpoint: Option<Arc<Endpoint>>,
+    /// Settings few calls use, boxed so that the send future stays small.
+    extras: Option<Box<Extras>>,
+}
+
+/// A request's rarer settings.
+#[derive(Default)]
+struct Extras {
     #[cfg(feature = "auth")]
-    credential: Option<Box<tollgate_auth::Credential>>,
+    credential: Option<tollgate_auth::Credential>,
     /// `None`: the cache's rule; `Some(None)`: bypass; `Some(Some(ttl))`.
     #[cfg(feature = "cache")]
     cache: Option<Option<Duration>>,
@@ -138,16 +150,44 @@ impl RequestBuilder {
             body: None,
             timeout: None,
             error: None,
-            #[cfg(feature = "auth")]
-            credential: None,
-            #[cfg(feature = "cache")]
-            cache: None,
+            endpoint: None,
+            extras: None,
         }
+    }
+
+    #[cfg(any(feature = "auth", feature = "cache"))]
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     fn fail(mut self, err: Error) -> Self {
         self.error.get_or_insert(err);
         self
+    }
+
+    pub(crate) fn fail_with(self, err: Error) -> Self {
+        self.fail(err)
+    }
+
+    pub(crate) fn for_endpoint(client: Client, endpoint: Arc<Endpoint>) -> Self {
+        let mut builder =
+            RequestBuilder::new(client, endpoint.method.clone(), endpoint.path.clone());
+        builder.endpoint = Some(endpoint);
+        builder
+    }
+
+    /// Sets this call's tracking id (sent in the client's request-id header,
+    /// `x-request-id` by default) instead of a generated one.
+    pub fn request_id(self, id: &str) -> Self {
+        let name = self
+            .client
+            .inner
+            .request_id
+            .clone()
+            .unwrap_or(HeaderName::from_static(
+                crate::client::DEFAULT_REQUEST_ID_HEADER,
+            ));
+        self.header(name, id)
     }
 
     /// Fills the `{name}` placeholder of the path with `value`,
@@ -249,7 +289,7 @@ impl RequestBuilder {
     /// from the cache nor stored.
     #[cfg(feature = "cache")]
     pub fn no_cache(mut self) -> Self {
-        self.cache = Some(None);
+        self.extras().cache = Some(None);
         self
     }
 
@@ -257,7 +297,7 @@ impl RequestBuilder {
     /// whatever the cache's freshness rule (`no-store` is still honoured).
     #[cfg(feature = "cache")]
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
-        self.cache = Some(Some(ttl));
+        self.extras().cache = Some(Some(ttl));
         self
     }
 
@@ -276,7 +316,7 @@ impl RequestBuilder {
     /// ```
     #[cfg(feature = "auth")]
     pub fn credential(mut self, credential: tollgate_auth::Credential) -> Self {
-        self.credential = Some(Box::new(credential));
+        self.extras().credential = Some(credential);
         self
     }
 
@@ -318,6 +358,7 @@ impl RequestBuilder {
             max_body,
             span,
             started,
+            request_id,
         } = self.prepare()?;
         let exchange = Box::pin(async move {
             let response = stack.oneshot(request).await.map_err(classify)?;
@@ -345,7 +386,8 @@ impl RequestBuilder {
             Ok((parts, bytes)) => {
                 span.record("http.response.status_code", parts.status.as_u16());
                 tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response received");
-                let summary = Summary::from_extensions(&parts.extensions);
+                let mut summary = Summary::from_extensions(&parts.extensions);
+                summary.request_id = request_id.map(String::from);
                 Ok(ApiResponse::new(
                     method,
                     uri,
@@ -376,15 +418,19 @@ impl RequestBuilder {
             body,
             timeout,
             error,
-            #[cfg(feature = "auth")]
-            credential,
-            #[cfg(feature = "cache")]
-            cache,
+            endpoint,
+            extras,
         } = self;
+        #[allow(unused_variables, reason = "the auth and cache features read it")]
+        let extras = extras.map(|e| *e).unwrap_or_default();
         if let Some(e) = error {
             return Err(e);
         }
         let inner = &*client.inner;
+        // Query parameters from the three levels: client, endpoint, request.
+        let endpoint_query = endpoint.as_ref().map_or(&[][..], |e| &e.query[..]);
+        let query =
+            crate::endpoint::merge_query(&inner.default_query, endpoint_query, query.as_deref());
         let uri = if params.is_empty() && !path.bytes().any(|b| b == b'{' || b == b'}') {
             inner.base.join(&path, query.as_deref())?
         } else {
@@ -394,7 +440,9 @@ impl RequestBuilder {
         };
 
         let started = Instant::now();
-        let deadline = timeout.unwrap_or(inner.timeout);
+        let deadline = timeout
+            .or_else(|| endpoint.as_ref()?.timeout.map(Some))
+            .unwrap_or(inner.timeout);
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
         // The Deadline type is tollgate-retry's, which both features bring.
         #[cfg(any(feature = "retry", feature = "limit"))]
@@ -408,13 +456,31 @@ impl RequestBuilder {
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
         let mut all_headers = inner.headers.clone();
+        if let Some(e) = endpoint.as_ref().filter(|e| !e.headers.is_empty()) {
+            merge_headers(&mut all_headers, e.headers.clone());
+        }
         if !headers.is_empty() {
             merge_headers(&mut all_headers, headers);
         }
+        // The call's tracking id: its own, or a new one. Set here, above
+        // retry, so that every attempt carries the same.
+        // The client's defaults hold an empty placeholder for it, so that
+        // setting it replaces a value rather than growing the copied map.
+        let request_id = match &inner.request_id {
+            Some(name) => match all_headers.get(name).filter(|v| !v.is_empty()) {
+                Some(own) => Some(own.clone()),
+                None => {
+                    let id = new_request_id();
+                    all_headers.insert(name.clone(), id.clone());
+                    Some(id)
+                }
+            },
+            None => None,
+        };
         *request.headers_mut() = all_headers;
         #[cfg(feature = "cache")]
         {
-            match cache {
+            match extras.cache {
                 Some(None) => {
                     request.extensions_mut().insert(tollgate_cache::Bypass);
                 }
@@ -430,11 +496,11 @@ impl RequestBuilder {
             }
         }
         #[cfg(feature = "auth")]
-        if let Some(credential) = credential {
+        if let Some(credential) = extras.credential {
             // The auth layer applies it, after its origin check; without
             // one, the request is for the base URL's origin by construction.
             if inner.has_auth {
-                request.extensions_mut().insert(*credential);
+                request.extensions_mut().insert(credential);
             } else {
                 credential.apply(&mut request, true);
             }
@@ -457,6 +523,7 @@ impl RequestBuilder {
             max_body: inner.max_body,
             span,
             started,
+            request_id: request_id.and_then(|id| id.to_str().ok().map(Box::from)),
         })
     }
 }
@@ -471,6 +538,21 @@ struct Prepared {
     max_body: usize,
     span: tracing::Span,
     started: Instant,
+    /// Boxed text rather than the `HeaderValue`: the send future stays small.
+    request_id: Option<Box<str>>,
+}
+
+/// A random 128-bit tracking id as 32 hex digits (written by hand: `format!`
+/// cost more than the rest of a call's preparation).
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut text = [0u8; 32];
+    for byte in text.iter_mut().rev() {
+        *byte = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Reads a body into memory, refusing more than `max` bytes: at once when the

@@ -35,8 +35,9 @@ pub struct Summary {
     /// Time spent in the concurrency pool's queue (zero without a pool, or
     /// when a slot was free).
     pub queue_wait: Duration,
-    /// The request's tracking id, when a request-id layer set one (`None`
-    /// without it).
+    /// The call's tracking id, as sent in its request-id header
+    /// (`x-request-id` by default; `None` with
+    /// [`no_request_id`](crate::ClientBuilder::no_request_id)).
     pub request_id: Option<String>,
 }
 

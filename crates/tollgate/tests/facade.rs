@@ -38,8 +38,13 @@ async fn get_decodes_json_and_reports_timing_and_defaults() {
     assert_eq!(res.summary().attempts, 1);
     assert!(!res.summary().from_cache);
     assert_eq!(res.summary().permit_wait, Duration::ZERO);
-    assert_eq!(res.summary().request_id, None);
     let seen = api.last_request("/posts/1").expect("recorded");
+    // The call's tracking id, sent and reported.
+    assert_eq!(
+        res.summary().request_id.as_deref(),
+        seen.header("x-request-id")
+    );
+    assert_eq!(res.summary().request_id.as_ref().map(String::len), Some(32));
     assert_eq!(seen.headers["accept"], "application/json");
     assert!(seen.headers["user-agent"]
         .to_str()
