@@ -15,6 +15,11 @@ use crate::layer::{AuthLayer, Config, Source};
 
 /// Attaches credentials to requests; made by [`AuthLayer`].
 ///
+/// Request bodies must implement [`ReplayBody`] (`Full<Bytes>`, `Bytes`,
+/// `String`, `()` and the like, or your own): that is how a request is
+/// replayed after a 401. Streaming bodies (`Incoming`, boxed bodies) say
+/// they cannot be, and such a request's 401 is returned as it is.
+///
 /// `poll_ready` is the inner service's. A request that needs a token
 /// refresh waits for it inside its response future, so an idle clone holds
 /// nothing.

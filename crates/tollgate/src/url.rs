@@ -47,6 +47,9 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub(crate) struct BaseUrl {
     origin: String,
     path: String,
+    /// The origin, parsed once: a joined URL parses only its path and query.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
 }
 
 impl BaseUrl {
@@ -73,7 +76,20 @@ impl BaseUrl {
         }
         let origin = url.origin().ascii_serialization();
         let path = url.path().trim_end_matches('/').to_owned();
-        Ok(BaseUrl { origin, path })
+        let parsed: Uri = origin
+            .parse()
+            .map_err(|_| bad("has an origin that does not parse as a URI"))?;
+        let (Some(scheme), Some(authority)) =
+            (parsed.scheme().cloned(), parsed.authority().cloned())
+        else {
+            return Err(bad("has no scheme or host"));
+        };
+        Ok(BaseUrl {
+            origin,
+            path,
+            scheme,
+            authority,
+        })
     }
 
     /// The whole base URL as given (normalised, no trailing slash).
@@ -92,8 +108,10 @@ impl BaseUrl {
         // Fragments are never sent.
         let path = find_byte(path, b'#').map_or(path, |i| &path[..i]);
 
+        // Only the path and query are built and parsed: the origin is the
+        // base's, parsed once.
         let mut url = String::with_capacity(
-            self.origin.len() + self.path.len() + path.len() + extra_query.map_or(0, str::len) + 2,
+            self.path.len() + path.len() + extra_query.map_or(0, str::len) + 2,
         );
         let rest = if let Some(abs) = absolute_url(path) {
             let parsed = url::Url::parse(abs)
@@ -105,7 +123,6 @@ impl BaseUrl {
                     self.origin
                 )));
             }
-            url.push_str(&self.origin);
             // The part after the origin, as the caller wrote it.
             let after_scheme = &abs[abs.find("//").map_or(0, |i| i + 2)..];
             after_scheme
@@ -116,7 +133,6 @@ impl BaseUrl {
                 "a path starting with `//` names another host; refused".to_owned(),
             ));
         } else {
-            url.push_str(&self.origin);
             url.push_str(&self.path);
             if !path.starts_with('/') && !path.starts_with('?') && !path.is_empty() {
                 url.push('/');
@@ -135,7 +151,7 @@ impl BaseUrl {
             )));
         }
         push_escaped(&mut url, p, PATH, b"\"<>`^|\\");
-        if url.len() == self.origin.len() {
+        if url.is_empty() {
             url.push('/');
         }
         let mut sep = '?';
@@ -148,7 +164,13 @@ impl BaseUrl {
             url.push(sep);
             url.push_str(extra);
         }
-        Uri::try_from(url).map_err(|e| invalid(format!("the joined URL does not parse: {e}")))
+        let path_and_query = http::uri::PathAndQuery::try_from(url)
+            .map_err(|e| invalid(format!("the joined URL does not parse: {e}")))?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|e| invalid(format!("the joined URL does not parse: {e}")))
     }
 }
 
