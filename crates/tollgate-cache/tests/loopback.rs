@@ -75,7 +75,7 @@ async fn a_fresh_hit_costs_the_server_nothing() {
     assert_eq!(api.hits("/posts/1"), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_concurrent_burst_makes_one_upstream_request() {
     let api = FakeApi::start().await.expect("fake api");
     api.inject("/posts/2", Fault::latency(Duration::from_millis(100)));
@@ -112,7 +112,7 @@ async fn a_concurrent_burst_makes_one_upstream_request() {
     assert_eq!((stats.misses, stats.coalesced), (1, 24));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_burst_shares_the_error_and_caches_nothing() {
     let api = FakeApi::start().await.expect("fake api");
     api.inject(

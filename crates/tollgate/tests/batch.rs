@@ -38,7 +38,7 @@ async fn two_hundred_single_calls_make_four_rate_limited_requests() {
     assert_eq!(seen.uri.query().expect("ids").matches("id=").count(), 50);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_missing_id_fails_only_its_caller_and_duplicates_share_one_slot() {
     let api = FakeApi::start().await.expect("fake api");
     let client = Client::new(api.url()).expect("client");
@@ -62,7 +62,7 @@ async fn a_missing_id_fails_only_its_caller_and_duplicates_share_one_slot() {
     assert_eq!(typed.id, 9);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_batch_fails_each_caller_with_the_status() {
     let api = FakeApi::start().await.expect("fake api");
     api.inject("/metadata", Fault::status(StatusCode::BAD_GATEWAY).times(1));

@@ -53,7 +53,7 @@ async fn a_hit_costs_no_request_no_attempt_and_no_permit() {
     assert_eq!(cache.stats().hits, 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_burst_for_one_url_is_one_upstream_request() {
     let api = FakeApi::start().await.expect("fake api");
     api.inject("/users/1", Fault::latency(Duration::from_millis(100)));
