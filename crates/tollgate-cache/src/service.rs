@@ -393,7 +393,8 @@ fn retention(store: &Store, headers: &HeaderMap) -> Duration {
     revalidation.max(store.config.stale_if_error)
 }
 
-struct Request0 {
+/// What the cache keeps of the request it sends, for the answer's rules.
+struct Asked {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -408,6 +409,18 @@ fn build_stored(
     vary: crate::key::Vary,
     received: Instant,
 ) -> Stored {
+    // Hop-by-hop headers describe one connection, not the response.
+    for name in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::UPGRADE,
+        http::header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
     let initial_age = Stored::strip_age(&mut headers);
     let fresh_until = received + decision.ttl;
     let stale_until = fresh_until + retention(store, &headers);
@@ -441,7 +454,7 @@ where
     ResB::Error: Into<BoxError>,
 {
     let config = &store.config;
-    let asked = Request0 {
+    let asked = Asked {
         method: req.method().clone(),
         uri: req.uri().clone(),
         headers: req.headers().clone(),

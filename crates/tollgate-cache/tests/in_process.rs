@@ -80,6 +80,28 @@ async fn entries_expire_exactly_at_their_ttl() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn hop_by_hop_headers_are_not_stored() {
+    let upstream = service_fn(|_req: Request<()>| async {
+        let response = Response::builder()
+            .header("transfer-encoding", "chunked")
+            .header("connection", "keep-alive")
+            .header("keep-alive", "timeout=5")
+            .header("x-kept", "yes")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("response");
+        Ok::<_, Infallible>(response)
+    });
+    let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
+    service.clone().oneshot(get("/h")).await.expect("miss");
+    let hit = service.oneshot(get("/h")).await.expect("hit");
+    assert_eq!(status(&hit), CacheStatus::Hit);
+    let headers = hit.headers();
+    assert!(headers.get("transfer-encoding").is_none() && headers.get("connection").is_none());
+    assert!(headers.get("keep-alive").is_none());
+    assert_eq!(headers["x-kept"], "yes");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_can_set_its_own_ttl() {
     let (calls, upstream) = upstream(Duration::ZERO);
     let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
