@@ -8,6 +8,9 @@
 //! `cargo bench --bench batch [-- --seconds S --max-batch N]`
 #![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary")]
 
+#[path = "support/args.rs"]
+mod args;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,15 +19,6 @@ use tokio::time::Instant;
 use tollgate::{BatchSpec, Client};
 use tollgate_limit::{Quota, RateLimitLayer};
 use tollgate_testkit::FakeApi;
-
-fn flag(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Runs `callers` loops of one-item lookups for `seconds`; returns items
 /// answered and requests the upstream saw.
@@ -78,8 +72,8 @@ async fn run(api: &FakeApi, batched: bool, seconds: u64, max_batch: usize) -> (u
 }
 
 fn main() {
-    let seconds = flag("--seconds", 5);
-    let max_batch = flag("--max-batch", 50) as usize;
+    let seconds = args::number("--seconds", 5);
+    let max_batch = args::number("--max-batch", 50) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

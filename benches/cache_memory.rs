@@ -12,6 +12,9 @@
 //! Linux only.
 #![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary")]
 
+#[path = "support/args.rs"]
+mod args;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -32,19 +35,10 @@ fn resident() -> u64 {
     pages * 4096
 }
 
-fn flag(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let keys = flag("--keys", 1_000_000);
-    let capacity = flag("--capacity-mib", 64) << 20;
-    let body_bytes = flag("--body-bytes", 300) as usize;
+    let keys = args::number("--keys", 1_000_000);
+    let capacity = args::number("--capacity-mib", 64) << 20;
+    let body_bytes = args::number("--body-bytes", 300) as usize;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
