@@ -38,8 +38,10 @@
 //!              2 total timeout   ClientBuilder::timeout / RequestBuilder::timeout:
 //!                                covers every attempt, every wait and the body read
 //!              3 cache           ClientBuilder::cache (tollgate-cache): a hit returns
-//!                                at once, with no attempt and no permit; concurrent
-//!                                misses for one URL make one request
+//!                                at once, with no attempt and no permit (a fresh hit
+//!                                is answered before the stack is entered, by the
+//!                                layer's own rules); concurrent misses for one URL
+//!                                make one request
 //!              4 retry           ClientBuilder::retry (tollgate-retry): gets the
 //!                                call's deadline, starts no retry that would pass it
 //!              5 rate limit      ClientBuilder::rate_limit (tollgate-limit): every
