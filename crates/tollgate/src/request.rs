@@ -556,7 +556,10 @@ impl RequestBuilder {
 
 /// What `prepare` decided: send the request, or it is answered already.
 /// (`Prepared` stays unboxed: it is the common case, and is moved once.)
-#[allow(clippy::large_enum_variant, reason = "the large variant is the common one")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the large variant is the common one"
+)]
 enum Step {
     Send(Prepared),
     #[cfg_attr(not(feature = "cache"), allow(dead_code))]
