@@ -461,6 +461,36 @@ impl ClientBuilder {
         }
     }
 
+    /// Declares the endpoints of a TOML spec: a table of name to either
+    /// `"METHOD /path/{param}"` or a table with `method`, `path`, `headers`,
+    /// `query` and `timeout_ms`, as [`endpoints_json`](Self::endpoints_json).
+    ///
+    /// ```
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .endpoints_toml(r#"
+    ///         get_user = "GET /users/{user_id}"
+    ///
+    ///         [search]
+    ///         method = "GET"
+    ///         path = "/search"
+    ///         query = { limit = "20" }
+    ///         timeout_ms = 2000
+    ///     "#)
+    ///     .build()?;
+    /// assert_eq!(client.endpoint("search").map(|e| e.path()), Some("/search"));
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[cfg(feature = "toml")]
+    pub fn endpoints_toml(mut self, toml: &str) -> Self {
+        match crate::endpoint::from_toml(toml) {
+            Ok(endpoints) => {
+                self.endpoints.extend(endpoints);
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
     /// The header that carries each call's tracking id (default
     /// `x-request-id`). Every call gets a new random id unless it sets the
     /// header itself; retries keep it, and it is in

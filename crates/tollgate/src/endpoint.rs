@@ -182,6 +182,22 @@ pub(crate) fn from_json(json: &str) -> Result<Vec<Endpoint>, Error> {
             format!("the endpoint spec is not valid: {e}"),
         )
     })?;
+    from_specs(specs)
+}
+
+/// Endpoints from a TOML table of name to endpoint, as [`from_json`].
+#[cfg(feature = "toml")]
+pub(crate) fn from_toml(text: &str) -> Result<Vec<Endpoint>, Error> {
+    let specs: BTreeMap<String, Spec> = toml::from_str(text).map_err(|e| {
+        Error::new(
+            ErrorKind::Builder,
+            format!("the endpoint spec is not valid: {e}"),
+        )
+    })?;
+    from_specs(specs)
+}
+
+fn from_specs(specs: BTreeMap<String, Spec>) -> Result<Vec<Endpoint>, Error> {
     let method = |name: &str, m: &str| {
         Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).map_err(|_| {
             Error::new(
@@ -280,6 +296,38 @@ mod tests {
         );
         assert_eq!(merge_query(&[], &[], Some("a=1")).as_deref(), Some("a=1"));
         assert_eq!(merge_query(&[], &[], None), None);
+    }
+
+    #[cfg(feature = "toml")]
+    #[test]
+    fn toml_specs_read_like_json_ones() {
+        let endpoints = from_toml(
+            r#"
+get_user = "GET /users/{id}"
+
+[search]
+method = "GET"
+path = "/search"
+timeout_ms = 2000
+query = { limit = "20" }
+headers = { x-api-version = "2" }
+"#,
+        )
+        .expect("valid");
+        let search = endpoints
+            .iter()
+            .find(|e| e.name == "search")
+            .expect("search");
+        assert_eq!(search.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(search.headers["x-api-version"], "2");
+        assert_eq!(search.query[0].pair, "limit=20");
+        assert!(endpoints
+            .iter()
+            .any(|e| e.name == "get_user" && e.path == "/users/{id}"));
+        assert_eq!(
+            from_toml("x = 1").expect_err("not an endpoint").kind(),
+            ErrorKind::Builder
+        );
     }
 
     #[test]
