@@ -63,7 +63,8 @@
 //! # Endpoints, levels and tracking ids
 //!
 //! Named [`Endpoint`]s (`get_user: GET /users/{user_id}`) are declared on
-//! the builder or loaded from JSON ([`ClientBuilder::endpoints_json`]) and
+//! the builder or loaded from JSON ([`ClientBuilder::endpoints_json`]) or
+//! TOML (`ClientBuilder::endpoints_toml`, feature `toml`) and
 //! called by name ([`Client::call`]). Headers, query parameters and
 //! timeouts come from three levels, the narrower replacing the wider for the
 //! same name: the client's defaults, the endpoint's, the request's own.
