@@ -80,6 +80,56 @@ async fn entries_expire_exactly_at_their_ttl() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn last_modified_alone_revalidates_with_if_modified_since() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let upstream = service_fn(move |req: Request<()>| {
+        let since = req
+            .headers()
+            .get("if-modified-since")
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
+        s.lock().expect("lock").push(since.clone());
+        async move {
+            let response = match since {
+                Some(_) => Response::builder()
+                    .status(304)
+                    .body(Full::new(Bytes::new())),
+                None => Response::builder()
+                    .header("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT")
+                    .body(Full::new(Bytes::from_static(b"{\"v\":1}"))),
+            };
+            Ok::<_, Infallible>(response.expect("response"))
+        }
+    });
+    let service = CacheLayer::new(Duration::from_secs(10)).layer(upstream);
+    service.clone().oneshot(get("/lm")).await.expect("miss");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let renewed = service
+        .clone()
+        .oneshot(get("/lm"))
+        .await
+        .expect("revalidated");
+    assert_eq!(status(&renewed), CacheStatus::Revalidated);
+    let body = renewed
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, "{\"v\":1}", "the stored body, the 304 carried none");
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        vec![None, Some("Tue, 14 Nov 2023 22:13:20 GMT".to_owned())]
+    );
+    // Renewed for another TTL.
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert_eq!(
+        status(&service.oneshot(get("/lm")).await.expect("hit")),
+        CacheStatus::Hit
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn hop_by_hop_headers_are_not_stored() {
     let upstream = service_fn(|_req: Request<()>| async {
         let response = Response::builder()
