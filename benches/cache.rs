@@ -9,6 +9,8 @@
 //!   `http::Response` with the stored headers and body).
 //! - `layer_miss`: a GET for a new URL each time: the lookup, the flight,
 //!   the call, buffering and storing the response.
+//! - `moka_sync_insert_distinct`: moka alone doing what a miss asks of it
+//!   (a lookup that misses, then an insert of a new key) in a cache as full.
 //!
 //! `cargo bench --bench cache`
 #![allow(missing_docs, reason = "a benchmark binary")]
@@ -104,6 +106,25 @@ fn cache(c: &mut Criterion) {
             );
             let misses = misses.clone();
             async move { black_box(misses.oneshot(request(&uri)).await) }
+        });
+    });
+    // moka alone, storing a new key each time into a cache as full as the
+    // layer_miss one: the floor of any moka-based miss.
+    let moka_store: moka::sync::Cache<Arc<str>, Arc<(http::HeaderMap, Bytes)>> =
+        moka::sync::Cache::builder()
+            .max_capacity(4 << 20)
+            .weigher(|_, _| 2_000)
+            .build();
+    let value = Arc::new((response().headers().clone(), Bytes::from_static(BODY)));
+    group.bench_function("moka_sync_insert_distinct", |b| {
+        b.iter(|| {
+            let key: Arc<str> = Arc::from(format!(
+                "http://127.0.0.1:8080/posts/1?n={}",
+                n.fetch_add(1, Ordering::Relaxed)
+            ));
+            let found = moka_store.get(&*key);
+            moka_store.insert(key, value.clone());
+            black_box(found)
         });
     });
     group.bench_function("bare_distinct_uri", |b| {
