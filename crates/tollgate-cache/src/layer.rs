@@ -127,8 +127,10 @@ impl CacheLayer {
     /// identity, freshness, `Age` and [`CacheStatus::Hit`](crate::CacheStatus::Hit),
     /// counted as a hit), without an inner service to fall back on. `None`
     /// for anything else, which is not counted: send the request through the
-    /// layer then. A client that owns its stack (the `tollgate` facade) uses
-    /// it to answer hits without entering the stack.
+    /// layer then, and it uses the decision taken here (left in the
+    /// request's extensions) rather than look it up again. A client that
+    /// owns its stack (the `tollgate` facade) uses it to answer hits without
+    /// entering the stack.
     ///
     /// ```
     /// use std::time::Duration;
@@ -142,15 +144,18 @@ impl CacheLayer {
     /// # async fn main() -> Result<(), tower::BoxError> {
     /// let cache = CacheLayer::new(Duration::from_secs(60));
     /// let get = || Request::get("http://api.test/x").body(()).unwrap();
-    /// assert!(cache.answer(&get()).is_none());
+    /// assert!(cache.answer(&mut get()).is_none());
     /// let upstream = service_fn(|_req: Request<()>| async {
     ///     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("x"))))
     /// });
     /// cache.layer(upstream).oneshot(get()).await?;
-    /// assert_eq!(cache.answer(&get()).map(|r| r.into_body()), Some(Bytes::from("x")));
+    /// assert_eq!(cache.answer(&mut get()).map(|r| r.into_body()), Some(Bytes::from("x")));
     /// # Ok(()) }
     /// ```
-    pub fn answer<B>(&self, request: &http::Request<B>) -> Option<http::Response<bytes::Bytes>> {
+    pub fn answer<B>(
+        &self,
+        request: &mut http::Request<B>,
+    ) -> Option<http::Response<bytes::Bytes>> {
         match crate::service::route(&self.store, request) {
             crate::service::Route::Hit(stored, now) => {
                 crate::store::Counters::bump(&self.store.counters.hits);
@@ -161,7 +166,13 @@ impl CacheLayer {
                     |body| body,
                 ))
             }
-            _ => None,
+            route => {
+                request.extensions_mut().insert(crate::service::Routed {
+                    store: self.store.clone(),
+                    route,
+                });
+                None
+            }
         }
     }
 

@@ -160,9 +160,15 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let store = &self.store;
-        match route(store, &req) {
+        // `CacheLayer::answer` may have taken the decision already.
+        let decided = req
+            .extensions_mut()
+            .remove::<Routed>()
+            .filter(|r| Arc::ptr_eq(&r.store, store))
+            .map(|r| r.route);
+        match decided.unwrap_or_else(|| route(store, &req)) {
             Route::Unsafe(uri) => {
                 Counters::bump(&store.counters.bypassed);
                 ResponseFuture::new(Kind::Invalidate {
@@ -205,6 +211,7 @@ where
 }
 
 /// Where a request goes.
+#[derive(Clone)]
 pub(crate) enum Route {
     /// An unsafe method: through, then invalidate this URI if it succeeds.
     Unsafe(String),
@@ -218,6 +225,15 @@ pub(crate) enum Route {
         identity: u128,
         found: Option<Arc<Stored>>,
     },
+}
+
+/// A decision [`CacheLayer::answer`] took and left in the request's
+/// extensions, for the layer of the same cache to use rather than take it
+/// again.
+#[derive(Clone)]
+pub(crate) struct Routed {
+    pub(crate) store: Arc<Store>,
+    pub(crate) route: Route,
 }
 
 /// The one decision a request gets, for the layer and for

@@ -152,6 +152,34 @@ async fn hop_by_hop_headers_are_not_stored() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn after_a_missed_answer_the_layer_still_stores_the_response() {
+    let (calls, upstream) = upstream(Duration::ZERO);
+    let ours = CacheLayer::new(Duration::from_secs(60));
+    let theirs = CacheLayer::new(Duration::from_secs(60));
+    // A miss in `ours`, sent through `theirs`: `theirs` decides for itself.
+    let mut request = get("/d");
+    assert!(ours.answer(&mut request).is_none());
+    let response = theirs
+        .layer(upstream.clone())
+        .oneshot(request)
+        .await
+        .expect("miss");
+    assert_eq!(status(&response), CacheStatus::Miss);
+    assert_eq!((ours.stats().entries, theirs.stats().entries), (0, 1));
+    // A miss in `ours`, sent through `ours`: stored, and answered next time.
+    let mut request = get("/d");
+    assert!(ours.answer(&mut request).is_none());
+    ours.layer(upstream).oneshot(request).await.expect("miss");
+    let hit = ours.answer(&mut get("/d")).expect("a hit");
+    assert_eq!(
+        hit.extensions().get::<CacheStatus>(),
+        Some(&CacheStatus::Hit)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!((ours.stats().hits, ours.stats().misses), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_can_set_its_own_ttl() {
     let (calls, upstream) = upstream(Duration::ZERO);
     let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);

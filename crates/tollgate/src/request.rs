@@ -521,7 +521,7 @@ impl RequestBuilder {
         // entering the stack: the same answer the cache layer would give, as
         // the first layer below the deadline (see `CacheLayer::answer`).
         #[cfg(feature = "cache")]
-        if let Some(hit) = inner.cache.as_ref().and_then(|c| c.answer(&request)) {
+        if let Some(hit) = inner.cache.as_ref().and_then(|c| c.answer(&mut request)) {
             if hit.body().len() <= inner.max_body {
                 let elapsed = started.elapsed();
                 span.record("http.response.status_code", hit.status().as_u16());
