@@ -109,14 +109,28 @@ pub(crate) fn identity<B>(
     if !any_header && credential.is_none() && partition.is_none() {
         return 0;
     }
-    let mut parts: Vec<(&str, Vec<&HeaderValue>)> = Vec::new();
-    for name in credential_headers {
-        let values: Vec<&HeaderValue> = headers.get_all(name).iter().collect();
-        if !values.is_empty() {
-            parts.push((name.as_str(), values));
+    let sent = Credentials {
+        headers,
+        names: credential_headers,
+    };
+    Partition::of(&(sent, credential, partition)).0 | 1
+}
+
+/// The credential headers of a request, hashed as they stand (no copy).
+struct Credentials<'a> {
+    headers: &'a HeaderMap,
+    names: &'a [HeaderName],
+}
+
+impl Hash for Credentials<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for name in self.names {
+            for value in self.headers.get_all(name) {
+                name.hash(state);
+                value.hash(state);
+            }
         }
     }
-    Partition::of(&(parts, credential, partition)).0 | 1
 }
 
 /// The request headers a response's `Vary` names, with the values this
