@@ -54,6 +54,20 @@ fn get(path: &str) -> Request<()> {
         .expect("request")
 }
 
+/// The whole body of a response.
+async fn body_of<B>(response: Response<B>) -> Bytes
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
 fn status<B>(response: &Response<B>) -> CacheStatus {
     *response.extensions().get::<CacheStatus>().expect("status")
 }
@@ -110,12 +124,7 @@ async fn last_modified_alone_revalidates_with_if_modified_since() {
         .await
         .expect("revalidated");
     assert_eq!(status(&renewed), CacheStatus::Revalidated);
-    let body = renewed
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_of(renewed).await;
     assert_eq!(body, "{\"v\":1}", "the stored body, the 304 carried none");
     assert_eq!(
         *seen.lock().expect("lock"),
@@ -211,12 +220,7 @@ async fn a_cancelled_leader_does_not_strand_its_waiters() {
     for waiter in waiters {
         let response = waiter.await.expect("task").expect("response");
         statuses.push(status(&response));
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body_of(response).await;
         assert_eq!(body, "/c for -");
     }
     assert_eq!(
@@ -273,12 +277,7 @@ async fn a_streaming_body_over_the_limit_is_passed_on_whole() {
             .await
             .expect("response");
         assert_eq!(status(&response), CacheStatus::Miss);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body_of(response).await;
         assert_eq!(body.len(), 3000);
         assert!(body[..300].iter().all(|b| *b == b'a') && body[2700..].iter().all(|b| *b == b'j'));
     }
@@ -327,7 +326,7 @@ proptest! {
                 let expected = format!("/p{path} for {}", users[user].unwrap_or("-"));
                 let call = service.clone().oneshot(request);
                 let task = tokio::spawn(async move {
-                    let body = call.await.expect("response").into_body().collect().await.expect("body").to_bytes();
+                    let body = body_of(call.await.expect("response")).await;
                     assert_eq!(body, expected);
                 });
                 if concurrent {
