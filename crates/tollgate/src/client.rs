@@ -197,12 +197,10 @@ impl Client {
     pub fn call(&self, endpoint: &str) -> RequestBuilder {
         match self.inner.endpoints.get(endpoint) {
             Some(e) => RequestBuilder::for_endpoint(self.clone(), e.clone()),
-            None => {
-                RequestBuilder::new(self.clone(), Method::GET, String::new()).fail_with(Error::new(
-                    ErrorKind::InvalidRequest,
-                    format!("unknown endpoint `{endpoint}`"),
-                ))
-            }
+            None => RequestBuilder::new(self.clone(), Method::GET, String::new()).fail(Error::new(
+                ErrorKind::InvalidRequest,
+                format!("unknown endpoint `{endpoint}`"),
+            )),
         }
     }
 

@@ -160,13 +160,9 @@ impl RequestBuilder {
         self.extras.get_or_insert_with(Box::default)
     }
 
-    fn fail(mut self, err: Error) -> Self {
+    pub(crate) fn fail(mut self, err: Error) -> Self {
         self.error.get_or_insert(err);
         self
-    }
-
-    pub(crate) fn fail_with(self, err: Error) -> Self {
-        self.fail(err)
     }
 
     pub(crate) fn for_endpoint(client: Client, endpoint: Arc<Endpoint>) -> Self {
