@@ -139,12 +139,12 @@ where
 
     /// With a fresh token at hand: call at once.
     pub(crate) fn with_token(
-        mut service: S,
+        service: &mut S,
         mut request: Request<B>,
         current: &Current,
         ctx: &TokenCtx,
     ) -> Self {
-        let replay = prepare(&service, &mut request, current, ctx);
+        let replay = prepare(service, &mut request, current, ctx);
         ResponseFuture {
             state: State::Called {
                 future: service.call(request),

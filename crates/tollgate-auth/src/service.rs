@@ -101,12 +101,19 @@ where
                     return ResponseFuture::called(self.inner.call(req));
                 }
                 // Take the service that was polled ready; leave a clone.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
                 let ctx = TokenCtx::new(tokens, config);
                 match tokens.fresh(config.skew) {
-                    Some(current) => ResponseFuture::with_token(ready, req, &current, &ctx),
-                    None => ResponseFuture::refreshing(ready, req, ctx),
+                    // Called at once: the ready service is used in place.
+                    Some(current) => {
+                        ResponseFuture::with_token(&mut self.inner, req, &current, &ctx)
+                    }
+                    None => {
+                        // Called after the refresh: take the service that was
+                        // polled ready, and leave a clone.
+                        let clone = self.inner.clone();
+                        let ready = std::mem::replace(&mut self.inner, clone);
+                        ResponseFuture::refreshing(ready, req, ctx)
+                    }
                 }
             }
         }
