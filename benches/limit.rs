@@ -1,6 +1,6 @@
 //! Rate limiter costs on the uncontended path (no call ever waits).
 //!
-//! - `check`: the decision alone. Our `MemoryStore::reserve` (unkeyed, the
+//! - `check`: the decision alone. Our `MemoryStore::check` (unkeyed, the
 //!   permit taken) against governor's direct limiter `check()`.
 //! - `layer`: a whole call through the layer over an in-process
 //!   `service_fn`, against the bare function and `tower::limit::RateLimit`.
@@ -32,7 +32,7 @@ fn limit(c: &mut Criterion) {
     group.bench_function("tollgate_memory_store", |b| {
         b.iter(|| {
             let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            black_box(store.reserve("", now, now))
+            black_box(store.check("", now))
         });
     });
     let governor = governor::RateLimiter::direct(governor::Quota::per_second(
@@ -82,7 +82,7 @@ fn limit(c: &mut Criterion) {
         b.iter(|| {
             next = (next + 1) % keys.len();
             let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            black_box(keyed.reserve(&keys[next], now, now))
+            black_box(keyed.check(&keys[next], now))
         });
     });
     let governor_keyed = governor::RateLimiter::keyed(governor::Quota::per_second(

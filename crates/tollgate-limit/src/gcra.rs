@@ -67,12 +67,30 @@ impl Gcra {
 }
 
 impl Gcra {
-    /// Reserves the first conforming slot at or after `from`: returns the
-    /// slot's time and the new TAT. Reserving in arrival order serves
-    /// callers first come, first served, with no queue structure.
-    pub fn reserve(&self, tat: u64, from: u64) -> (u64, u64) {
-        let at = from.max(tat.saturating_sub(self.tolerance));
-        (at, tat.max(at).saturating_add(self.interval))
+    /// The burst tolerance `τ = T · (burst − 1)`, in nanoseconds.
+    pub fn tolerance(&self) -> u64 {
+        self.tolerance
+    }
+
+    /// The state after the upstream asked for no permit before `until`: the
+    /// first permit conforms at `until`, and the next ones follow at the
+    /// steady rate, with no burst (a burst released at the end of a pause is
+    /// exactly what trips an upstream that just said "slow down").
+    pub fn pause(&self, tat: u64, until: u64) -> u64 {
+        tat.max(until.saturating_add(self.tolerance))
+    }
+
+    /// When the permit of a caller with `ahead` callers before it would
+    /// conform, if each of them takes one in turn and nothing else changes.
+    pub fn estimate(&self, tat: u64, now: u64, ahead: u64) -> u64 {
+        let first = now.max(tat.saturating_sub(self.tolerance));
+        first.saturating_add(ahead.saturating_mul(self.interval))
+    }
+
+    /// Whether the state no longer constrains anything at `now` (forgetting
+    /// it changes no decision).
+    pub fn is_idle(&self, tat: u64, now: u64) -> bool {
+        tat <= now
     }
 }
 
@@ -141,48 +159,52 @@ mod tests {
     }
 
     #[test]
-    fn reservations_follow_the_rate_in_order() {
-        let gcra = Gcra::new(
-            &Quota::per_second(10)
-                .expect("valid")
-                .with_burst(2)
-                .expect("valid"),
+    fn a_pause_resumes_at_the_rate_without_a_burst() {
+        let gcra = Gcra::new(&Quota::per_second(10).expect("valid"));
+        // Burst 10, idle: a pause until 1 s lets one permit through at 1 s,
+        // then one every 100 ms, never the burst of 10.
+        let tat = gcra.pause(0, 1000 * MS);
+        assert_eq!(
+            gcra.check(tat, 999 * MS),
+            Decision::Wait { until: 1000 * MS }
         );
-        let mut tat = 0;
-        let slots: Vec<u64> = (0..5)
-            .map(|_| {
-                let (at, next) = gcra.reserve(tat, 0);
-                tat = next;
-                at
-            })
-            .collect();
-        assert_eq!(slots, vec![0, 0, 100 * MS, 200 * MS, 300 * MS]);
-        // A reserved slot conforms when it comes.
-        let (at, _) = gcra.reserve(tat, 0);
-        assert!(matches!(gcra.check(tat, at), Decision::Allow { .. }));
+        let Decision::Allow { tat } = gcra.check(tat, 1000 * MS) else {
+            panic!("the pause ends at 1 s")
+        };
+        assert_eq!(
+            gcra.check(tat, 1000 * MS),
+            Decision::Wait { until: 1100 * MS }
+        );
+        assert_eq!(gcra.estimate(tat, 1000 * MS, 2), 1300 * MS);
     }
 
     proptest! {
         #[test]
-        fn reserved_slots_keep_the_bound(
+        fn pauses_never_loosen_the_bound(
             burst in 1u32..10,
-            gaps in proptest::collection::vec(0u64..150 * MS, 1..200),
+            ops in proptest::collection::vec((0u64..150 * MS, proptest::option::weighted(0.1, 0u64..2_000 * MS)), 1..200),
         ) {
             let gcra = Gcra::new(&Quota::per_second(10).expect("valid").with_burst(burst).expect("valid"));
             let (mut tat, mut now) = (0, 0);
-            let mut slots = Vec::new();
-            for g in gaps {
-                now += g;
-                let (at, next) = gcra.reserve(tat, now);
-                prop_assert!(at >= now);
-                tat = next;
-                slots.push(at);
+            let mut grants = Vec::new();
+            let mut paused_until = 0;
+            for (gap, pause) in ops {
+                now += gap;
+                if let Some(p) = pause {
+                    paused_until = paused_until.max(now + p);
+                    tat = gcra.pause(tat, now + p);
+                }
+                if let Decision::Allow { tat: next } = gcra.check(tat, now) {
+                    prop_assert!(now >= paused_until, "granted during a pause");
+                    tat = next;
+                    grants.push(now);
+                }
             }
             let t = gcra.interval() as f64;
-            for i in 0..slots.len() {
-                for j in i..slots.len() {
+            for i in 0..grants.len() {
+                for j in i..grants.len() {
                     let n = (j - i + 1) as f64;
-                    prop_assert!(n <= f64::from(burst) + (slots[j] - slots[i]) as f64 / t + 1e-9);
+                    prop_assert!(n <= f64::from(burst) + (grants[j] - grants[i]) as f64 / t + 1e-9);
                 }
             }
         }

@@ -7,6 +7,10 @@
 //! length `period` (anywhere, not only on boundaries) holds more than `count`
 //! (proven below by a property test over arbitrary arrivals). The log costs
 //! `count` timestamps of memory per limiter.
+//!
+//! Only permits actually taken are logged: a caller that waits asks again
+//! when its time comes, so a caller that gives up leaves nothing behind, and
+//! nothing it did can loosen the bound.
 
 use std::collections::VecDeque;
 
@@ -25,6 +29,13 @@ pub struct WindowLog {
     grants: VecDeque<u64>,
 }
 
+impl WindowLog {
+    /// The latest entry, if any.
+    pub fn last(&self) -> Option<u64> {
+        self.grants.back().copied()
+    }
+}
+
 impl SlidingWindow {
     /// The window for a quota (its count and period).
     pub fn new(quota: &Quota) -> SlidingWindow {
@@ -37,6 +48,22 @@ impl SlidingWindow {
     /// Decides one permit at `now` (nanoseconds, non-decreasing): `Ok` and
     /// recorded, or `Err(until)`, the earliest time a permit conforms.
     pub fn check(&self, log: &mut WindowLog, now: u64) -> Result<(), u64> {
+        self.forget_before(log, now);
+        // Entries after `now` are a pause's placeholders (see `pause`): they
+        // count against the window like grants.
+        if log.grants.len() < self.count {
+            // Grants are kept in time order; a grant at `now` goes after
+            // every entry at or before it.
+            let at = log.grants.partition_point(|&g| g <= now);
+            log.grants.insert(at, now);
+            Ok(())
+        } else {
+            Err(self.next_free(log, now))
+        }
+    }
+
+    /// Drops the entries that left the window by `now`.
+    fn forget_before(&self, log: &mut WindowLog, now: u64) {
         while log
             .grants
             .front()
@@ -44,51 +71,99 @@ impl SlidingWindow {
         {
             log.grants.pop_front();
         }
-        if log.grants.len() < self.count {
-            log.grants.push_back(now);
-            Ok(())
-        } else {
-            // Full: the oldest grant in the window must leave it first.
-            let oldest = log.grants.front().copied().unwrap_or(now);
-            Err(oldest.saturating_add(self.period))
-        }
     }
-}
 
-impl SlidingWindow {
-    /// Reserves the first slot at or after `from` that keeps the bound, and
-    /// records it. Slots are reserved in arrival order, so callers are
-    /// served first come, first served.
-    pub fn reserve(&self, log: &mut WindowLog, from: u64) -> u64 {
-        while log
-            .grants
-            .front()
-            .is_some_and(|&g| g.saturating_add(self.period) <= from)
-        {
-            log.grants.pop_front();
+    /// With the log full at `now`: when the entry that makes room leaves
+    /// the window (the `count`-th most recent one).
+    fn next_free(&self, log: &WindowLog, now: u64) -> u64 {
+        let index = log.grants.len().saturating_sub(self.count);
+        log.grants
+            .get(index)
+            .map_or(now, |g| g.saturating_add(self.period))
+            .max(now)
+    }
+
+    /// The upstream asked for no permit before `until`: placeholders are
+    /// added so that the first permit conforms at `until` and the next ones
+    /// follow one every `period / count`, not all `count` at once (a full
+    /// window released at the end of a pause is what trips an upstream that
+    /// just said "slow down"). The placeholders only ever add to the window,
+    /// so the bound holds as before.
+    pub fn pause(&self, log: &mut WindowLog, now: u64, until: u64) {
+        if until <= now {
+            return;
         }
-        let at = if log.grants.len() < self.count {
-            from
-        } else {
-            // The count-th most recent slot must be a period old first.
-            let index = log.grants.len() - self.count;
-            from.max(log.grants[index].saturating_add(self.period))
-        };
-        log.grants.push_back(at);
+        self.forget_before(log, now);
+        let step = self.period / u64::try_from(self.count).unwrap_or(u64::MAX).max(1);
+        let start = until.saturating_sub(self.period);
+        let mut merged: VecDeque<u64> = VecDeque::with_capacity(log.grants.len() + self.count);
+        let mut old = std::mem::take(&mut log.grants).into_iter().peekable();
+        for k in 0..self.count {
+            let k = u64::try_from(k).unwrap_or(u64::MAX);
+            let p = start.saturating_add(step.saturating_mul(k));
+            while let Some(&g) = old.peek() {
+                if g > p {
+                    break;
+                }
+                merged.push_back(g);
+                old.next();
+            }
+            merged.push_back(p);
+        }
+        merged.extend(old);
+        log.grants = merged;
+        self.forget_before(log, now);
+        // Keep the log no longer than it needs to be: only the `count` most
+        // recent entries ever decide anything.
         while log.grants.len() > self.count {
             log.grants.pop_front();
         }
-        at
     }
 
-    /// Gives back the slot reserved at `at`, if no later one was reserved
-    /// since (otherwise it stays used: the bound never loosens).
-    pub fn cancel(&self, log: &mut WindowLog, at: u64) -> bool {
-        if log.grants.back() == Some(&at) {
-            log.grants.pop_back();
-            true
-        } else {
-            false
+    /// When the permit of a caller with `ahead` callers before it would
+    /// conform, if each of them takes one in turn and nothing else changes.
+    pub fn estimate(&self, log: &WindowLog, now: u64, ahead: u64) -> u64 {
+        // Simulate on the count most recent entries: grant j conforms once
+        // the entry count places before it has left the window.
+        let mut recent: VecDeque<u64> = log
+            .grants
+            .iter()
+            .copied()
+            .filter(|&g| g.saturating_add(self.period) > now)
+            .collect();
+        let mut t = now;
+        let mut n = 0u64;
+        loop {
+            if recent.len() >= self.count {
+                let index = recent.len() - self.count;
+                t = t.max(recent[index].saturating_add(self.period));
+            }
+            if n == ahead {
+                return t;
+            }
+            recent.push_back(t);
+            if recent.len() > self.count {
+                recent.pop_front();
+            }
+            n += 1;
+            // Past a full window's worth of rounds the pattern repeats:
+            // every `count` grants take one more period.
+            if n >= u64::try_from(self.count)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(2)
+                && ahead > n
+            {
+                let rounds = (ahead - n) / u64::try_from(self.count).unwrap_or(u64::MAX).max(1);
+                let skip = rounds.saturating_mul(u64::try_from(self.count).unwrap_or(u64::MAX));
+                if skip > 0 {
+                    let shift = rounds.saturating_mul(self.period);
+                    for g in recent.iter_mut() {
+                        *g = g.saturating_add(shift);
+                    }
+                    t = t.saturating_add(shift);
+                    n += skip;
+                }
+            }
         }
     }
 
@@ -97,6 +172,11 @@ impl SlidingWindow {
         log.grants
             .back()
             .is_none_or(|&g| g.saturating_add(self.period) <= now)
+    }
+
+    /// Entries held: the memory a log costs is this many `u64`s.
+    pub fn len(log: &WindowLog) -> usize {
+        log.grants.len()
     }
 }
 
@@ -123,25 +203,77 @@ mod tests {
 
     proptest! {
         #[test]
-        fn reserved_slots_keep_the_bound(
+        fn pauses_keep_the_bound_and_release_no_full_window(
             count in 1u32..10,
-            gaps in proptest::collection::vec(0u64..60_000_000, 1..200),
+            ops in proptest::collection::vec((0u64..60_000_000, proptest::option::weighted(0.1, 0u64..300_000_000)), 1..200),
         ) {
-            let w = SlidingWindow::new(&Quota::window(count, Duration::from_millis(100)).expect("valid"));
+            let period = 100_000_000;
+            let w = SlidingWindow::new(&Quota::window(count, Duration::from_nanos(period)).expect("valid"));
             let mut log = WindowLog::default();
             let mut now = 0;
-            let mut slots = Vec::new();
-            for g in gaps {
-                now += g;
-                let at = w.reserve(&mut log, now);
-                prop_assert!(at >= now);
-                slots.push(at);
+            let mut grants = Vec::new();
+            let mut pauses = Vec::new();
+            for (gap, pause) in ops {
+                now += gap;
+                if let Some(p) = pause {
+                    w.pause(&mut log, now, now + p);
+                    pauses.push(now + p);
+                }
+                let before = w.estimate(&log, now, 0);
+                match w.check(&mut log, now) {
+                    Ok(()) => {
+                        prop_assert_eq!(before, now, "the estimate said a permit conforms now");
+                        prop_assert!(pauses.iter().all(|&u| now >= u), "granted during a pause");
+                        grants.push(now);
+                    }
+                    Err(until) => {
+                        prop_assert!(until > now);
+                        prop_assert_eq!(before, until);
+                    }
+                }
             }
-            prop_assert!(slots.windows(2).all(|p| p[0] <= p[1]), "slots in arrival order");
-            for (i, &start) in slots.iter().enumerate() {
-                let inside = slots[i..].iter().take_while(|&&s| s < start + 100_000_000).count();
+            for (i, &start) in grants.iter().enumerate() {
+                let inside = grants[i..].iter().take_while(|&&s| s < start + period).count();
                 prop_assert!(inside <= count as usize);
             }
+            // After each pause, the first window holds at most one permit per
+            // period / count, not a full window at once.
+            let step = period / u64::from(count);
+            for &u in &pauses {
+                let after: Vec<u64> = grants.iter().copied().filter(|&g| g >= u && g < u + period).collect();
+                for (k, &g) in after.iter().enumerate() {
+                    prop_assert!(g >= u + step * k as u64, "grant {} at {} after a pause ending {}", k, g, u);
+                }
+            }
+        }
+
+        #[test]
+        fn estimates_match_taking_permits_in_turn(
+            count in 1u32..6,
+            gaps in proptest::collection::vec(0u64..60_000_000, 0..20),
+            ahead in 0u64..40,
+        ) {
+            let period = 100_000_000;
+            let w = SlidingWindow::new(&Quota::window(count, Duration::from_nanos(period)).expect("valid"));
+            let mut log = WindowLog::default();
+            let mut now = 0;
+            for g in gaps {
+                now += g;
+                let _ = w.check(&mut log, now);
+            }
+            let predicted = w.estimate(&log, now, ahead);
+            // Take `ahead` permits, each as soon as it conforms, then the next.
+            let mut probe = log.clone();
+            let mut t = now;
+            for _ in 0..=ahead {
+                loop {
+                    match w.check(&mut probe, t) {
+                        Ok(()) => break,
+                        Err(until) => t = until,
+                    }
+                }
+            }
+            prop_assert_eq!(predicted, t);
         }
 
         #[test]

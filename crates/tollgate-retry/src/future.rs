@@ -110,7 +110,14 @@ fn decide(
                 cap: config.max_retry_after,
             })
         }
-        Some(requested) => (requested, true),
+        // The server's delay is a floor under the backoff, not a
+        // replacement: `Retry-After: 0` from a struggling server does not
+        // turn a backoff schedule into a tight loop.
+        Some(requested) => {
+            let mut rng = config.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            let backoff = config.backoff.delay(retries, &mut rng);
+            (requested.max(backoff), true)
+        }
         None => {
             let mut rng = config.rng.lock().unwrap_or_else(PoisonError::into_inner);
             (config.backoff.delay(retries, &mut rng), false)
@@ -313,6 +320,35 @@ mod tests {
         assert!(
             matches!(decide(c, 0, None, Some(Duration::from_secs(5))), Next::Retry(d, true) if d == Duration::from_secs(5))
         );
+        // Retry-After is a floor: a shorter one than the backoff waits the
+        // backoff. The first backoff is at most 100 ms, the third at most
+        // 400 ms; draws are jittered, so compare with the same seed.
+        let seeded = RetryLayer::new()
+            .max_retries(5)
+            .backoff(
+                crate::Backoff::exponential(Duration::from_secs(1))
+                    .expect("valid")
+                    .cap(Duration::from_secs(8))
+                    .expect("valid"),
+            )
+            .seed(3);
+        let again = RetryLayer::new()
+            .max_retries(5)
+            .backoff(
+                crate::Backoff::exponential(Duration::from_secs(1))
+                    .expect("valid")
+                    .cap(Duration::from_secs(8))
+                    .expect("valid"),
+            )
+            .seed(3);
+        let Next::Retry(with_zero, true) = decide(&seeded.config, 2, None, Some(Duration::ZERO))
+        else {
+            panic!("retried")
+        };
+        let Next::Retry(backoff, false) = decide(&again.config, 2, None, None) else {
+            panic!("retried")
+        };
+        assert_eq!(with_zero, backoff, "Retry-After: 0 still waits the backoff");
         assert!(matches!(
             decide(c, 1, None, None),
             Next::Stop(Stopped::MaxRetries)

@@ -63,14 +63,13 @@ impl<S> Retry<S> {
     }
 }
 
-/// A random idempotency key: 128 bits as 32 hex digits.
-fn idempotency_key(rng: &std::sync::Mutex<fastrand::Rng>) -> HeaderValue {
-    let (a, b) = {
-        let mut rng = rng
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (rng.u64(..), rng.u64(..))
-    };
+/// A random idempotency key: 128 bits as 32 hex digits, from the thread's
+/// own random source, never from the jitter's (which
+/// [`RetryLayer::seed`](crate::RetryLayer::seed) makes predictable: two
+/// processes seeded alike would send the same keys, and a server would take
+/// one call for the other's replay).
+fn idempotency_key() -> HeaderValue {
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
     match HeaderValue::try_from(format!("{a:016x}{b:016x}")) {
         Ok(v) => v,
         Err(_) => unreachable!("hex digits are a valid header value"),
@@ -100,10 +99,11 @@ where
             && !crate::policy::IDEMPOTENT_METHODS.contains(req.method())
             && !req.headers().contains_key(IDEMPOTENCY_KEY)
         {
-            req.headers_mut()
-                .insert(IDEMPOTENCY_KEY, idempotency_key(&config.rng));
+            req.headers_mut().insert(IDEMPOTENCY_KEY, idempotency_key());
         }
-        let own = config.max_total.map(|t| Instant::now() + t);
+        // A total too long for the clock (`Duration::MAX` for "no limit")
+        // is no deadline at all.
+        let own = config.max_total.and_then(|t| Instant::now().checked_add(t));
         let outer = req.extensions().get::<Deadline>().map(|d| d.0);
         let deadline = match (own, outer) {
             (Some(a), Some(b)) => Some(a.min(b)),

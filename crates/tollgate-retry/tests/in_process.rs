@@ -294,3 +294,48 @@ async fn a_body_that_stops_copying_ends_the_retries_without_a_panic() {
         Some(2)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn idempotency_keys_do_not_follow_the_jitter_seed() {
+    // Two layers seeded alike (two replicas of one service, say) must not
+    // send the same keys: a server would take one call for the other's
+    // replay and drop it.
+    let (a, b) = (Seen::default(), Seen::default());
+    let first = RetryLayer::new()
+        .with_idempotency_key()
+        .seed(42)
+        .layer(flaky(0, a.clone()));
+    let second = RetryLayer::new()
+        .with_idempotency_key()
+        .seed(42)
+        .layer(flaky(0, b.clone()));
+    first.oneshot(post()).await.expect("response");
+    second.oneshot(post()).await.expect("response");
+    let (a, b) = (
+        a.lock().expect("lock")[0].clone(),
+        b.lock().expect("lock")[0].clone(),
+    );
+    assert!(a.is_some() && b.is_some());
+    assert_ne!(a, b);
+}
+
+#[tokio::test(start_paused = true)]
+async fn durations_at_zero_one_and_max_never_panic() {
+    for total in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+        for cap in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+            let seen = Seen::default();
+            let svc = RetryLayer::new()
+                .max_total_time(total)
+                .max_retry_after(cap)
+                .max_retries(u32::MAX)
+                .layer(flaky(2, seen.clone()));
+            let req = Request::get("http://api.test/x")
+                .body(String::new())
+                .expect("request");
+            // Every combination ends with one outcome, quickly on paused
+            // time: a response (retried or not) or an error.
+            let res = tokio::time::timeout(Duration::from_secs(3600), svc.oneshot(req)).await;
+            assert!(res.is_ok(), "total {total:?}, cap {cap:?}: still running");
+        }
+    }
+}

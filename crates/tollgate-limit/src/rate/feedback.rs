@@ -48,9 +48,9 @@ pub fn upstream_pause(
         .ok()?;
     if reset > 1_000_000_000 {
         let unix = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-        Some(Duration::from_secs(reset.saturating_sub(unix)))
+        Some(Duration::from_secs(reset.saturating_sub(unix)).min(tollgate_retry::MAX_RETRY_AFTER))
     } else {
-        Some(Duration::from_secs(reset))
+        Some(Duration::from_secs(reset).min(tollgate_retry::MAX_RETRY_AFTER))
     }
 }
 
@@ -64,26 +64,43 @@ pub(crate) fn might_signal(status: StatusCode, headers: &HeaderMap) -> bool {
         || headers.contains_key("x-ratelimit-remaining")
 }
 
-/// `remaining` is 0 and `reset` is given: the reset delay.
+/// The pause a `RateLimit` field asks for: the longest reset among the
+/// policies with nothing remaining (the most restrictive one wins), or
+/// `None`.
+///
+/// Both drafts are read: the current one, a list of policies with
+/// parameters (`"day";r=0;t=3600, "minute";r=50;t=30`), and the older
+/// dictionary (`limit=100, remaining=0, reset=12`). A member whose numbers
+/// do not parse is ignored; the others still count.
 fn ratelimit_field(value: &str) -> Option<Duration> {
-    let mut remaining = None;
-    let mut reset = None;
-    for part in value.split([';', ',']) {
-        let Some((name, v)) = part.trim().split_once('=') else {
-            continue;
-        };
-        let v = v.trim().trim_matches('"');
-        match name.trim() {
-            "r" | "remaining" => remaining = v.parse::<u64>().ok(),
-            "t" | "reset" => reset = v.parse::<u64>().ok(),
-            _ => {}
+    // The older dictionary form: keys spread over the members.
+    let mut old_remaining = None;
+    let mut old_reset = None;
+    let mut pause: Option<u64> = None;
+    for member in value.split(',') {
+        let mut remaining = None;
+        let mut reset = None;
+        for part in member.split(';') {
+            let Some((name, v)) = part.trim().split_once('=') else {
+                continue;
+            };
+            let v = v.trim().trim_matches('"');
+            match name.trim() {
+                "r" => remaining = v.parse::<u64>().ok(),
+                "t" => reset = v.parse::<u64>().ok(),
+                "remaining" => old_remaining = v.parse::<u64>().ok(),
+                "reset" => old_reset = v.parse::<u64>().ok(),
+                _ => {}
+            }
+        }
+        if let (Some(0), Some(t)) = (remaining, reset) {
+            pause = Some(pause.map_or(t, |p| p.max(t)));
         }
     }
-    if remaining? == 0 {
-        Some(Duration::from_secs(reset?))
-    } else {
-        None
+    if let (Some(0), Some(t)) = (old_remaining, old_reset) {
+        pause = Some(pause.map_or(t, |p| p.max(t)));
     }
+    pause.map(|secs| Duration::from_secs(secs).min(tollgate_retry::MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -134,6 +151,33 @@ mod tests {
         assert_eq!(upstream_pause(StatusCode::OK, &left, NOW), None);
         let broken = headers(&[("ratelimit", "remaining=zero, reset=soon")]);
         assert_eq!(upstream_pause(StatusCode::OK, &broken, NOW), None);
+    }
+
+    #[test]
+    fn the_most_restrictive_policy_wins() {
+        let both = headers(&[("ratelimit", "\"day\";r=0;t=3600, \"minute\";r=50;t=30")]);
+        assert_eq!(
+            upstream_pause(StatusCode::OK, &both, NOW),
+            Some(Duration::from_secs(3600))
+        );
+        let two_spent = headers(&[("ratelimit", "\"a\";r=0;t=5, \"b\";r=0;t=20, \"c\";r=9;t=99")]);
+        assert_eq!(
+            upstream_pause(StatusCode::OK, &two_spent, NOW),
+            Some(Duration::from_secs(20))
+        );
+        let none_spent = headers(&[("ratelimit", "\"a\";r=1;t=5, \"b\";r=2;t=20")]);
+        assert_eq!(upstream_pause(StatusCode::OK, &none_spent, NOW), None);
+        // A malformed member is ignored, the others still count.
+        let half = headers(&[("ratelimit", "\"a\";r=x;t=5, \"b\";r=0;t=7")]);
+        assert_eq!(
+            upstream_pause(StatusCode::OK, &half, NOW),
+            Some(Duration::from_secs(7))
+        );
+        let huge = headers(&[("ratelimit", "\"a\";r=0;t=99999999999999")]);
+        assert_eq!(
+            upstream_pause(StatusCode::OK, &huge, NOW),
+            Some(tollgate_retry::MAX_RETRY_AFTER)
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! [`ResponseFuture`]: waiting for the reserved permit, then the call, then
+//! [`ResponseFuture`]: waiting for a turn and a permit, then the call, then
 //! learning from the answer.
 
 use std::future::Future;
@@ -15,32 +15,86 @@ use tower::{BoxError, Service};
 
 use super::feedback::upstream_pause;
 use super::layer::Shared;
-use super::store::Reservation;
+use super::queue::Queues;
 use super::PermitWait;
 use crate::call::{take_error, Call, Stage, StageProj};
+use crate::error::WaitTooLong;
 
-/// Holds a waiting caller's reservation and queue place; dropping it (the
-/// caller left) gives both back.
+/// A waiting caller's place in its lane; dropping it (the caller left)
+/// gives the place up and wakes the next caller.
 struct Ticket {
     shared: Arc<Shared>,
-    key: String,
-    reservation: Option<Reservation>,
+    hash: u64,
+    id: u64,
+    queued: bool,
 }
 
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
-        if let Some(r) = self.reservation.take() {
-            self.shared.store.cancel(&self.key, r);
+impl Ticket {
+    fn leave(&mut self) {
+        if std::mem::take(&mut self.queued) {
+            let mut lanes = self.shared.queues.lock(self.hash);
+            self.shared.queues.leave(&mut lanes, self.hash, self.id);
+            drop(lanes);
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
 
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 struct Waiting<S, R> {
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
     service: Option<S>,
     request: Option<R>,
+    key: String,
+    latest: u64,
+    arrived: u64,
     ticket: Ticket,
+}
+
+impl<S, R> Waiting<S, R> {
+    /// Waits for this caller's turn, then for its permit's time, then takes
+    /// the permit: `Ok(granted_at)`, or a refusal when the permit turns out
+    /// to come after the caller's latest time (a pause learned meanwhile).
+    fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, BoxError>> {
+        let shared = Arc::clone(&self.ticket.shared);
+        loop {
+            let until = {
+                let mut lanes = shared.queues.lock(self.ticket.hash);
+                if !Queues::is_head(&mut lanes, self.ticket.hash, self.ticket.id, cx.waker()) {
+                    return Poll::Pending;
+                }
+                let now = shared.now();
+                match shared.store.check(&self.key, now) {
+                    Ok(()) => {
+                        drop(lanes);
+                        self.ticket.leave();
+                        return Poll::Ready(Ok(now));
+                    }
+                    Err(at) if at > self.latest => {
+                        drop(lanes);
+                        self.ticket.leave();
+                        let needed = Duration::from_nanos(at.saturating_sub(now));
+                        let max = Duration::from_nanos(self.latest.saturating_sub(self.arrived));
+                        return Poll::Ready(Err(Box::new(WaitTooLong { needed, max })));
+                    }
+                    Err(at) => at,
+                }
+            };
+            let deadline = shared.instant(until);
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            if let Some(sleep) = &mut self.sleep {
+                ready!(sleep.as_mut().poll(cx));
+            }
+        }
+    }
 }
 
 pin_project! {
@@ -97,31 +151,37 @@ where
         }
     }
 
-    /// A caller with a reserved permit in the future; counted in `waiting`.
+    /// A caller with a place in its key's lane; counted in `waiting`.
+    #[allow(clippy::too_many_arguments, reason = "one constructor, called once")]
     pub(crate) fn waiting(
         shared: Arc<Shared>,
         key: String,
-        reservation: Reservation,
+        hash: u64,
+        id: u64,
+        latest: u64,
+        arrived: u64,
         service: S,
         request: R,
     ) -> Self {
-        let sleep = Box::pin(tokio::time::sleep_until(shared.instant(reservation.at)));
-        let waited = Duration::from_nanos(reservation.at.saturating_sub(shared.now()));
         ResponseFuture {
             state: Stage::Waiting {
                 waiting: Box::new(Waiting {
-                    sleep,
+                    sleep: None,
                     service: Some(service),
                     request: Some(request),
+                    key: key.clone(),
+                    latest,
+                    arrived,
                     ticket: Ticket {
                         shared: Arc::clone(&shared),
-                        key: key.clone(),
-                        reservation: Some(reservation),
+                        hash,
+                        id,
+                        queued: true,
                     },
                 }),
             },
             context: Some((shared, key)),
-            waited,
+            waited: Duration::ZERO,
         }
     }
 }
@@ -138,9 +198,11 @@ where
         loop {
             match this.state.as_mut().project() {
                 StageProj::Waiting { waiting } => {
-                    ready!(waiting.sleep.as_mut().poll(cx));
-                    // The permit is used from here on: it is not given back.
-                    waiting.ticket.reservation = None;
+                    let granted = match ready!(waiting.poll_permit(cx)) {
+                        Ok(at) => at,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    *this.waited = Duration::from_nanos(granted.saturating_sub(waiting.arrived));
                     let (Some(service), Some(request)) =
                         (waiting.service.take(), waiting.request.take())
                     else {
@@ -172,23 +234,31 @@ fn learn<B>(shared: &Shared, key: &str, response: &mut Response<B>) {
     if !shared.learn || !super::feedback::might_signal(response.status(), response.headers()) {
         return;
     }
-    let Some(pause) = upstream_pause(response.status(), response.headers(), SystemTime::now())
+    let Some(asked) = upstream_pause(response.status(), response.headers(), SystemTime::now())
     else {
         return;
     };
-    let pause = pause.min(shared.max_pause);
+    let pause = asked.min(shared.max_pause);
     let now = shared.now();
     let until = now.saturating_add(u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX));
-    shared.store.pause(key, until);
+    shared.store.pause(key, now, until);
+    // The key may be a credential (an API key header): the logs get a short
+    // keyed hash of it, never its text.
     tracing::debug!(
         pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-        key,
+        asked_ms = u64::try_from(asked.as_millis()).unwrap_or(u64::MAX),
+        key_hash = %format_args!("{:08x}", shared.queues.hash(key) >> 32),
         "upstream asked to slow down; limiter paused"
     );
-    if response
-        .extensions()
-        .get::<tollgate_retry::NotBefore>()
-        .is_none()
+    // Retry above waits until the same instant instead of a second wait of
+    // its own; but only for a pause that was not cut short by the cap: a
+    // longer wait is not waited for at all, and retry then finds the
+    // server's own delay in the response (and returns it to the caller).
+    if asked <= shared.max_pause
+        && response
+            .extensions()
+            .get::<tollgate_retry::NotBefore>()
+            .is_none()
     {
         response
             .extensions_mut()

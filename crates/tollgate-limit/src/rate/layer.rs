@@ -9,8 +9,9 @@ use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
 use tokio::time::Instant;
 use tower::Layer;
 
+use super::queue::Queues;
 use super::service::RateLimit;
-use super::store::{MemoryStore, RateLimitStore};
+use super::store::{MemoryStore, RateLimitStore, DEFAULT_MAX_MEMORY};
 use crate::quota::Quota;
 
 /// What a key extractor sees of a request.
@@ -83,8 +84,10 @@ pub(crate) struct Shared {
     pub(crate) max_queue: Option<usize>,
     pub(crate) learn: bool,
     pub(crate) max_pause: Duration,
+    pub(crate) max_memory: usize,
     pub(crate) epoch: Instant,
     pub(crate) waiting: AtomicUsize,
+    pub(crate) queues: Queues,
 }
 
 impl Shared {
@@ -128,7 +131,11 @@ impl RateLimitLayer {
         RateLimitLayer {
             shared: Arc::new(Shared {
                 quota,
-                store: Arc::new(MemoryStore::new(&quota, DEFAULT_MAX_KEYS)),
+                store: Arc::new(MemoryStore::with_memory(
+                    &quota,
+                    DEFAULT_MAX_KEYS,
+                    DEFAULT_MAX_MEMORY,
+                )),
                 key: None,
                 max_keys: DEFAULT_MAX_KEYS,
                 reject: false,
@@ -136,8 +143,10 @@ impl RateLimitLayer {
                 max_queue: None,
                 learn: true,
                 max_pause: Duration::from_secs(60),
+                max_memory: DEFAULT_MAX_MEMORY,
                 epoch: Instant::now(),
                 waiting: AtomicUsize::new(0),
+                queues: Queues::new(),
             }),
         }
     }
@@ -154,8 +163,10 @@ impl RateLimitLayer {
             max_queue: s.max_queue,
             learn: s.learn,
             max_pause: s.max_pause,
+            max_memory: s.max_memory,
             epoch: s.epoch,
             waiting: AtomicUsize::new(0),
+            queues: Queues::new(),
         };
         f(&mut next);
         RateLimitLayer {
@@ -186,11 +197,27 @@ impl RateLimitLayer {
         self.with(|s| s.key = Some(key))
     }
 
-    /// Bounds the key table (default 10 000); idle keys are evicted first.
+    /// Bounds the key table (default 10 000 keys). Only idle keys (whose
+    /// state no longer constrains anything) are evicted, so a full table
+    /// never resets a key's limit: while every key in it is active, new keys
+    /// share one overflow limiter under the same quota (see
+    /// [`MemoryStore`]). 0 is taken as 1.
     pub fn max_keys(self, max: usize) -> Self {
         self.with(|s| {
             s.max_keys = max;
-            s.store = Arc::new(MemoryStore::new(&s.quota, max));
+            s.store = Arc::new(MemoryStore::with_memory(&s.quota, max, s.max_memory));
+        })
+    }
+
+    /// Bounds the key table's memory too (default 64 MiB): a window quota
+    /// keeps `count` timestamps per key, so a large window makes each key
+    /// costly. The table holds at most `max_bytes / (96 + 8 · count)` window
+    /// keys, or `max_bytes / 96` smooth ones, and never more than
+    /// [`max_keys`](Self::max_keys).
+    pub fn max_memory(self, max_bytes: usize) -> Self {
+        self.with(|s| {
+            s.max_memory = max_bytes;
+            s.store = Arc::new(MemoryStore::with_memory(&s.quota, s.max_keys, max_bytes));
         })
     }
 

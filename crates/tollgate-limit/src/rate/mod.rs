@@ -30,8 +30,11 @@
 //!
 //! - **Quotas with stated guarantees**: [`Quota`](crate::Quota) (smooth GCRA,
 //!   or a strict window).
-//! - **First come, first served**: each caller reserves the next conforming
-//!   permit in arrival order and sleeps until it; nobody overtakes a waiter.
+//! - **First come, first served**: callers that cannot have a permit at once
+//!   wait in a FIFO lane of their key; only the head of a lane asks for a
+//!   permit, when its time comes, and newcomers join the back of a lane that
+//!   is not empty: nobody overtakes a waiter. A permit is taken only by the
+//!   caller that uses it at once; nothing is reserved ahead.
 //! - **Bounded waits**: [`max_wait`](RateLimitLayer::max_wait), and the call's
 //!   deadline when an outer layer put a `tollgate_retry::Deadline` in the
 //!   request's extensions (the facade does), refuse at once, without sleeping
@@ -41,17 +44,31 @@
 //! - **Reject mode** for servers: [`reject`](RateLimitLayer::reject) refuses
 //!   over-limit requests at once with [`RateLimited`](crate::RateLimited),
 //!   which says when to retry.
-//! - **Cancel-safe**: a waiter that is dropped leaves the queue at once and
-//!   gives its permit back when no later caller reserved after it
-//!   (otherwise the permit stays used: the limit never loosens).
+//! - **Cancel-safe**: a waiter that is dropped leaves its lane at once and
+//!   wakes the next; since it never held a permit, nothing it did loosens
+//!   the limit (a model-based test drops waiters at random and checks the
+//!   bound on what reached the upstream).
 //! - **Keyed**: [`KeyBy`] (host, header, any function) gives each key its own
-//!   limiter; the key table is bounded, idle keys evicted first.
+//!   limiter, in a table bounded in keys and in memory. Only idle keys are
+//!   evicted, so a full table never resets an active key's limit; new keys
+//!   that find no room share one overflow limiter (see [`MemoryStore`]).
+//!   Keys are held as keyed hashes, and logs show only a short hash: a key
+//!   may be a credential.
 //! - **Taught by the upstream**: a 429 or 503 with `Retry-After`, a
-//!   `RateLimit` field or `X-RateLimit-Remaining: 0` with a reset pause the
-//!   limiter for every caller sharing it (capped, 60 s by default; off with
-//!   [`learn_from_upstream`](RateLimitLayer::learn_from_upstream)). The
-//!   response then carries `tollgate_retry::NotBefore`, so a retry layer above
-//!   waits until the same instant instead of waiting twice.
+//!   `RateLimit` field (the most restrictive of its policies) or
+//!   `X-RateLimit-Remaining: 0` with a reset pause the limiter for every
+//!   caller sharing it, those already waiting included (capped, 60 s by
+//!   default; off with
+//!   [`learn_from_upstream`](RateLimitLayer::learn_from_upstream)). After a
+//!   pause, permits resume at the quota's rate, one interval apart, never as
+//!   a burst: a burst at the end of a pause is what trips the upstream
+//!   again. To match an upstream that allows bursts (nginx `limit_req
+//!   burst=5`, say), give the quota the same burst with
+//!   [`Quota::with_burst`](crate::Quota::with_burst). The response then
+//!   carries `tollgate_retry::NotBefore`, so a retry layer above waits until
+//!   the same instant instead of waiting twice; when the server asked for
+//!   more than the cap, it carries none, and retry sees the server's own
+//!   delay (and, above its own cap, does not wait at all).
 //! - **Recorded**: every response carries [`PermitWait`].
 //! - **Honest readiness**: `poll_ready` is the inner service's; the wait is in
 //!   the response future, which polls the inner service ready only once its
@@ -61,6 +78,7 @@
 mod feedback;
 mod future;
 mod layer;
+mod queue;
 mod service;
 mod store;
 
@@ -68,7 +86,7 @@ pub use feedback::upstream_pause;
 pub use future::ResponseFuture;
 pub use layer::{KeyBy, KeyInput, RateLimitLayer, DEFAULT_MAX_KEYS};
 pub use service::RateLimit;
-pub use store::{MemoryStore, RateLimitStore, Reservation};
+pub use store::{MemoryStore, RateLimitStore, DEFAULT_MAX_MEMORY};
 
 /// The time a call waited for its rate-limit permit, in the response's
 /// extensions.

@@ -11,6 +11,7 @@ use tower::{BoxError, Service};
 
 use super::future::ResponseFuture;
 use super::layer::{KeyInput, RateLimitLayer, Shared};
+use super::queue::Queues;
 use crate::error::{QueueFull, RateLimited, WaitTooLong};
 
 /// Rate limits the inner service; made by [`RateLimitLayer`].
@@ -102,40 +103,84 @@ where
         if let Some(deadline) = req.extensions().get::<tollgate_retry::Deadline>() {
             latest = latest.min(shared.nanos_at(deadline.0));
         }
-        let reservation = match shared.store.reserve(&key, now, latest) {
-            Ok(r) => r,
-            Err(at) => {
-                let needed = Duration::from_nanos(at - now);
-                let allowed = Duration::from_nanos(latest.saturating_sub(now));
-                let error: BoxError = if shared.reject {
-                    Box::new(RateLimited {
-                        retry_after: needed,
-                    })
-                } else {
-                    Box::new(WaitTooLong {
-                        needed,
-                        max: allowed,
-                    })
-                };
-                return ResponseFuture::failed(error);
+        match shared.admit(&key, now, latest) {
+            Admit::Now => {
+                // A permit now: go with the service the caller polled ready.
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::calling(ready.call(req), shared, key, Duration::ZERO)
             }
-        };
-        if reservation.at <= now {
-            // A permit now: go with the service the caller polled ready.
-            let clone = self.inner.clone();
-            let mut ready = std::mem::replace(&mut self.inner, clone);
-            return ResponseFuture::calling(ready.call(req), shared, key, Duration::ZERO);
+            Admit::Refused(error) => ResponseFuture::failed(error),
+            // Wait in the response future with a fresh clone, polled ready
+            // only once the permit is taken.
+            Admit::Queued { hash, id } => {
+                ResponseFuture::waiting(shared, key, hash, id, latest, now, self.inner.clone(), req)
+            }
         }
-        let before = shared.waiting.fetch_add(1, Ordering::AcqRel);
-        if let Some(max) = shared.max_queue {
+    }
+}
+
+/// What a caller gets on arrival.
+pub(crate) enum Admit {
+    /// A permit, taken.
+    Now,
+    /// A place in its key's lane.
+    Queued { hash: u64, id: u64 },
+    /// Refused at once.
+    Refused(BoxError),
+}
+
+impl Shared {
+    /// The refusal for a permit that comes at `at`, after `latest`.
+    fn refusal(&self, now: u64, at: u64, latest: u64) -> BoxError {
+        let needed = Duration::from_nanos(at.saturating_sub(now));
+        if self.reject {
+            Box::new(RateLimited {
+                retry_after: needed,
+            })
+        } else {
+            Box::new(WaitTooLong {
+                needed,
+                max: Duration::from_nanos(latest.saturating_sub(now)),
+            })
+        }
+    }
+
+    /// A permit now, a place in the lane, or a refusal.
+    pub(crate) fn admit(&self, key: &str, now: u64, latest: u64) -> Admit {
+        if key.is_empty() && self.queues.unkeyed_is_empty() {
+            // Nobody waits: ask the store without a lock (the common case).
+            match self.store.check(key, now) {
+                Ok(()) => return Admit::Now,
+                Err(at) if at > latest => return Admit::Refused(self.refusal(now, at, latest)),
+                Err(_) => {}
+            }
+        }
+        let hash = self.queues.hash(key);
+        let mut lanes = self.queues.lock(hash);
+        let ahead = Queues::len(&lanes, hash);
+        if ahead == 0 {
+            match self.store.check(key, now) {
+                Ok(()) => return Admit::Now,
+                Err(at) if at > latest => return Admit::Refused(self.refusal(now, at, latest)),
+                Err(_) => {}
+            }
+        } else {
+            let at = self
+                .store
+                .estimate(key, now, u64::try_from(ahead).unwrap_or(u64::MAX));
+            if at > latest {
+                return Admit::Refused(self.refusal(now, at, latest));
+            }
+        }
+        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if let Some(max) = self.max_queue {
             if before >= max {
-                shared.waiting.fetch_sub(1, Ordering::AcqRel);
-                shared.store.cancel(&key, reservation);
-                return ResponseFuture::failed(Box::new(QueueFull { max_queue: max }));
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                return Admit::Refused(Box::new(QueueFull { max_queue: max }));
             }
         }
-        // Wait in the response future with a fresh clone, polled ready only
-        // once the permit's time has come.
-        ResponseFuture::waiting(shared, key, reservation, self.inner.clone(), req)
+        let id = self.queues.join(&mut lanes, hash);
+        Admit::Queued { hash, id }
     }
 }

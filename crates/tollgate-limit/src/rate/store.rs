@@ -1,51 +1,53 @@
 //! Where the rate limiter's state lives: [`RateLimitStore`], and the
 //! in-process [`MemoryStore`].
+//!
+//! A store answers one question, atomically: may one permit be taken for
+//! this key now, and if not, from when? Waiting callers are queued by the
+//! layer, first come first served, and each asks the store again when its
+//! turn and its time have come. A permit is therefore only ever taken by a
+//! caller that uses it at once: nothing is reserved ahead, so nothing has to
+//! be given back when a waiter leaves, and a pause learned from the upstream
+//! holds back every waiter, not only those that arrive after it.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::gcra::Gcra;
+use crate::gcra::{Decision, Gcra};
 use crate::quota::{Quota, QuotaKind};
 use crate::window::{SlidingWindow, WindowLog};
 
-/// A reserved permit: when it may be used, and how to give it back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Reservation {
-    /// When the permit may be used (nanoseconds on the limiter's clock).
-    pub at: u64,
-    /// The state this reservation replaced, for [`RateLimitStore::cancel`].
-    pub(crate) undo: u64,
-}
-
 /// The rate limiter's state, behind a small interface so that a shared
-/// backend (Redis) can replace the in-process one without touching the
-/// layer. Times are nanoseconds since the limiter was built.
+/// backend can replace the in-process one without touching the layer. Times
+/// are nanoseconds on the limiter's clock; the empty key is the limiter of
+/// requests without a key.
 pub trait RateLimitStore: Send + Sync + 'static {
-    /// Reserves the next permit for `key` at or after `now`, if it comes no
-    /// later than `latest`; otherwise reserves nothing and says when the next
-    /// permit would come.
+    /// Takes one permit for `key` at `now` if one conforms.
     ///
     /// # Errors
     ///
-    /// `Err(at)`: the next permit comes at `at`, after `latest`.
-    fn reserve(&self, key: &str, now: u64, latest: u64) -> Result<Reservation, u64>;
+    /// `Err(at)`: no permit conforms before `at` (later than `now`); nothing
+    /// was taken.
+    fn check(&self, key: &str, now: u64) -> Result<(), u64>;
 
-    /// Gives back a reservation whose caller left before using it (the store
-    /// may keep it used when later reservations depend on it).
-    fn cancel(&self, key: &str, reservation: Reservation);
+    /// When the permit of a caller with `ahead` callers before it would
+    /// conform, if each of them takes one in turn and nothing else changes.
+    /// Used to refuse at once a caller that would wait too long; it takes
+    /// nothing.
+    fn estimate(&self, key: &str, now: u64, ahead: u64) -> u64;
 
-    /// Grants nothing for `key` before `until` (the upstream said so).
-    fn pause(&self, key: &str, until: u64);
+    /// Grants nothing for `key` before `until` (the upstream said so), and
+    /// after it resumes at the quota's rate without a burst.
+    fn pause(&self, key: &str, now: u64, until: u64);
 }
 
-#[derive(Default)]
-struct KeyState {
+#[derive(Clone, Debug, Default)]
+struct State {
     tat: u64,
     log: WindowLog,
-    paused_until: u64,
-    last_used: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -54,30 +56,99 @@ enum Algorithm {
     Window(SlidingWindow),
 }
 
-/// The in-process store: one state per key, the unkeyed one kept apart so it
-/// costs no hashing, the key table bounded.
+impl Algorithm {
+    fn check(&self, state: &mut State, now: u64) -> Result<(), u64> {
+        match self {
+            Algorithm::Gcra(g) => match g.check(state.tat, now) {
+                Decision::Allow { tat } => {
+                    state.tat = tat;
+                    Ok(())
+                }
+                Decision::Wait { until } => Err(until),
+            },
+            Algorithm::Window(w) => w.check(&mut state.log, now),
+        }
+    }
+
+    fn estimate(&self, state: &State, now: u64, ahead: u64) -> u64 {
+        match self {
+            Algorithm::Gcra(g) => g.estimate(state.tat, now, ahead),
+            Algorithm::Window(w) => w.estimate(&state.log, now, ahead),
+        }
+    }
+
+    fn pause(&self, state: &mut State, now: u64, until: u64) {
+        match self {
+            Algorithm::Gcra(g) => state.tat = g.pause(state.tat, until),
+            Algorithm::Window(w) => w.pause(&mut state.log, now, until),
+        }
+    }
+
+    /// From when the state no longer constrains anything (forgetting it
+    /// then changes no decision). Never decreases for one state.
+    fn idle_at(&self, state: &State, period: u64) -> u64 {
+        match self {
+            Algorithm::Gcra(_) => state.tat,
+            Algorithm::Window(_) => state.log.last().map_or(0, |g| g.saturating_add(period)),
+        }
+    }
+}
+
+/// One shard of the key table: the states, and a min-heap of the times
+/// they become idle (an entry's recorded time may be stale, never too late:
+/// it is checked against the state before anything is evicted).
+#[derive(Default)]
+struct Shard {
+    states: HashMap<u64, State>,
+    idle: BinaryHeap<Reverse<(u64, u64)>>,
+}
+
+/// Shards of the key table: a new key locks one shard, never the table.
+const SHARDS: usize = 16;
+
+/// The default bound of the key table's memory: 64 MiB.
+pub const DEFAULT_MAX_MEMORY: usize = 64 << 20;
+
+/// The in-process store.
 ///
-/// When the table is full, keys whose state no longer constrains anything
-/// are dropped first (forgetting them changes no decision); only if every
-/// key is still active is the least recently used dropped.
+/// - **Unkeyed**: one state; for a smooth quota one atomic number taken by
+///   compare-and-swap, so no two callers can take the same permit.
+/// - **Keyed**: each key's state in a table bounded both in keys and in
+///   memory (a window quota's state holds `count` timestamps, so a big
+///   window costs more per key). Keys are kept as 64-bit keyed hashes
+///   (random per store): no key text, which may be a credential, is kept.
+/// - **Eviction never resets a limit**: only a key whose state no longer
+///   constrains anything (idle) is evicted, found through a heap of idle
+///   times, in the shard of the new key or else in another shard: no scan of
+///   the table, no global lock.
+/// - **A full table of active keys**: a new key then shares one *overflow*
+///   state with every other key that found no room, under the same quota.
+///   New keys cannot push out an active key's limit, and cannot lock out
+///   each other either: they are limited together until room appears. A key
+///   that later gets its own state starts from the overflow's state, so
+///   what it took there still counts.
 pub struct MemoryStore {
     algorithm: Algorithm,
-    /// The unkeyed GCRA state, lock-free: one compare-and-swap per permit.
+    period: u64,
+    /// The unkeyed smooth quota's TAT, lock-free.
     single_tat: AtomicU64,
-    single_pause: AtomicU64,
     /// The unkeyed window log (a window needs its log under a lock).
-    single: Mutex<KeyState>,
-    keyed: Mutex<HashMap<String, KeyState>>,
+    single: Mutex<State>,
+    shards: Box<[Mutex<Shard>]>,
+    overflow: Mutex<State>,
+    hasher: std::collections::hash_map::RandomState,
     max_keys: usize,
+    keys: AtomicUsize,
+    overflowed: AtomicU64,
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("algorithm", &self.algorithm)
-            .field("keys", &lock(&self.keyed).len())
+            .field("keys", &self.keys())
             .field("max_keys", &self.max_keys)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,147 +156,223 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What one key's state costs in memory beyond its timestamps: the map's
+/// entry, the heap's entry and their share of spare capacity.
+const KEY_OVERHEAD: usize = 96;
+
 impl MemoryStore {
-    /// A store for `quota`, keeping at most `max_keys` keyed states.
+    /// A store for `quota`, keeping at most `max_keys` keyed states within
+    /// [`DEFAULT_MAX_MEMORY`].
     pub fn new(quota: &Quota, max_keys: usize) -> MemoryStore {
-        let algorithm = match quota.kind() {
-            QuotaKind::Smooth => Algorithm::Gcra(Gcra::new(quota)),
-            QuotaKind::Window => Algorithm::Window(SlidingWindow::new(quota)),
+        MemoryStore::with_memory(quota, max_keys, DEFAULT_MAX_MEMORY)
+    }
+
+    /// A store for `quota`, keeping at most `max_keys` keyed states and at
+    /// most about `max_bytes` of them (whichever bound is lower; at least
+    /// one key).
+    pub fn with_memory(quota: &Quota, max_keys: usize, max_bytes: usize) -> MemoryStore {
+        let (algorithm, per_key) = match quota.kind() {
+            QuotaKind::Smooth => (Algorithm::Gcra(Gcra::new(quota)), KEY_OVERHEAD),
+            QuotaKind::Window => (
+                Algorithm::Window(SlidingWindow::new(quota)),
+                KEY_OVERHEAD.saturating_add(
+                    usize::try_from(quota.count())
+                        .unwrap_or(usize::MAX)
+                        .saturating_mul(8),
+                ),
+            ),
         };
+        let by_memory = max_bytes / per_key.max(1);
         MemoryStore {
             algorithm,
+            period: u64::try_from(quota.period().as_nanos()).unwrap_or(u64::MAX),
             single_tat: AtomicU64::new(0),
-            single_pause: AtomicU64::new(0),
-            single: Mutex::new(KeyState::default()),
-            keyed: Mutex::new(HashMap::new()),
-            max_keys: max_keys.max(1),
+            single: Mutex::new(State::default()),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            overflow: Mutex::new(State::default()),
+            hasher: std::collections::hash_map::RandomState::new(),
+            max_keys: max_keys.min(by_memory).max(1),
+            keys: AtomicUsize::new(0),
+            overflowed: AtomicU64::new(0),
         }
     }
 
     /// Keyed states held right now.
     pub fn keys(&self) -> usize {
-        lock(&self.keyed).len()
+        self.keys.load(Ordering::Relaxed)
     }
 
-    fn idle(&self, state: &KeyState, now: u64) -> bool {
-        state.paused_until <= now
-            && match self.algorithm {
-                Algorithm::Gcra(_) => state.tat <= now,
-                Algorithm::Window(w) => w.is_idle(&state.log, now),
-            }
+    /// The most keyed states this store holds (its key and memory bounds).
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
     }
 
-    fn reserve_in(&self, state: &mut KeyState, now: u64, latest: u64) -> Result<Reservation, u64> {
-        let from = now.max(state.paused_until);
-        state.last_used = now;
-        match self.algorithm {
-            Algorithm::Gcra(g) => {
-                let (at, tat) = g.reserve(state.tat, from);
-                if at > latest {
-                    return Err(at);
+    /// Decisions made on the shared overflow state because the key table
+    /// was full of active keys.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        // The high bits: the map inside a shard uses the low ones.
+        usize::try_from(hash >> 60).unwrap_or(0) % SHARDS
+    }
+
+    /// Evicts one idle state from `shard`, if its earliest idle time has
+    /// passed. Bounded work: stale heap entries are refreshed a few at a
+    /// time.
+    fn evict_one(&self, shard: &mut Shard, now: u64) -> bool {
+        for _ in 0..8 {
+            let Some(&Reverse((recorded, hash))) = shard.idle.peek() else {
+                return false;
+            };
+            let Some(state) = shard.states.get(&hash) else {
+                shard.idle.pop();
+                continue;
+            };
+            let real = self.algorithm.idle_at(state, self.period);
+            if real > now {
+                if real == recorded {
+                    // The earliest idle time is still to come: every other
+                    // state here is active too.
+                    return false;
                 }
-                let undo = state.tat;
-                state.tat = tat;
-                Ok(Reservation { at, undo })
+                shard.idle.pop();
+                shard.idle.push(Reverse((real, hash)));
+                continue;
             }
-            Algorithm::Window(w) => {
-                let mut probe = state.log.clone();
-                let at = w.reserve(&mut probe, from);
-                if at > latest {
-                    return Err(at);
-                }
-                state.log = probe;
-                Ok(Reservation { at, undo: at })
+            shard.idle.pop();
+            shard.states.remove(&hash);
+            self.keys.fetch_sub(1, Ordering::AcqRel);
+            return true;
+        }
+        false
+    }
+
+    /// Runs `f` on the state of `key`: its own, a new one if there is room,
+    /// or the shared overflow state.
+    fn with_key<T>(&self, key: &str, now: u64, f: impl FnOnce(&mut State) -> T) -> T {
+        let hash = self.hasher.hash_one(key);
+        let home = self.shard_of(hash);
+        {
+            let mut shard = lock(&self.shards[home]);
+            if let Some(state) = shard.states.get_mut(&hash) {
+                return f(state);
+            }
+            if self.take_room() || (self.evict_one(&mut shard, now) && self.take_room()) {
+                return self.insert(&mut shard, hash, now, f);
             }
         }
-    }
-
-    fn cancel_in(&self, state: &mut KeyState, r: Reservation) {
-        match self.algorithm {
-            Algorithm::Gcra(g) => {
-                // Only the latest reservation can be undone exactly.
-                let (_, after) = g.reserve(r.undo, r.at);
-                if state.tat == after {
-                    state.tat = r.undo;
-                }
-            }
-            Algorithm::Window(w) => {
-                w.cancel(&mut state.log, r.at);
+        // The home shard has nothing idle: look for room in the others, one
+        // shard lock at a time.
+        for i in 1..SHARDS {
+            let mut other = lock(&self.shards[(home + i) % SHARDS]);
+            if self.evict_one(&mut other, now) {
+                break;
             }
         }
-    }
-
-    fn with_key<T>(&self, key: &str, now: u64, f: impl FnOnce(&mut KeyState) -> T) -> T {
-        if key.is_empty() {
-            return f(&mut lock(&self.single));
-        }
-        let mut table = lock(&self.keyed);
-        if let Some(state) = table.get_mut(key) {
+        let mut shard = lock(&self.shards[home]);
+        if let Some(state) = shard.states.get_mut(&hash) {
             return f(state);
         }
-        if table.len() >= self.max_keys {
-            table.retain(|_, s| !self.idle(s, now));
-            if table.len() >= self.max_keys {
-                if let Some(oldest) = table
-                    .iter()
-                    .min_by_key(|(_, s)| s.last_used)
-                    .map(|(k, _)| k.clone())
-                {
-                    table.remove(&oldest);
-                }
-            }
+        if self.take_room() {
+            return self.insert(&mut shard, hash, now, f);
         }
-        f(table.entry(key.to_owned()).or_default())
+        drop(shard);
+        self.overflowed.fetch_add(1, Ordering::Relaxed);
+        f(&mut lock(&self.overflow))
+    }
+
+    /// Counts one more key if the table has room.
+    fn take_room(&self) -> bool {
+        self.keys
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |k| {
+                (k < self.max_keys).then_some(k + 1)
+            })
+            .is_ok()
+    }
+
+    fn insert<T>(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        now: u64,
+        f: impl FnOnce(&mut State) -> T,
+    ) -> T {
+        // A new key starts as constrained as the overflow state: what it
+        // took there while the table was full still counts.
+        let mut state = {
+            let overflow = lock(&self.overflow);
+            if self.algorithm.idle_at(&overflow, self.period) > now {
+                overflow.clone()
+            } else {
+                State::default()
+            }
+        };
+        let out = f(&mut state);
+        let idle = self.algorithm.idle_at(&state, self.period);
+        shard.states.insert(hash, state);
+        shard.idle.push(Reverse((idle, hash)));
+        out
     }
 }
 
 impl RateLimitStore for MemoryStore {
-    fn reserve(&self, key: &str, now: u64, latest: u64) -> Result<Reservation, u64> {
-        if let (true, Algorithm::Gcra(g)) = (key.is_empty(), self.algorithm) {
-            // No two callers can take the same permit: the swap only succeeds
-            // on the state the decision was made from.
-            let mut tat = self.single_tat.load(Ordering::Acquire);
-            loop {
-                let from = now.max(self.single_pause.load(Ordering::Acquire));
-                let (at, next) = g.reserve(tat, from);
-                if at > latest {
-                    return Err(at);
-                }
-                match self.single_tat.compare_exchange_weak(
-                    tat,
-                    next,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return Ok(Reservation { at, undo: tat }),
-                    Err(current) => tat = current,
+    fn check(&self, key: &str, now: u64) -> Result<(), u64> {
+        if key.is_empty() {
+            if let Algorithm::Gcra(g) = self.algorithm {
+                // No two callers can take the same permit: the swap only
+                // succeeds on the state the decision was made from.
+                let mut tat = self.single_tat.load(Ordering::Acquire);
+                loop {
+                    match g.check(tat, now) {
+                        Decision::Wait { until } => return Err(until),
+                        Decision::Allow { tat: next } => {
+                            match self.single_tat.compare_exchange_weak(
+                                tat,
+                                next,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            ) {
+                                Ok(_) => return Ok(()),
+                                Err(current) => tat = current,
+                            }
+                        }
+                    }
                 }
             }
+            return self.algorithm.check(&mut lock(&self.single), now);
         }
-        self.with_key(key, now, |s| self.reserve_in(s, now, latest))
+        let algorithm = self.algorithm;
+        self.with_key(key, now, |s| algorithm.check(s, now))
     }
 
-    fn cancel(&self, key: &str, reservation: Reservation) {
-        if let (true, Algorithm::Gcra(g)) = (key.is_empty(), self.algorithm) {
-            // Undone only if no one reserved after it.
-            let (_, after) = g.reserve(reservation.undo, reservation.at);
-            let _ = self.single_tat.compare_exchange(
-                after,
-                reservation.undo,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+    fn estimate(&self, key: &str, now: u64, ahead: u64) -> u64 {
+        if key.is_empty() {
+            if let Algorithm::Gcra(g) = self.algorithm {
+                return g.estimate(self.single_tat.load(Ordering::Acquire), now, ahead);
+            }
+            return self.algorithm.estimate(&lock(&self.single), now, ahead);
+        }
+        let algorithm = self.algorithm;
+        self.with_key(key, now, |s| algorithm.estimate(s, now, ahead))
+    }
+
+    fn pause(&self, key: &str, now: u64, until: u64) {
+        if key.is_empty() {
+            if let Algorithm::Gcra(g) = self.algorithm {
+                let _ = self
+                    .single_tat
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                        Some(g.pause(tat, until))
+                    });
+                return;
+            }
+            self.algorithm.pause(&mut lock(&self.single), now, until);
             return;
         }
-        let now = reservation.at;
-        self.with_key(key, now, |s| self.cancel_in(s, reservation));
-    }
-
-    fn pause(&self, key: &str, until: u64) {
-        if key.is_empty() {
-            self.single_pause.fetch_max(until, Ordering::AcqRel);
-        }
-        self.with_key(key, until, |s| s.paused_until = s.paused_until.max(until));
+        let algorithm = self.algorithm;
+        self.with_key(key, now, |s| algorithm.pause(s, now, until));
     }
 }
 
@@ -249,31 +396,52 @@ mod tests {
     #[test]
     fn keys_are_isolated() {
         let s = store(1, 1, 10);
-        assert!(s.reserve("a", 0, 0).is_ok());
-        assert_eq!(s.reserve("a", 0, 0), Err(1000 * MS));
-        assert!(
-            s.reserve("b", 0, 0).is_ok(),
-            "exhausting a leaves b untouched"
-        );
+        assert!(s.check("a", 0).is_ok());
+        assert_eq!(s.check("a", 0), Err(1000 * MS));
+        assert!(s.check("b", 0).is_ok(), "exhausting a leaves b untouched");
     }
 
     #[test]
     fn the_key_table_is_bounded() {
         let s = store(1, 1, 100);
-        for i in 0..1_000_000u64 {
-            let _ = s.reserve(&i.to_string(), i * 10 * MS, u64::MAX);
+        for i in 0..200_000u64 {
+            let _ = s.check(&i.to_string(), i * 10 * MS);
             assert!(s.keys() <= 100);
         }
     }
 
     #[test]
-    fn a_cancelled_last_reservation_is_given_back() {
-        let s = store(10, 1, 10);
-        let first = s.reserve("", 0, u64::MAX).expect("now");
-        let second = s.reserve("", 0, u64::MAX).expect("later");
-        assert_eq!((first.at, second.at), (0, 100 * MS));
-        s.cancel("", second);
-        assert_eq!(s.reserve("", 0, u64::MAX).expect("again").at, 100 * MS);
+    fn a_full_table_of_active_keys_never_resets_one_of_them() {
+        // Two keys fit. a and b are exhausted for a minute; c, d, e... find
+        // no room and share the overflow state; a stays exhausted.
+        let s = MemoryStore::new(
+            &Quota::window(1, Duration::from_secs(60)).expect("valid"),
+            2,
+        );
+        assert!(s.check("a", 0).is_ok());
+        assert!(s.check("b", 0).is_ok());
+        for (i, k) in ["c", "d", "e", "f", "g"].iter().enumerate() {
+            let r = s.check(k, 1 + i as u64);
+            assert_eq!(r.is_ok(), i == 0, "{k}: the overflow state is shared");
+            assert!(s.check("a", 10).is_err(), "a was never reset");
+            assert!(s.check("b", 10).is_err(), "b was never reset");
+        }
+        assert_eq!(s.keys(), 2);
+        assert!(s.overflowed() >= 5);
+        // A minute on, a is idle and its room goes to a new key, which
+        // starts from the overflow state.
+        assert!(s.check("h", 60_000 * MS + 5).is_ok());
+    }
+
+    #[test]
+    fn memory_bounds_the_table_too() {
+        // A window of 10,000 costs 80 kB a key: 1 MiB holds 13 of them.
+        let s = MemoryStore::with_memory(
+            &Quota::window(10_000, Duration::from_secs(1)).expect("valid"),
+            1_000_000,
+            1 << 20,
+        );
+        assert_eq!(s.max_keys(), (1 << 20) / (96 + 80_000));
     }
 
     #[test]
@@ -282,11 +450,14 @@ mod tests {
             &Quota::window(100, Duration::from_secs(1)).expect("valid"),
             10,
         );
-        s.pause("", 5000 * MS);
-        assert_eq!(s.reserve("", 0, 0), Err(5000 * MS));
+        s.pause("", 0, 5000 * MS);
+        assert_eq!(s.check("", 0), Err(5000 * MS));
+        assert_eq!(s.estimate("", 0, 0), 5000 * MS);
+        assert!(s.check("", 5000 * MS).is_ok());
         assert_eq!(
-            s.reserve("", 0, u64::MAX).expect("after the pause").at,
-            5000 * MS
+            s.check("", 5000 * MS),
+            Err(5010 * MS),
+            "no burst after a pause"
         );
     }
 }
