@@ -33,6 +33,7 @@ struct Options {
     retries: Option<u32>,
     concurrency_limit: Option<usize>,
     rate: Option<tollgate_limit::Quota>,
+    burst: Option<u32>,
     cache: Option<Duration>,
 }
 
@@ -45,6 +46,8 @@ const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C]
   --concurrency-limit N  at most N requests in flight through the client's pool
   --rate N/s | N/m   pace the requests smoothly (GCRA, burst N)
   --rate N/PERIOD    at most N in any window of PERIOD (e.g. 100/60s, 5/500ms)
+  --burst N          the smooth rate's burst (default N of --rate): match the upstream's,
+                     e.g. --rate 20/s --burst 5 against nginx `limit_req rate=20r/s burst=5`
   --cache SECS       cache responses for SECS seconds (CacheLayer, fixed TTL); the summary counts hits";
 
 fn parse() -> Result<Options, String> {
@@ -56,6 +59,7 @@ fn parse() -> Result<Options, String> {
         retries: None,
         concurrency_limit: None,
         rate: None,
+        burst: None,
         cache: None,
     };
     let mut args = std::env::args().skip(1);
@@ -79,6 +83,14 @@ fn parse() -> Result<Options, String> {
                 o.retries = Some(u32::try_from(n).map_err(|_| "--retries: too large".to_owned())?);
             }
             "--rate" => o.rate = Some(parse_rate(&value("--rate")?)?),
+            "--burst" => {
+                let n = number(value("--burst")?, "--burst")?;
+                let n = u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--burst: must be 1 or more")?;
+                o.burst = Some(n);
+            }
             "--concurrency-limit" => {
                 let n = number(value("--concurrency-limit")?, "--concurrency-limit")?;
                 let n = usize::try_from(n)
@@ -93,6 +105,14 @@ fn parse() -> Result<Options, String> {
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if let Some(burst) = o.burst {
+        let quota = o.rate.ok_or("--burst needs --rate")?;
+        o.rate = Some(
+            quota
+                .with_burst(burst)
+                .map_err(|e| format!("--burst: {e}"))?,
+        );
     }
     Ok(o)
 }
