@@ -9,11 +9,15 @@
 //! be given back when a waiter leaves, and a pause learned from the upstream
 //! holds back every waiter, not only those that arrive after it.
 
+#[cfg(tollgate_loom)]
+use loom::sync::atomic::AtomicU64;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(tollgate_loom))]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::gcra::{Decision, Gcra};
@@ -139,7 +143,7 @@ pub struct MemoryStore {
     hasher: std::collections::hash_map::RandomState,
     max_keys: usize,
     keys: AtomicUsize,
-    overflowed: AtomicU64,
+    overflowed: StdAtomicU64,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -193,7 +197,7 @@ impl MemoryStore {
             hasher: std::collections::hash_map::RandomState::new(),
             max_keys: max_keys.min(by_memory).max(1),
             keys: AtomicUsize::new(0),
-            overflowed: AtomicU64::new(0),
+            overflowed: StdAtomicU64::new(0),
         }
     }
 
