@@ -28,6 +28,15 @@ const SMALL_AGES: [&str; 60] = [
     "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59",
 ];
 
+/// `t + d`, saturating: a sum past what the clock can hold is 30 years
+/// from `t` (or `t` itself on a clock that cannot hold even that).
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    t.checked_add(d.min(FAR))
+        .or_else(|| t.checked_add(FAR))
+        .unwrap_or(t)
+}
+
 /// A stored response.
 #[derive(Debug)]
 pub(crate) struct Stored {
