@@ -861,3 +861,171 @@ async fn cache_control_on_the_request_is_honoured() {
     assert_ne!(status(&again), CacheStatus::Hit);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
+
+// ---------------------------------------------------------------------------
+// A model of the flight and store logic: random operations against an
+// upstream the test answers by hand, compared to what a correct cache may
+// answer.
+// ---------------------------------------------------------------------------
+
+/// What the resource at `/k{i}` says about caching.
+const KINDS: [&[(&str, &str)]; 4] = [
+    &[],
+    &[("vary", "accept-language")],
+    &[("vary", "*")],
+    &[("cache-control", "private")],
+];
+const LANGS: [&str; 2] = ["en", "fr"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A GET for key `k` in language `lang`.
+    Get { k: usize, lang: usize },
+    /// The upstream answers every request it holds for key `k`.
+    Release { k: usize },
+    /// The `i`-th request still running is dropped.
+    Cancel { i: usize },
+    /// A PUT to key `k`, answered at once.
+    Write { k: usize },
+    /// Time passes.
+    Advance { ms: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0usize..4, 0usize..2).prop_map(|(k, lang)| Op::Get { k, lang }),
+        3 => (0usize..4).prop_map(|k| Op::Release { k }),
+        1 => (0usize..8).prop_map(|i| Op::Cancel { i }),
+        1 => (0usize..4).prop_map(|k| Op::Write { k }),
+        1 => prop_oneof![Just(1u64), Just(5_000), Just(61_000)].prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+/// A request the upstream holds: for which key, in which language, the
+/// version it read on arrival, and where to answer.
+type Held = (usize, String, usize, tokio::sync::oneshot::Sender<Reply>);
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Whatever the interleaving of requests, answers, cancellations,
+    /// writes and time: every answer is in the request's own language when
+    /// the resource varies, never older than the last write completed
+    /// before the request was made, never a `private` answer shared between
+    /// requests without a credential; no request is stranded, and once the
+    /// upstream answers everything, every request ends.
+    #[test]
+    fn the_cache_matches_its_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+        rt.block_on(async move {
+            let held: Arc<std::sync::Mutex<Vec<Held>>> = Arc::default();
+            let versions: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
+            let calls = Arc::new(AtomicUsize::new(0));
+            let (h, v, c) = (held.clone(), versions.clone(), calls.clone());
+            let upstream = service_fn(move |req: Request<()>| {
+                let k: usize = req.uri().path()[2..].parse().expect("key");
+                let (h, v) = (h.clone(), v.clone());
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    if req.method() == Method::PUT {
+                        v[k].fetch_add(1, Ordering::SeqCst);
+                        return Ok::<_, Infallible>(reply(&[], "written".to_owned()));
+                    }
+                    let version = v[k].load(Ordering::SeqCst);
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    h.lock().expect("lock").push((k, language(&req), version, tx));
+                    let mut response = rx.await.expect("answered");
+                    // Each upstream answer is unique: private ones must not repeat.
+                    response.headers_mut().insert("x-call", HeaderValue::from(n));
+                    Ok(response)
+                }
+            });
+            let layer = CacheLayer::new(Duration::from_secs(60));
+            let service = layer.layer(upstream);
+            // Running requests: (handle, key, language, version when made).
+            let mut running = Vec::new();
+            let mut finished = Vec::new();
+            let settle = || async {
+                for _ in 0..8 {
+                    tokio::task::yield_now().await;
+                }
+            };
+            for op in ops {
+                match op {
+                    Op::Get { k, lang } => {
+                        let request = get_with(&format!("/k{k}"), "accept-language", LANGS[lang]);
+                        let since = versions[k].load(Ordering::SeqCst);
+                        let call = service.clone().oneshot(request);
+                        running.push((tokio::spawn(call), k, lang, since));
+                    }
+                    Op::Release { k } => {
+                        let mut held = held.lock().expect("lock");
+                        let (mine, rest): (Vec<_>, Vec<_>) = held.drain(..).partition(|h| h.0 == k);
+                        *held = rest;
+                        for (_, lang, version, tx) in mine {
+                            let _ = tx.send(reply(KINDS[k], format!("k{k} v{version} {lang}")));
+                        }
+                    }
+                    Op::Cancel { i } => {
+                        if i < running.len() {
+                            let (handle, ..) = running.remove(i);
+                            handle.abort();
+                        }
+                    }
+                    Op::Write { k } => {
+                        let put = Request::put(format!("http://api.test/k{k}")).body(()).expect("put");
+                        service.clone().oneshot(put).await.expect("write");
+                    }
+                    Op::Advance { ms } => tokio::time::advance(Duration::from_millis(ms)).await,
+                }
+                settle().await;
+                let (done, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|r: &(tokio::task::JoinHandle<_>, _, _, _)| r.0.is_finished());
+                running = still;
+                finished.extend(done);
+            }
+            // The upstream answers everything, until nothing is held.
+            for _ in 0..10 {
+                let all: Vec<Held> = held.lock().expect("lock").drain(..).collect();
+                for (k, lang, version, tx) in all {
+                    let _ = tx.send(reply(KINDS[k], format!("k{k} v{version} {lang}")));
+                }
+                settle().await;
+            }
+            finished.extend(running);
+            let mut private_calls = std::collections::HashSet::new();
+            for (handle, k, lang, since) in finished {
+                let response = match handle.await {
+                    Ok(response) => response.expect("no error from this upstream"),
+                    Err(e) if e.is_cancelled() => continue,
+                    Err(e) => panic!("{e}"),
+                };
+                let from_cache = status(&response).is_from_cache();
+                let call = response.headers().get("x-call").cloned();
+                let body = String::from_utf8(body_of(response).await.to_vec()).expect("utf-8");
+                let mut words = body.split(' ');
+                assert_eq!(words.next(), Some(format!("k{k}").as_str()));
+                let version: usize = words.next().expect("version")[1..].parse().expect("number");
+                assert!(version >= since, "k{k}: v{version} is older than the write before the request (v{since})");
+                if k != 0 {
+                    assert_eq!(words.next(), Some(LANGS[lang]), "k{k}: {body}");
+                }
+                if k == 3 {
+                    assert!(!from_cache, "a private answer was shared");
+                    assert!(private_calls.insert(call), "one private answer served twice");
+                }
+            }
+            // Nobody is stranded: a new request for every key is answered.
+            for k in 0..4 {
+                let call = tokio::spawn(service.clone().oneshot(get_with(&format!("/k{k}"), "accept-language", "en")));
+                settle().await;
+                let all: Vec<Held> = held.lock().expect("lock").drain(..).collect();
+                for (k, lang, version, tx) in all {
+                    let _ = tx.send(reply(KINDS[k], format!("k{k} v{version} {lang}")));
+                }
+                settle().await;
+                assert!(call.is_finished(), "k{k}: stranded");
+                call.await.expect("task").expect("response");
+            }
+        });
+    }
+}
