@@ -54,6 +54,9 @@ pub(crate) struct Stored {
     pub(crate) stale_until: Instant,
     /// `no-cache`: revalidate before every reuse.
     pub(crate) must_revalidate: bool,
+    /// Whether it may be served stale when the upstream fails (not if
+    /// `must-revalidate`, ...).
+    pub(crate) serve_stale: bool,
     pub(crate) vary: Vary,
 }
 
@@ -63,7 +66,7 @@ impl Stored {
     }
 
     pub(crate) fn can_serve_stale(&self, now: Instant) -> bool {
-        now < self.stale_until
+        self.serve_stale && now < self.stale_until
     }
 
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {

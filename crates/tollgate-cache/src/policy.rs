@@ -48,6 +48,11 @@ pub const MAX_FRESHNESS: Duration = Duration::from_secs(1 << 31);
 pub(crate) struct Decision {
     pub(crate) ttl: Duration,
     pub(crate) must_revalidate: bool,
+    /// Once stale, never served without revalidation, even when the
+    /// upstream fails: `must-revalidate`, and for a shared entry
+    /// `proxy-revalidate` or `s-maxage` (RFC 9111 §5.2.2.2, §5.2.2.8,
+    /// §5.2.2.10).
+    pub(crate) no_stale: bool,
 }
 
 /// The directives of the `Cache-Control` headers, names lowercased.
@@ -123,6 +128,10 @@ pub(crate) fn decide(
         return None;
     }
     let must_revalidate = has_directive(response, "no-cache");
+    let no_stale = has_directive(response, "must-revalidate")
+        || (shared
+            && (has_directive(response, "proxy-revalidate")
+                || has_directive(response, "s-maxage")));
     let fixed = match (override_ttl, freshness) {
         (Some(ttl), _) | (None, Freshness::Fixed(ttl)) => Some(ttl),
         (None, Freshness::Http { .. }) => None,
@@ -131,6 +140,7 @@ pub(crate) fn decide(
         return Some(Decision {
             ttl: ttl.min(MAX_FRESHNESS),
             must_revalidate,
+            no_stale,
         });
     }
     let Freshness::Http { default_ttl } = freshness else {
@@ -173,6 +183,7 @@ pub(crate) fn decide(
     Some(Decision {
         ttl: ttl.min(MAX_FRESHNESS),
         must_revalidate,
+        no_stale,
     })
 }
 

@@ -538,6 +538,7 @@ fn build_stored(
         fresh_until,
         stale_until,
         must_revalidate: decision.must_revalidate,
+        serve_stale: !decision.no_stale,
         vary,
     }
 }
@@ -630,6 +631,7 @@ where
             decision.unwrap_or(Decision {
                 ttl: Duration::ZERO,
                 must_revalidate: true,
+                no_stale: true,
             }),
             stored.vary.clone(),
             received,

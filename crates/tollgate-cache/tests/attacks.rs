@@ -1029,3 +1029,39 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn must_revalidate_is_never_served_stale_even_with_stale_if_error() {
+    for (cache_control, served_stale) in [
+        ("max-age=10", true),
+        ("max-age=10, must-revalidate", false),
+        // A shared entry: proxy-revalidate and s-maxage bind it too.
+        ("max-age=10, proxy-revalidate", false),
+        ("s-maxage=10", false),
+    ] {
+        for freshness in [
+            Freshness::Fixed(Duration::from_secs(10)),
+            Freshness::Http { default_ttl: None },
+        ] {
+            let (_, upstream) = upstream(Duration::ZERO, move |n, _| {
+                let mut response = reply(&[("cache-control", cache_control)], format!("call {n}"));
+                if n > 1 {
+                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                response
+            });
+            let layer = CacheLayer::builder(freshness)
+                .stale_if_error(Duration::from_secs(600))
+                .build();
+            let service = layer.layer(upstream);
+            service.clone().oneshot(get("/mr")).await.expect("first");
+            tokio::time::advance(Duration::from_secs(11)).await;
+            let response = service.oneshot(get("/mr")).await.expect("second");
+            assert_eq!(
+                status(&response) == CacheStatus::Stale,
+                served_stale,
+                "{cache_control} {freshness:?}"
+            );
+        }
+    }
+}
