@@ -1065,3 +1065,34 @@ async fn must_revalidate_is_never_served_stale_even_with_stale_if_error() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn leaders_cancelled_one_after_another_strand_nobody() {
+    let (calls, upstream) = upstream(Duration::from_millis(100), |n, _| {
+        reply(&[], format!("call {n}"))
+    });
+    let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
+    let mut tasks: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(service.clone().oneshot(get("/chain"))))
+        .collect();
+    // Cancel the first three, 10 ms apart: whichever of them leads at the
+    // time, the flight passes on.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tasks.remove(0).abort();
+    }
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let response = task.await.expect("task").expect("response");
+        bodies.push(body_of(response).await);
+    }
+    bodies.dedup();
+    assert_eq!(
+        bodies.len(),
+        1,
+        "the survivors share one answer: {bodies:?}"
+    );
+    assert!(calls.load(Ordering::SeqCst) <= 4);
+    let next = service.oneshot(get("/chain")).await.expect("next");
+    assert_eq!(status(&next), CacheStatus::Hit);
+}
