@@ -876,11 +876,13 @@ const KINDS: [&[(&str, &str)]; 4] = [
     &[("cache-control", "private")],
 ];
 const LANGS: [&str; 2] = ["en", "fr"];
+/// Who asks: nobody, or one of two API keys.
+const USERS: [Option<&str>; 3] = [None, Some("alice"), Some("bob")];
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A GET for key `k` in language `lang`.
-    Get { k: usize, lang: usize },
+    /// A GET for key `k` in language `lang`, as `user`.
+    Get { k: usize, lang: usize, user: usize },
     /// The upstream answers every request it holds for key `k`.
     Release { k: usize },
     /// The `i`-th request still running is dropped.
@@ -893,7 +895,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0usize..4, 0usize..2).prop_map(|(k, lang)| Op::Get { k, lang }),
+        4 => (0usize..4, 0usize..2, 0usize..3).prop_map(|(k, lang, user)| Op::Get { k, lang, user }),
         3 => (0usize..4).prop_map(|k| Op::Release { k }),
         1 => (0usize..8).prop_map(|i| Op::Cancel { i }),
         1 => (0usize..4).prop_map(|k| Op::Write { k }),
@@ -909,11 +911,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Whatever the interleaving of requests, answers, cancellations,
-    /// writes and time: every answer is in the request's own language when
-    /// the resource varies, never older than the last write completed
-    /// before the request was made, never a `private` answer shared between
-    /// requests without a credential; no request is stranded, and once the
-    /// upstream answers everything, every request ends.
+    /// writes and time: every answer is for the request's own API key, in
+    /// its own language when the resource varies, never older than the last
+    /// write completed before the request was made, never a `private`
+    /// answer shared between requests without a credential; no request is
+    /// stranded, and once the upstream answers everything, every request
+    /// ends.
     #[test]
     fn the_cache_matches_its_model(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
@@ -933,7 +936,9 @@ proptest! {
                     }
                     let version = v[k].load(Ordering::SeqCst);
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    h.lock().expect("lock").push((k, language(&req), version, tx));
+                    let user = req.headers().get("x-api-key").map_or("-", |v| v.to_str().unwrap_or("?"));
+                    let who = format!("{} {user}", language(&req));
+                    h.lock().expect("lock").push((k, who, version, tx));
                     let mut response = rx.await.expect("answered");
                     // Each upstream answer is unique: private ones must not repeat.
                     response.headers_mut().insert("x-call", HeaderValue::from(n));
@@ -952,11 +957,14 @@ proptest! {
             };
             for op in ops {
                 match op {
-                    Op::Get { k, lang } => {
-                        let request = get_with(&format!("/k{k}"), "accept-language", LANGS[lang]);
+                    Op::Get { k, lang, user } => {
+                        let mut request = get_with(&format!("/k{k}"), "accept-language", LANGS[lang]);
+                        if let Some(key) = USERS[user] {
+                            request.headers_mut().insert("x-api-key", HeaderValue::from_static(key));
+                        }
                         let since = versions[k].load(Ordering::SeqCst);
                         let call = service.clone().oneshot(request);
-                        running.push((tokio::spawn(call), k, lang, since));
+                        running.push((tokio::spawn(call), k, lang, user, since));
                     }
                     Op::Release { k } => {
                         let mut held = held.lock().expect("lock");
@@ -979,7 +987,7 @@ proptest! {
                     Op::Advance { ms } => tokio::time::advance(Duration::from_millis(ms)).await,
                 }
                 settle().await;
-                let (done, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|r: &(tokio::task::JoinHandle<_>, _, _, _)| r.0.is_finished());
+                let (done, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|r: &(tokio::task::JoinHandle<_>, _, _, _, _)| r.0.is_finished());
                 running = still;
                 finished.extend(done);
             }
@@ -993,7 +1001,7 @@ proptest! {
             }
             finished.extend(running);
             let mut private_calls = std::collections::HashSet::new();
-            for (handle, k, lang, since) in finished {
+            for (handle, k, lang, user, since) in finished {
                 let response = match handle.await {
                     Ok(response) => response.expect("no error from this upstream"),
                     Err(e) if e.is_cancelled() => continue,
@@ -1006,10 +1014,13 @@ proptest! {
                 assert_eq!(words.next(), Some(format!("k{k}").as_str()));
                 let version: usize = words.next().expect("version")[1..].parse().expect("number");
                 assert!(version >= since, "k{k}: v{version} is older than the write before the request (v{since})");
-                if k != 0 {
-                    assert_eq!(words.next(), Some(LANGS[lang]), "k{k}: {body}");
+                let said = words.next();
+                if k == 1 || k == 2 {
+                    // The resources that vary on the language.
+                    assert_eq!(said, Some(LANGS[lang]), "k{k}: {body}");
                 }
-                if k == 3 {
+                assert_eq!(words.next(), Some(USERS[user].unwrap_or("-")), "another user's answer: {body}");
+                if k == 3 && user == 0 {
                     assert!(!from_cache, "a private answer was shared");
                     assert!(private_calls.insert(call), "one private answer served twice");
                 }
