@@ -35,7 +35,7 @@ pub const DEFAULT_REMEMBER_UNCACHEABLE: Duration = Duration::from_secs(10);
 ///
 /// | rule | how |
 /// |------|-----|
-/// | what is stored | responses to `GET` and `HEAD` (configurable) with a 2xx status other than 206 (configurable); never `no-store` on the request or the response, never a response with `Set-Cookie`, never a `private` one for a request without a credential (see [Shared](#shared)); `no-cache` is stored but revalidated before every reuse. A fixed TTL overrides freshness, never these rules ([`Freshness`]) |
+/// | what is stored | responses to `GET` and `HEAD` (configurable) with a 2xx status other than 206 (configurable); never `no-store` on the request or the response, never a response with `Set-Cookie`, never a `private` one for a request without a credential (see [Shared](#shared)); `no-cache` is stored only with a validator (`ETag`, `Last-Modified`), revalidated before every reuse and never served stale. A fixed TTL overrides freshness, never these rules ([`Freshness`]) |
 /// | how long | [`Freshness::Fixed`] or [`Freshness::Http`]; a request's [`CacheTtl`](crate::CacheTtl) overrides; any duration saturates (`Duration::MAX` is "for as long as the clock goes", never a panic) |
 /// | the key | the method, the [normalized URI](crate::normalize_uri), the request headers the response's `Vary` names (`Vary: *` is never stored), and an identity of the request's credentials (see [Credentials](#credentials)). A response fetched with one credential is never served to a request with another |
 /// | revalidation | a stale entry with an `ETag` or `Last-Modified` is asked for with `If-None-Match` / `If-Modified-Since`; a `304` renews it without a body |

@@ -20,8 +20,10 @@ use http_cache_semantics::{CacheOptions, CachePolicy};
 ///   partitioned to one credential (see [`CacheLayer`](crate::CacheLayer):
 ///   the cache is shared by every client and task using the layer, so a
 ///   request with no credential is answered as by a shared cache);
-/// - `no-cache` (with or without field names) is stored, but revalidated
-///   before every reuse.
+/// - `no-cache` (with or without field names) is revalidated before every
+///   reuse, so it is kept only with a validator, and never served stale;
+///   nor is `must-revalidate` (or, for a shared entry, `proxy-revalidate`
+///   or `s-maxage`) once stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
     /// The configured TTL, whatever the server says about freshness
@@ -49,7 +51,7 @@ pub(crate) struct Decision {
     pub(crate) ttl: Duration,
     pub(crate) must_revalidate: bool,
     /// Once stale, never served without revalidation, even when the
-    /// upstream fails: `must-revalidate`, and for a shared entry
+    /// upstream fails: `no-cache`, `must-revalidate`, and for a shared entry
     /// `proxy-revalidate` or `s-maxage` (RFC 9111 §5.2.2.2, §5.2.2.8,
     /// §5.2.2.10).
     pub(crate) no_stale: bool,
@@ -128,7 +130,10 @@ pub(crate) fn decide(
         return None;
     }
     let must_revalidate = has_directive(response, "no-cache");
-    let no_stale = has_directive(response, "must-revalidate")
+    // `no-cache` wants a *successful* validation before reuse: a failed
+    // one is no licence to serve it stale.
+    let no_stale = must_revalidate
+        || has_directive(response, "must-revalidate")
         || (shared
             && (has_directive(response, "proxy-revalidate")
                 || has_directive(response, "s-maxage")));
@@ -289,8 +294,12 @@ mod tests {
     }
 
     #[test]
-    fn partial_and_not_modified_are_never_stored() {
-        for status in [StatusCode::PARTIAL_CONTENT, StatusCode::NOT_MODIFIED] {
+    fn partial_not_modified_and_informational_are_never_stored() {
+        for status in [
+            StatusCode::PARTIAL_CONTENT,
+            StatusCode::NOT_MODIFIED,
+            StatusCode::CONTINUE,
+        ] {
             let d = decide(
                 Freshness::Fixed(Duration::from_secs(5)),
                 None,

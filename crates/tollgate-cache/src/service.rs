@@ -485,11 +485,13 @@ where
     Buffered::Whole(first.unwrap_or_else(|| rest.freeze()))
 }
 
+fn has_validators(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::ETAG) || headers.contains_key(http::header::LAST_MODIFIED)
+}
+
 /// How long past freshness a response stays useful.
 fn retention(store: &Store, headers: &HeaderMap) -> Duration {
-    let validators = headers.contains_key(http::header::ETAG)
-        || headers.contains_key(http::header::LAST_MODIFIED);
-    let revalidation = if validators {
+    let revalidation = if has_validators(headers) {
         store.config.keep_for_revalidation
     } else {
         Duration::ZERO
@@ -691,7 +693,11 @@ where
             )
         })
         .flatten()
-        .filter(|d| !d.ttl.is_zero() || !retention(store, &parts.headers).is_zero());
+        // Worth keeping: fresh for a while, or kept to be revalidated or
+        // served stale; and reusable at all (`no-cache` without validators
+        // never is).
+        .filter(|d| !d.ttl.is_zero() || !retention(store, &parts.headers).is_zero())
+        .filter(|d| !d.must_revalidate || has_validators(&parts.headers));
     let vary = decision.and_then(|_| vary_of(&parts.headers, &asked.headers));
     let declared = body.size_hint().lower();
     parts.extensions.insert(CacheStatus::Miss);

@@ -1107,3 +1107,23 @@ async fn leaders_cancelled_one_after_another_strand_nobody() {
     let next = service.oneshot(get("/chain")).await.expect("next");
     assert_eq!(status(&next), CacheStatus::Hit);
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_cache_is_never_served_stale_and_without_validators_never_kept() {
+    let (_, upstream) = upstream(Duration::ZERO, |n, _| {
+        let mut response = reply(&[("cache-control", "no-cache")], format!("call {n}"));
+        if n > 1 {
+            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
+    });
+    let layer = CacheLayer::builder(Freshness::Fixed(Duration::from_secs(60)))
+        .stale_if_error(Duration::from_secs(600))
+        .build();
+    let service = layer.clone().layer(upstream);
+    service.clone().oneshot(get("/nc")).await.expect("first");
+    assert_eq!(layer.stats().entries, 0, "nothing to revalidate with");
+    let failed = service.oneshot(get("/nc")).await.expect("second");
+    assert_eq!(status(&failed), CacheStatus::Miss);
+    assert_eq!(failed.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+}
