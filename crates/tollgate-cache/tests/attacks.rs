@@ -881,8 +881,14 @@ const USERS: [Option<&str>; 3] = [None, Some("alice"), Some("bob")];
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A GET for key `k` in language `lang`, as `user`.
-    Get { k: usize, lang: usize, user: usize },
+    /// A GET for key `k` in language `lang`, as `user`; with
+    /// `Cache-Control: no-cache` if `fresh`.
+    Get {
+        k: usize,
+        lang: usize,
+        user: usize,
+        fresh: bool,
+    },
     /// The upstream answers every request it holds for key `k`.
     Release { k: usize },
     /// The `i`-th request still running is dropped.
@@ -895,7 +901,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0usize..4, 0usize..2, 0usize..3).prop_map(|(k, lang, user)| Op::Get { k, lang, user }),
+        4 => (0usize..4, 0usize..2, 0usize..3, proptest::bool::weighted(0.2)).prop_map(|(k, lang, user, fresh)| Op::Get { k, lang, user, fresh }),
         3 => (0usize..4).prop_map(|k| Op::Release { k }),
         1 => (0usize..8).prop_map(|i| Op::Cancel { i }),
         1 => (0usize..4).prop_map(|k| Op::Write { k }),
@@ -957,14 +963,17 @@ proptest! {
             };
             for op in ops {
                 match op {
-                    Op::Get { k, lang, user } => {
+                    Op::Get { k, lang, user, fresh } => {
                         let mut request = get_with(&format!("/k{k}"), "accept-language", LANGS[lang]);
                         if let Some(key) = USERS[user] {
                             request.headers_mut().insert("x-api-key", HeaderValue::from_static(key));
                         }
+                        if fresh {
+                            request.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                        }
                         let since = versions[k].load(Ordering::SeqCst);
                         let call = service.clone().oneshot(request);
-                        running.push((tokio::spawn(call), k, lang, user, since));
+                        running.push((tokio::spawn(call), k, lang, user, fresh, since));
                     }
                     Op::Release { k } => {
                         let mut held = held.lock().expect("lock");
@@ -987,7 +996,7 @@ proptest! {
                     Op::Advance { ms } => tokio::time::advance(Duration::from_millis(ms)).await,
                 }
                 settle().await;
-                let (done, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|r: &(tokio::task::JoinHandle<_>, _, _, _, _)| r.0.is_finished());
+                let (done, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|r: &(tokio::task::JoinHandle<_>, _, _, _, _, _)| r.0.is_finished());
                 running = still;
                 finished.extend(done);
             }
@@ -1001,7 +1010,7 @@ proptest! {
             }
             finished.extend(running);
             let mut private_calls = std::collections::HashSet::new();
-            for (handle, k, lang, user, since) in finished {
+            for (handle, k, lang, user, fresh, since) in finished {
                 let response = match handle.await {
                     Ok(response) => response.expect("no error from this upstream"),
                     Err(e) if e.is_cancelled() => continue,
@@ -1020,6 +1029,7 @@ proptest! {
                     assert_eq!(said, Some(LANGS[lang]), "k{k}: {body}");
                 }
                 assert_eq!(words.next(), Some(USERS[user].unwrap_or("-")), "another user's answer: {body}");
+                assert!(!(fresh && from_cache), "no-cache took another's answer: {body}");
                 if k == 3 && user == 0 {
                     assert!(!from_cache, "a private answer was shared");
                     assert!(private_calls.insert(call), "one private answer served twice");
