@@ -28,6 +28,16 @@ const SMALL_AGES: [&str; 60] = [
     "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59",
 ];
 
+/// `t + d`, saturating at 2^32 s (twice the longest freshness honoured,
+/// about 136 years) from `t`, or at `t` itself on a clock that cannot hold
+/// even that.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(1 << 32);
+    t.checked_add(d.min(FAR))
+        .or_else(|| t.checked_add(FAR))
+        .unwrap_or(t)
+}
+
 /// A stored response.
 #[derive(Debug)]
 pub(crate) struct Stored {
@@ -45,6 +55,9 @@ pub(crate) struct Stored {
     pub(crate) stale_until: Instant,
     /// `no-cache`: revalidate before every reuse.
     pub(crate) must_revalidate: bool,
+    /// Whether it may be served stale when the upstream fails (not if
+    /// `must-revalidate`, ...).
+    pub(crate) serve_stale: bool,
     pub(crate) vary: Vary,
 }
 
@@ -54,7 +67,7 @@ impl Stored {
     }
 
     pub(crate) fn can_serve_stale(&self, now: Instant) -> bool {
-        now < self.stale_until
+        self.serve_stale && now < self.stale_until
     }
 
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {
@@ -94,13 +107,22 @@ impl Stored {
     ///
     /// An `Age: 0` takes its place, so that a response from the cache sets
     /// its own `Age` in place rather than growing a copied header map.
+    ///
+    /// Delta-seconds too large for any integer are 2^31 s (RFC 9111
+    /// §1.2.2); anything but digits is no age at all.
     pub(crate) fn strip_age(headers: &mut HeaderMap) -> Duration {
         let age = headers
             .remove(AGE)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .and_then(|v| {
+                let text = v.to_str().ok()?.trim().to_owned();
+                if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                Some(text.parse::<u64>().unwrap_or(u64::MAX))
+            })
             .unwrap_or(0);
         headers.insert(AGE, HeaderValue::from_static("0"));
-        Duration::from_secs(age.min(u64::from(u32::MAX)))
+        Duration::from_secs(age).min(crate::policy::MAX_FRESHNESS)
     }
 }
 
@@ -142,5 +164,41 @@ impl UriEntry {
                 v.method == *method && v.identity == identity && v.stored.vary.matches(request)
             })
             .map(|v| &v.stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::MAX_FRESHNESS;
+
+    fn age_of(value: &str) -> Duration {
+        let mut headers = HeaderMap::new();
+        headers.insert(AGE, HeaderValue::from_str(value).expect("value"));
+        let age = Stored::strip_age(&mut headers);
+        assert_eq!(headers[AGE], "0");
+        age
+    }
+
+    #[test]
+    fn an_age_is_read_clamped_and_never_panics() {
+        assert_eq!(age_of("30"), Duration::from_secs(30));
+        assert_eq!(age_of(" 7 "), Duration::from_secs(7));
+        assert_eq!(age_of("99999999999999999999999999"), MAX_FRESHNESS);
+        assert_eq!(age_of("4294967296"), MAX_FRESHNESS);
+        for bad in ["-5", "1.5", "", "abc", "+3"] {
+            assert_eq!(age_of(bad), Duration::ZERO, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn later_saturates() {
+        let now = Instant::now();
+        assert_eq!(later(now, Duration::ZERO), now);
+        assert_eq!(
+            later(now, Duration::from_nanos(1)),
+            now + Duration::from_nanos(1)
+        );
+        assert!(later(now, Duration::MAX) > now + MAX_FRESHNESS);
     }
 }

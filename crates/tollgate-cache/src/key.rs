@@ -93,15 +93,35 @@ fn hashers() -> &'static (
     HASHERS.get_or_init(Default::default)
 }
 
+/// Parts of a header name that mark it as carrying a credential.
+const SECRET_WORDS: [&str; 10] = [
+    "auth",
+    "cookie",
+    "credential",
+    "key",
+    "password",
+    "secret",
+    "session",
+    "signature",
+    "token",
+    "jwt",
+];
+
+/// Whether a request header identifies a credential: `Authorization`,
+/// `Proxy-Authorization`, `Cookie`, any header whose name contains one of
+/// [`SECRET_WORDS`] (`X-Api-Key`, `X-Auth-Token`, `X-Session-Id`,
+/// `X-Amz-Security-Token`, ...), or one of `extra`.
+pub(crate) fn is_credential(name: &HeaderName, extra: &[HeaderName]) -> bool {
+    let text = name.as_str(); // always lowercase
+    SECRET_WORDS.iter().any(|word| text.contains(word)) || extra.contains(name)
+}
+
 /// Who a request speaks for: 0 for a request with no credential, else a
-/// 128-bit keyed hash of its credential headers, its `Credential` and its
-/// [`Partition`]. Two requests share cached responses only if these match.
-/// `any_header`: whether the request has any of `credential_headers`.
-pub(crate) fn identity<B>(
-    request: &Request<B>,
-    credential_headers: &[HeaderName],
-    any_header: bool,
-) -> u128 {
+/// 128-bit keyed hash of its credential headers (names and values, in name
+/// order, so the order they were set in does not matter), its `Credential`
+/// and its [`Partition`]. Two requests share cached responses only if these
+/// match. `any_header`: whether the request has any credential header.
+pub(crate) fn identity<B>(request: &Request<B>, extra: &[HeaderName], any_header: bool) -> u128 {
     let headers = request.headers();
     let extensions = request.extensions();
     let credential = extensions.get::<Credential>();
@@ -109,28 +129,17 @@ pub(crate) fn identity<B>(
     if !any_header && credential.is_none() && partition.is_none() {
         return 0;
     }
-    let sent = Credentials {
-        headers,
-        names: credential_headers,
+    let mut sent: Vec<(&HeaderName, &HeaderValue)> = if any_header {
+        headers
+            .iter()
+            .filter(|(name, _)| is_credential(name, extra))
+            .collect()
+    } else {
+        Vec::new()
     };
+    // Stable: the values of one name keep their order.
+    sent.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
     Partition::of(&(sent, credential, partition)).0 | 1
-}
-
-/// The credential headers of a request, hashed as they stand (no copy).
-struct Credentials<'a> {
-    headers: &'a HeaderMap,
-    names: &'a [HeaderName],
-}
-
-impl Hash for Credentials<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        for name in self.names {
-            for value in self.headers.get_all(name) {
-                name.hash(state);
-                value.hash(state);
-            }
-        }
-    }
 }
 
 /// The request headers a response's `Vary` names, with the values this
@@ -209,7 +218,7 @@ mod tests {
 
     #[test]
     fn identity_separates_credentials() {
-        let names = [http::header::AUTHORIZATION, http::header::COOKIE];
+        let names: [HeaderName; 0] = [];
         let req = |auth: Option<&str>| {
             let mut r = Request::get("/x").body(()).expect("request");
             if let Some(a) = auth {

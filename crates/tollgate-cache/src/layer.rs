@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{HeaderName, Method, StatusCode, Uri};
 use tower::Layer;
 
@@ -20,6 +19,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;
 /// The default for [`CacheBuilder::keep_for_revalidation`]: 10 minutes.
 pub const DEFAULT_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(600);
+/// The default for [`CacheBuilder::remember_uncacheable`]: 10 seconds.
+pub const DEFAULT_REMEMBER_UNCACHEABLE: Duration = Duration::from_secs(10);
 
 /// Caches HTTP responses in memory, shared by every clone.
 ///
@@ -34,19 +35,44 @@ pub const DEFAULT_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(600);
 ///
 /// | rule | how |
 /// |------|-----|
-/// | what is stored | responses to `GET` and `HEAD` (configurable) with a 2xx status other than 206 (configurable); never `no-store` on the request or the response |
-/// | how long | [`Freshness::Fixed`] or [`Freshness::Http`]; a request's [`CacheTtl`](crate::CacheTtl) overrides |
-/// | the key | the method, the [normalized URI](crate::normalize_uri), the request headers the response's `Vary` names (`Vary: *` is never stored), and an identity of the request's credentials: its `Authorization`, `Proxy-Authorization`, `Cookie` and `X-Api-Key` headers, a `tollgate_auth::Credential` and a [`Partition`](crate::Partition) in its extensions. A response fetched with one credential is never served to a request with another |
+/// | what is stored | responses to `GET` and `HEAD` (configurable) with a 2xx status other than 206 (configurable); never `no-store` on the request or the response, never a response with `Set-Cookie`, never a `private` one for a request without a credential (see [Shared](#shared)); `no-cache` is stored only with a validator (`ETag`, `Last-Modified`), revalidated before every reuse and never served stale. A fixed TTL overrides freshness, never these rules ([`Freshness`]) |
+/// | how long | [`Freshness::Fixed`] or [`Freshness::Http`]; a request's [`CacheTtl`](crate::CacheTtl) overrides; freshness is capped at 2^31 s ([`MAX_FRESHNESS`](crate::MAX_FRESHNESS)) and every other duration saturates, so `Duration::MAX` anywhere is never a panic |
+/// | the key | the method, the [normalized URI](crate::normalize_uri), the request headers the response's `Vary` names (`Vary: *` is never stored), and an identity of the request's credentials (see [Credentials](#credentials)). A response fetched with one credential is never served to a request with another |
 /// | revalidation | a stale entry with an `ETag` or `Last-Modified` is asked for with `If-None-Match` / `If-Modified-Since`; a `304` renews it without a body |
-/// | stale-if-error | within [`stale_if_error`](CacheBuilder::stale_if_error) of going stale, an entry is served when the upstream fails (an error or a 5xx), marked [`CacheStatus::Stale`](crate::CacheStatus::Stale) |
-/// | single-flight | concurrent misses for one key make one upstream request; the others wait for its response, or get its error; a cancelled request hands the fetch to the next |
-/// | invalidation | a `POST`, `PUT`, `PATCH` or `DELETE` answered with a 2xx or 3xx drops every stored response for its URI |
+/// | stale-if-error | within [`stale_if_error`](CacheBuilder::stale_if_error) of going stale, an entry is served when the upstream fails (an error or a 5xx), marked [`CacheStatus::Stale`](crate::CacheStatus::Stale); never one that said `must-revalidate` (or, for a request without a credential, `proxy-revalidate` or `s-maxage`) |
+/// | single-flight | concurrent misses for one key make one upstream request; the others wait for its response, or get its error; a cancelled request hands the fetch to the next. A waiter takes the response only if the cache could have served it that response (storable, fresh, its `Vary` values matching); otherwise it sends its own request. A key whose response could not be shared is remembered for [`remember_uncacheable`](CacheBuilder::remember_uncacheable), and its requests go upstream at once rather than wait. A request with `Cache-Control: no-cache` (or `max-age=0`) never waits on another's |
+/// | invalidation | a `POST`, `PUT`, `PATCH` or `DELETE` answered with a 2xx or 3xx drops every stored response for its URI. Read-your-writes: a request made after the write completed never joins a fetch that started before it, and such a fetch stores nothing. [`invalidate`](Self::invalidate) and [`clear`](Self::clear) are writes too |
 /// | memory | capacity in bytes, weighed over body, headers and bookkeeping; a response over the per-entry limit is streamed through, not stored; a body that will not be stored is never buffered |
 /// | what happened | a [`CacheStatus`](crate::CacheStatus) in the response's extensions; an `Age` header on responses from the cache |
 ///
 /// Conditional requests (`If-None-Match`, ...), range requests, and requests
 /// with a [`Bypass`](crate::Bypass) or `Cache-Control: no-store` go straight
 /// through.
+///
+/// # Shared
+///
+/// One layer is shared by every client, clone and task that uses it, so it
+/// is a *shared* cache in RFC 9111's sense for every request without a
+/// credential: a `private` response to such a request is never stored (nor
+/// handed to a waiting request), and [`Freshness::Http`] honours
+/// `s-maxage`. A request partitioned to one credential (a credential
+/// header, a `tollgate_auth::Credential` or a [`Partition`](crate::Partition))
+/// has entries only that credential can read, as a private cache would: a
+/// `private` response to it is stored for it.
+///
+/// # Credentials
+///
+/// These request headers identify a credential, and partition the cache by
+/// their values: `Authorization`, `Proxy-Authorization`, `Cookie`, every
+/// header whose name contains `auth`, `cookie`, `credential`, `key`, `jwt`,
+/// `password`, `secret`, `session`, `signature` or `token` (`Api-Key`,
+/// `X-Api-Key`, `X-Auth-Token`, `X-Session-Id`, `X-Amz-Security-Token`,
+/// `X-Hub-Signature`, ...), and any named with
+/// [`credential_header`](CacheBuilder::credential_header). Two requests that
+/// differ in any of them never share an entry, nor a fetch; the order the
+/// headers were set in does not matter. Their values are hashed with a key
+/// random per process, never kept. Erring this way costs hits, never a
+/// leak: an idempotency key on a `GET` keeps its response to itself.
 ///
 /// # Time
 ///
@@ -110,13 +136,9 @@ impl CacheLayer {
                 max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
                 stale_if_error: Duration::ZERO,
                 keep_for_revalidation: DEFAULT_KEEP_FOR_REVALIDATION,
-                credential_headers: vec![
-                    AUTHORIZATION,
-                    PROXY_AUTHORIZATION,
-                    COOKIE,
-                    HeaderName::from_static("x-api-key"),
-                ],
+                credential_headers: Vec::new(),
                 max_variants: 8,
+                unshared_for: DEFAULT_REMEMBER_UNCACHEABLE,
             },
             max_bytes: DEFAULT_MAX_BYTES,
         }
@@ -293,12 +315,23 @@ impl CacheBuilder {
         self
     }
 
-    /// Also partitions by this request header (besides `Authorization`,
-    /// `Proxy-Authorization`, `Cookie` and `X-Api-Key`).
+    /// Also partitions by this request header, besides those the cache
+    /// already counts as credentials (see [Credentials](CacheLayer#credentials)):
+    /// a tenant id, a user id, anything that tells users apart.
     pub fn credential_header(mut self, name: HeaderName) -> Self {
         if !self.config.credential_headers.contains(&name) {
             self.config.credential_headers.push(name);
         }
+        self
+    }
+
+    /// How long a key whose response could not be shared (not storable,
+    /// not fresh, `Vary: *`, over the per-entry limit) lets its requests go
+    /// upstream at once, rather than wait on a request whose answer they
+    /// could not use (default [`DEFAULT_REMEMBER_UNCACHEABLE`]; zero waits
+    /// every time). A storable response forgets it at once.
+    pub fn remember_uncacheable(mut self, how_long: Duration) -> Self {
+        self.config.unshared_for = how_long;
         self
     }
 

@@ -37,7 +37,7 @@ pub use body::CacheBody;
 pub use key::{normalize_uri, Partition};
 pub use layer::{
     CacheBuilder, CacheLayer, CacheStats, DEFAULT_KEEP_FOR_REVALIDATION, DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_ENTRY_BYTES,
+    DEFAULT_MAX_ENTRY_BYTES, DEFAULT_REMEMBER_UNCACHEABLE,
 };
 pub use policy::{Freshness, MAX_FRESHNESS};
 pub use service::{Cache, ResponseFuture};

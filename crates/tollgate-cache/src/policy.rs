@@ -8,18 +8,34 @@ use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
 /// How long a stored response stays fresh.
+///
+/// Either way, what may be stored at all is decided by the same safety
+/// rules, which a TTL never overrides:
+///
+/// - only final statuses, never `206` or `304` as a full response;
+/// - never `no-store`, on the request or the response;
+/// - never a response with `Set-Cookie`: replayed, it would hand one
+///   client's cookie to another (or a stale one back to its owner);
+/// - `private` (with or without field names) only for a request
+///   partitioned to one credential (see [`CacheLayer`](crate::CacheLayer):
+///   the cache is shared by every client and task using the layer, so a
+///   request with no credential is answered as by a shared cache);
+/// - `no-cache` (with or without field names) is revalidated before every
+///   reuse, so it is kept only with a validator, and never served stale;
+///   nor is `must-revalidate` (or, for a shared entry, `proxy-revalidate`
+///   or `s-maxage`) once stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
-    /// The configured TTL, whatever the server says (only `no-store` is
-    /// honoured). What most simple API clients do.
+    /// The configured TTL, whatever the server says about freshness
+    /// (`max-age`, `Expires`). What most simple API clients do.
     Fixed(Duration),
-    /// HTTP's rules for a private cache (RFC 9111, through
-    /// `http-cache-semantics` with `shared: false`): `max-age`, then
+    /// HTTP's rules (RFC 9111, through `http-cache-semantics`), as a shared
+    /// cache for requests without a credential (`s-maxage` counts) and as a
+    /// private cache for a request partitioned to one: `max-age`, then
     /// `Expires` − `Date`, then a heuristic from `Last-Modified`;
-    /// `no-cache` means revalidate on every reuse; `no-store` is never
-    /// stored. A response that says nothing about freshness is kept for
-    /// `default_ttl` if one is set, else not at all (unless it can be
-    /// revalidated).
+    /// `no-cache` means revalidate on every reuse. A response that says
+    /// nothing about freshness is kept for `default_ttl` if one is set,
+    /// else not at all (unless it can be revalidated).
     Http {
         /// For responses without any freshness information.
         default_ttl: Option<Duration>,
@@ -34,6 +50,11 @@ pub const MAX_FRESHNESS: Duration = Duration::from_secs(1 << 31);
 pub(crate) struct Decision {
     pub(crate) ttl: Duration,
     pub(crate) must_revalidate: bool,
+    /// Once stale, never served without revalidation, even when the
+    /// upstream fails: `no-cache`, `must-revalidate`, and for a shared entry
+    /// `proxy-revalidate` or `s-maxage` (RFC 9111 §5.2.2.2, §5.2.2.8,
+    /// §5.2.2.10).
+    pub(crate) no_stale: bool,
 }
 
 /// The directives of the `Cache-Control` headers, names lowercased.
@@ -77,21 +98,45 @@ fn max_age(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Whether `response` to `request` may be stored, and for how long.
+/// `shared`: the entry would serve every request without a credential (the
+/// request is not partitioned to one).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, all inputs of one decision"
+)]
 pub(crate) fn decide(
     freshness: Freshness,
     override_ttl: Option<Duration>,
+    shared: bool,
     method: &Method,
     uri: &Uri,
     request: &HeaderMap,
     status: StatusCode,
     response: &HeaderMap,
 ) -> Option<Decision> {
-    if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
         return None;
     }
     if has_directive(response, "no-store") || has_directive(request, "no-store") {
         return None;
     }
+    if response.contains_key(http::header::SET_COOKIE) {
+        return None;
+    }
+    if shared && has_directive(response, "private") {
+        return None;
+    }
+    let must_revalidate = has_directive(response, "no-cache");
+    // `no-cache` wants a *successful* validation before reuse: a failed
+    // one is no licence to serve it stale.
+    let no_stale = must_revalidate
+        || has_directive(response, "must-revalidate")
+        || (shared
+            && (has_directive(response, "proxy-revalidate")
+                || has_directive(response, "s-maxage")));
     let fixed = match (override_ttl, freshness) {
         (Some(ttl), _) | (None, Freshness::Fixed(ttl)) => Some(ttl),
         (None, Freshness::Http { .. }) => None,
@@ -99,7 +144,8 @@ pub(crate) fn decide(
     if let Some(ttl) = fixed {
         return Some(Decision {
             ttl: ttl.min(MAX_FRESHNESS),
-            must_revalidate: false,
+            must_revalidate,
+            no_stale,
         });
     }
     let Freshness::Http { default_ttl } = freshness else {
@@ -114,12 +160,11 @@ pub(crate) fn decide(
     *res.status_mut() = status;
     *res.headers_mut() = response.clone();
     let options = CacheOptions {
-        shared: false,
+        shared,
         ..CacheOptions::default()
     };
     let now = SystemTime::now();
     let policy = CachePolicy::new_options(&req, &res, now, options);
-    let must_revalidate = has_directive(response, "no-cache");
     let explicit = max_age(response);
     let said_something = explicit.is_some()
         || must_revalidate
@@ -143,6 +188,7 @@ pub(crate) fn decide(
     Some(Decision {
         ttl: ttl.min(MAX_FRESHNESS),
         must_revalidate,
+        no_stale,
     })
 }
 
@@ -168,6 +214,7 @@ mod tests {
         decide(
             HTTP,
             None,
+            true,
             &Method::GET,
             &"http://h/x".parse().expect("uri"),
             &HeaderMap::new(),
@@ -194,6 +241,7 @@ mod tests {
         let fixed = decide(
             Freshness::Fixed(Duration::from_secs(5)),
             None,
+            true,
             &Method::GET,
             &"http://h/x".parse().expect("uri"),
             &HeaderMap::new(),
@@ -235,6 +283,7 @@ mod tests {
                 default_ttl: Some(Duration::from_secs(30)),
             },
             None,
+            true,
             &Method::GET,
             &"http://h/x".parse().expect("uri"),
             &HeaderMap::new(),
@@ -245,11 +294,16 @@ mod tests {
     }
 
     #[test]
-    fn partial_and_not_modified_are_never_stored() {
-        for status in [StatusCode::PARTIAL_CONTENT, StatusCode::NOT_MODIFIED] {
+    fn partial_not_modified_and_informational_are_never_stored() {
+        for status in [
+            StatusCode::PARTIAL_CONTENT,
+            StatusCode::NOT_MODIFIED,
+            StatusCode::CONTINUE,
+        ] {
             let d = decide(
                 Freshness::Fixed(Duration::from_secs(5)),
                 None,
+                true,
                 &Method::GET,
                 &"http://h/x".parse().expect("uri"),
                 &HeaderMap::new(),
@@ -262,14 +316,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn hostile_cache_headers_never_panic(cc in "\\PC{0,60}", expires in "\\PC{0,40}", age in "\\PC{0,20}") {
+        fn hostile_cache_headers_never_panic(cc in "\\PC{0,60}", expires in "\\PC{0,40}", age in "\\PC{0,20}", shared in any::<bool>()) {
             let mut h = HeaderMap::new();
             for (name, value) in [("cache-control", &cc), ("expires", &expires), ("age", &age)] {
                 if let Ok(v) = http::HeaderValue::from_str(value) {
                     h.insert(http::HeaderName::from_static(name), v);
                 }
             }
-            if let Some(d) = decide(HTTP, None, &Method::GET, &"http://h/x".parse().expect("uri"), &HeaderMap::new(), StatusCode::OK, &h) {
+            if let Some(d) = decide(HTTP, None, shared, &Method::GET, &"http://h/x".parse().expect("uri"), &HeaderMap::new(), StatusCode::OK, &h) {
                 prop_assert!(d.ttl <= MAX_FRESHNESS);
             }
         }

@@ -20,9 +20,10 @@ use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::body::CacheBody;
+use crate::entry::later;
 use crate::entry::Stored;
-use crate::flight::{FlightKey, Leader, Outcome, Role};
-use crate::key::{identity, normalize_uri, vary_of};
+use crate::flight::{FlightKey, Leader, Outcome, Role, Ticket};
+use crate::key::{identity, is_credential, normalize_uri, vary_of};
 use crate::layer::CacheLayer;
 use crate::policy::{decide, Decision};
 use crate::status::{Bypass, CacheStatus, CacheTtl, CoalescedError};
@@ -86,9 +87,10 @@ fn is_unsafe(method: &Method) -> bool {
 struct Scan {
     /// Conditional, range, or `Cache-Control: no-store`.
     bypass: bool,
-    /// `Cache-Control: no-cache`: revalidate whatever is stored.
+    /// `Cache-Control: no-cache` (or `max-age=0`): revalidate whatever is
+    /// stored, and take no other request's answer.
     no_cache: bool,
-    /// Carries one of the credential headers.
+    /// Carries a credential header (see `key::is_credential`).
     credential: bool,
 }
 
@@ -107,9 +109,9 @@ fn scan(headers: &HeaderMap, credential_headers: &[http::HeaderName]) -> Scan {
             let text = value.to_str().unwrap_or("").to_ascii_lowercase();
             for directive in text.split(',').map(str::trim) {
                 out.bypass |= directive == "no-store";
-                out.no_cache |= directive == "no-cache";
+                out.no_cache |= directive == "no-cache" || directive == "max-age=0";
             }
-        } else if credential_headers.contains(name) {
+        } else if is_credential(name, credential_headers) {
             out.credential = true;
         }
     }
@@ -193,6 +195,7 @@ where
                 uri,
                 identity,
                 found,
+                no_cache,
             } => {
                 // Take the service that was polled ready; leave a clone.
                 let clone = self.inner.clone();
@@ -203,7 +206,7 @@ where
                     identity,
                 };
                 ResponseFuture::new(Kind::Slow {
-                    future: Box::pin(fetch(store.clone(), service, req, key, found)),
+                    future: Box::pin(fetch(store.clone(), service, req, key, found, no_cache)),
                 })
             }
         }
@@ -219,11 +222,13 @@ pub(crate) enum Route {
     Bypass,
     /// A fresh stored response, as of then.
     Hit(Arc<Stored>, Instant),
-    /// Upstream, for this key, with what is stored (stale) if anything.
+    /// Upstream, for this key, with what is stored (stale) if anything;
+    /// `no_cache`: the request takes no other request's answer.
     Miss {
         uri: String,
         identity: u128,
         found: Option<Arc<Stored>>,
+        no_cache: bool,
     },
 }
 
@@ -260,6 +265,7 @@ pub(crate) fn route<B>(store: &Store, req: &Request<B>) -> Route {
             uri,
             identity,
             found,
+            no_cache: scanned.no_cache,
         },
     }
 }
@@ -343,13 +349,21 @@ where
     }
 }
 
-/// A miss, or a stale entry: lead the flight for the key, or wait for it.
+/// A miss, or a stale entry: lead the flight for the key, wait for it, or
+/// fetch alone.
+///
+/// A waiter takes the leader's answer only if the cache could have served
+/// it that answer (stored or storable, fresh, its `Vary` values matching);
+/// otherwise it fetches for itself. A key whose last answer could not be
+/// shared is remembered for a while, and its requests fetch alone at once.
+/// A request with `Cache-Control: no-cache` never waits on another's fetch.
 async fn fetch<S, ReqB, ResB>(
     store: Arc<Store>,
     service: S,
     req: Request<ReqB>,
     key: FlightKey,
     mut found: Option<Arc<Stored>>,
+    no_cache: bool,
 ) -> Result<Response<CacheBody<ResB>>, BoxError>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -357,31 +371,54 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
+    let mut role = if store.flights.is_unshared(&key, Instant::now()) {
+        Role::Alone(store.flights.alone(&key.uri))
+    } else {
+        store.flights.join(key.clone(), !no_cache)
+    };
     loop {
-        let waiter = match store.flights.join(key.clone()) {
-            Role::Leader(leader) => {
-                return lead(&store, service, req, &key, found, Some(leader)).await
+        let waiter = match role {
+            Role::Leader(leader, ticket) => {
+                return lead(&store, service, req, &key, found, Some(leader), ticket).await
+            }
+            Role::Alone(ticket) => {
+                return lead(&store, service, req, &key, found, None, ticket).await
             }
             Role::Waiter(waiter) => waiter,
         };
-        match waiter.outcome().await {
-            Outcome::Shared(stored) if stored.vary.matches(req.headers()) => {
+        let outcome = waiter.outcome().await;
+        let now = Instant::now();
+        match outcome {
+            Outcome::Shared(stored)
+                if stored.vary.matches(req.headers()) && stored.is_fresh(now) =>
+            {
                 Counters::bump(&store.counters.coalesced);
-                return Ok(respond(&stored, CacheStatus::Coalesced, Instant::now()));
+                return Ok(respond(&stored, CacheStatus::Coalesced, now));
+            }
+            Outcome::Stale(stored) if stored.vary.matches(req.headers()) => {
+                Counters::bump(&store.counters.stale);
+                return Ok(respond(&stored, CacheStatus::Stale, now));
             }
             Outcome::Failed(error) => return Err(Box::new(CoalescedError(error))),
-            Outcome::Shared(_) | Outcome::NotShared => {
-                // Not a response this request can use: ask for itself.
-                return lead(&store, service, req, &key, found, None).await;
-            }
-            Outcome::Abandoned => {
-                // The leader was cancelled. Look again, then lead or wait.
+            Outcome::Shared(_) | Outcome::Stale(_) | Outcome::NotShared => {
+                // Not an answer the cache could give this request. The
+                // leader may have stored one for it, else it asks itself.
                 found = store.lookup(&key.uri, &key.method, key.identity, req.headers());
-                let now = Instant::now();
                 if let Some(stored) = found.as_ref().filter(|s| s.is_fresh(now)) {
                     Counters::bump(&store.counters.hits);
                     return Ok(respond(stored, CacheStatus::Hit, now));
                 }
+                let ticket = store.flights.alone(&key.uri);
+                return lead(&store, service, req, &key, found, None, ticket).await;
+            }
+            Outcome::Abandoned => {
+                // The leader was cancelled. Look again, then lead or wait.
+                found = store.lookup(&key.uri, &key.method, key.identity, req.headers());
+                if let Some(stored) = found.as_ref().filter(|s| s.is_fresh(now)) {
+                    Counters::bump(&store.counters.hits);
+                    return Ok(respond(stored, CacheStatus::Hit, now));
+                }
+                role = store.flights.join(key.clone(), true);
             }
         }
     }
@@ -448,11 +485,13 @@ where
     Buffered::Whole(first.unwrap_or_else(|| rest.freeze()))
 }
 
+fn has_validators(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::ETAG) || headers.contains_key(http::header::LAST_MODIFIED)
+}
+
 /// How long past freshness a response stays useful.
 fn retention(store: &Store, headers: &HeaderMap) -> Duration {
-    let validators = headers.contains_key(http::header::ETAG)
-        || headers.contains_key(http::header::LAST_MODIFIED);
-    let revalidation = if validators {
+    let revalidation = if has_validators(headers) {
         store.config.keep_for_revalidation
     } else {
         Duration::ZERO
@@ -489,8 +528,8 @@ fn build_stored(
     }
     headers.remove("keep-alive");
     let initial_age = Stored::strip_age(&mut headers);
-    let fresh_until = received + decision.ttl;
-    let stale_until = fresh_until + retention(store, &headers);
+    let fresh_until = later(received, decision.ttl);
+    let stale_until = later(fresh_until, retention(store, &headers));
     Stored {
         status,
         version,
@@ -501,11 +540,15 @@ fn build_stored(
         fresh_until,
         stale_until,
         must_revalidate: decision.must_revalidate,
+        serve_stale: !decision.no_stale,
         vary,
     }
 }
 
-/// Fetches for this request (and its waiters, if it leads a flight).
+/// Fetches for this request (and its waiters, if it leads a flight). The
+/// answer is stored only if `ticket` is still current (no write to the URI
+/// since it was taken), and shared with the waiters only if the cache could
+/// serve it to them.
 async fn lead<S, ReqB, ResB>(
     store: &Store,
     service: S,
@@ -513,6 +556,7 @@ async fn lead<S, ReqB, ResB>(
     key: &FlightKey,
     found: Option<Arc<Stored>>,
     leader: Option<Leader<'_>>,
+    ticket: Ticket<'_>,
 ) -> Result<Response<CacheBody<ResB>>, BoxError>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -521,6 +565,9 @@ where
     ResB::Error: Into<BoxError>,
 {
     let config = &store.config;
+    // A request with no credential is answered as by a shared cache.
+    let shared = key.identity == 0;
+    let unshared_for = config.unshared_for;
     let asked = Asked {
         method: req.method().clone(),
         uri: req.uri().clone(),
@@ -548,7 +595,7 @@ where
             if let Some(stale) = stale {
                 tracing::debug!(target: "tollgate_cache", error = %error, "upstream failed: serving the stale entry");
                 Counters::bump(&store.counters.stale);
-                finish(leader, Outcome::Shared(stale.clone()));
+                finish(leader, Outcome::Stale(stale.clone()));
                 return Ok(respond(&stale, CacheStatus::Stale, received));
             }
             return Err(fail(leader, error));
@@ -572,6 +619,7 @@ where
         let decision = decide(
             config.freshness,
             asked.ttl,
+            shared,
             &asked.method,
             &asked.uri,
             &asked.headers,
@@ -585,12 +633,14 @@ where
             decision.unwrap_or(Decision {
                 ttl: Duration::ZERO,
                 must_revalidate: true,
+                no_stale: true,
             }),
             stored.vary.clone(),
             received,
         ));
         if decision.is_some() {
             store.insert(
+                &ticket,
                 key.uri.clone(),
                 asked.method,
                 key.identity,
@@ -599,7 +649,16 @@ where
             );
         }
         Counters::bump(&store.counters.revalidated);
-        finish(leader, Outcome::Shared(renewed.clone()));
+        let shareable = decision.is_some() && renewed.is_fresh(received);
+        store.flights.set_unshared(key, !shareable, unshared_for);
+        finish(
+            leader,
+            if shareable {
+                Outcome::Shared(renewed.clone())
+            } else {
+                Outcome::NotShared
+            },
+        );
         let mut response = respond(&renewed, CacheStatus::Revalidated, received);
         // What the layers below recorded (attempts, waits) stays on it.
         let status = CacheStatus::Revalidated;
@@ -613,7 +672,7 @@ where
         if let Some(stale) = stale {
             tracing::debug!(target: "tollgate_cache", status = %parts.status, "upstream failed: serving the stale entry");
             Counters::bump(&store.counters.stale);
-            finish(leader, Outcome::Shared(stale.clone()));
+            finish(leader, Outcome::Stale(stale.clone()));
             return Ok(respond(&stale, CacheStatus::Stale, received));
         }
     }
@@ -625,6 +684,7 @@ where
             decide(
                 config.freshness,
                 asked.ttl,
+                shared,
                 &asked.method,
                 &asked.uri,
                 &asked.headers,
@@ -633,14 +693,24 @@ where
             )
         })
         .flatten()
-        .filter(|d| !d.ttl.is_zero() || !retention(store, &parts.headers).is_zero());
+        // Worth keeping: fresh for a while, or kept to be revalidated or
+        // served stale; and reusable at all (`no-cache` without validators
+        // never is).
+        .filter(|d| !d.ttl.is_zero() || !retention(store, &parts.headers).is_zero())
+        .filter(|d| !d.must_revalidate || has_validators(&parts.headers));
     let vary = decision.and_then(|_| vary_of(&parts.headers, &asked.headers));
-    let storable = decision.is_some() && vary.is_some();
-    let share = leader.as_ref().is_some_and(Leader::has_waiters);
     let declared = body.size_hint().lower();
     parts.extensions.insert(CacheStatus::Miss);
-    if declared > config.max_entry_bytes as u64 || !(storable || share) {
+    let (Some(decision), Some(vary)) = (decision, vary) else {
+        // Not storable (`Vary: *` included): streamed as it comes, and
+        // shared with nobody, who could not have had it from the cache.
+        store.flights.set_unshared(key, true, unshared_for);
+        finish(leader, Outcome::NotShared);
+        return Ok(Response::from_parts(parts, CacheBody::stream(body)));
+    };
+    if declared > config.max_entry_bytes as u64 {
         // Never buffered: streamed as it comes.
+        store.flights.set_unshared(key, true, unshared_for);
         finish(leader, Outcome::NotShared);
         return Ok(Response::from_parts(parts, CacheBody::stream(body)));
     }
@@ -650,26 +720,34 @@ where
                 store,
                 (parts.status, parts.version, parts.headers.clone()),
                 bytes.clone(),
-                decision.unwrap_or(Decision {
-                    ttl: Duration::ZERO,
-                    must_revalidate: true,
-                }),
-                vary.unwrap_or_default(),
+                decision,
+                vary,
                 received,
             ));
-            if storable {
-                store.insert(
-                    key.uri.clone(),
-                    asked.method,
-                    key.identity,
-                    &asked.headers,
-                    stored.clone(),
-                );
-            }
-            finish(leader, Outcome::Shared(stored));
+            store.insert(
+                &ticket,
+                key.uri.clone(),
+                asked.method,
+                key.identity,
+                &asked.headers,
+                stored.clone(),
+            );
+            // Waiters joined before any write that refused the insert: the
+            // answer is still one the cache could have given them.
+            let shareable = stored.is_fresh(received);
+            store.flights.set_unshared(key, !shareable, unshared_for);
+            finish(
+                leader,
+                if shareable {
+                    Outcome::Shared(stored)
+                } else {
+                    Outcome::NotShared
+                },
+            );
             Ok(Response::from_parts(parts, CacheBody::full(bytes)))
         }
         Buffered::Overflow(read, rest) => {
+            store.flights.set_unshared(key, true, unshared_for);
             finish(leader, Outcome::NotShared);
             Ok(Response::from_parts(parts, CacheBody::prefix(read, rest)))
         }

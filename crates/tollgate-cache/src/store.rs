@@ -1,7 +1,7 @@
 //! The state all clones of a cache share: moka, the flights, the counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method, StatusCode};
@@ -9,7 +9,7 @@ use moka::notification::RemovalCause;
 use tokio::time::Instant;
 
 use crate::entry::{Stored, UriEntry, Variant};
-use crate::flight::Flights;
+use crate::flight::{Flights, Ticket};
 use crate::policy::Freshness;
 
 /// How the cache behaves; set with [`CacheBuilder`](crate::CacheBuilder).
@@ -23,6 +23,9 @@ pub(crate) struct Config {
     pub(crate) keep_for_revalidation: Duration,
     pub(crate) credential_headers: Vec<HeaderName>,
     pub(crate) max_variants: usize,
+    /// How long a key whose answer could not be shared lets its requests
+    /// go upstream without waiting on a flight.
+    pub(crate) unshared_for: Duration,
 }
 
 #[derive(Default)]
@@ -47,6 +50,9 @@ pub(crate) struct Store {
     entries: moka::sync::Cache<Arc<str>, Arc<UriEntry>>,
     pub(crate) flights: Flights,
     pub(crate) counters: Arc<Counters>,
+    /// Held by every change to `entries`: an insert checks its ticket and
+    /// replaces the URI's variants with no write slipping in between.
+    writes: Mutex<()>,
 }
 
 impl Store {
@@ -71,6 +77,7 @@ impl Store {
             entries,
             flights: Flights::default(),
             counters,
+            writes: Mutex::new(()),
         }
     }
 
@@ -86,15 +93,22 @@ impl Store {
         entry.find(method, identity, request).cloned()
     }
 
-    /// Stores `stored` for this request, replacing the variant it matches.
+    /// Stores `stored` for this request, replacing the variant it matches,
+    /// unless the URI was written since `ticket` was taken (the answer may
+    /// predate the write). Whether it was stored.
     pub(crate) fn insert(
         &self,
+        ticket: &Ticket<'_>,
         uri: Arc<str>,
         method: Method,
         identity: u128,
         request: &HeaderMap,
         stored: Arc<Stored>,
-    ) {
+    ) -> bool {
+        let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !ticket.is_current() {
+            return false;
+        }
         let now = Instant::now();
         let mut variants: Vec<Variant> = match self.entries.get(&*uri) {
             Some(entry) => entry
@@ -121,14 +135,22 @@ impl Store {
         });
         let entry = UriEntry::new(variants, uri.len());
         self.entries.insert(uri, Arc::new(entry));
+        true
     }
 
-    /// Drops everything stored for `uri` (normalized).
+    /// Drops everything stored for `uri` (normalized), and keeps what the
+    /// fetches under way for it bring back from being stored or shared with
+    /// later requests.
     pub(crate) fn invalidate(&self, uri: &str) {
+        let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.flights.invalidate(uri);
         self.entries.invalidate(uri);
     }
 
+    /// Drops everything, as a write to every URI.
     pub(crate) fn clear(&self) {
+        let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.flights.clear();
         self.entries.invalidate_all();
     }
 

@@ -414,3 +414,54 @@ async fn bypass_and_request_no_store_skip_the_cache() {
     );
     assert_eq!(api.hits("/posts/10"), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_on_a_vary_star_resource_gets_each_its_own_answer() {
+    let api = FakeApi::start().await.expect("fake api");
+    api.vary("/anything/*", "*");
+    api.inject("/anything/star", Fault::latency(Duration::from_millis(100)));
+    let service = cached(&CacheLayer::new(Duration::from_secs(60)));
+    let calls: Vec<_> = ["en", "fr", "de", "it"]
+        .into_iter()
+        .map(|l| {
+            let mut r = req(&api, Method::GET, "/anything/star");
+            r.headers_mut()
+                .insert("accept-language", l.parse().expect("value"));
+            let call = service.clone().oneshot(r);
+            tokio::spawn(async move { (call.await, l) })
+        })
+        .collect();
+    for call in calls {
+        let (response, l) = call.await.expect("task");
+        let response = response.expect("response");
+        assert_ne!(status(&response), CacheStatus::Coalesced, "{l}");
+        let echoed: serde_json::Value =
+            serde_json::from_slice(&body(response).await).expect("json");
+        assert_eq!(echoed["headers"]["accept-language"][0], l);
+    }
+    assert_eq!(api.hits("/anything/star"), 4);
+}
+
+#[tokio::test]
+async fn private_responses_are_kept_only_for_their_credential() {
+    let api = FakeApi::start().await.expect("fake api");
+    api.cache_control("/posts/8", "private, max-age=60");
+    let service = cached(&CacheLayer::new(Duration::from_secs(60)));
+    for expected in [CacheStatus::Miss, CacheStatus::Miss] {
+        let response = send(&service, req(&api, Method::GET, "/posts/8"))
+            .await
+            .expect("anonymous");
+        assert_eq!(status(&response), expected, "shared: never stored");
+    }
+    let as_alice = || {
+        let mut r = req(&api, Method::GET, "/posts/8");
+        r.headers_mut()
+            .insert(AUTHORIZATION, "Bearer alice".parse().expect("value"));
+        r
+    };
+    for expected in [CacheStatus::Miss, CacheStatus::Hit] {
+        let response = send(&service, as_alice()).await.expect("alice");
+        assert_eq!(status(&response), expected, "alice's own partition");
+    }
+    assert_eq!(api.hits("/posts/8"), 3);
+}
