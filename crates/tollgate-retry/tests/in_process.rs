@@ -339,3 +339,47 @@ async fn durations_at_zero_one_and_max_never_panic() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_gets_to_an_always_failing_upstream_stay_within_the_budget() {
+    // RELIABILITY.md, Retry 4: three retries each would be 40,000 attempts;
+    // the default budget (20% of requests plus 10 per second) allows at
+    // most 10,000 · 1.2 + 10 · 100 s over the 100 s the calls take.
+    let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = Arc::clone(&attempts);
+    let svc = RetryLayer::new().max_retries(3).seed(11).layer(service_fn(
+        move |_req: Request<String>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .body(String::new())
+                        .expect("response"),
+                )
+            }
+        },
+    ));
+    let requests: u64 = 10_000;
+    let mut tasks = Vec::with_capacity(10_000);
+    for i in 0..requests {
+        let req = Request::get("http://api.test/x")
+            .body(String::new())
+            .expect("request");
+        tasks.push(tokio::spawn(svc.clone().oneshot(req)));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    for t in tasks {
+        let res = t.await.expect("task").expect("a response");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+    let bound = requests + requests / 5 + 10 * 100;
+    assert!(
+        attempts <= bound,
+        "{attempts} attempts for {requests} requests (bound {bound})"
+    );
+    assert!(attempts > requests, "some retries were allowed");
+}
