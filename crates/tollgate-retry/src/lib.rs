@@ -53,7 +53,9 @@
 //!
 //! - **Backoff**: capped exponential with full jitter ([`Backoff`]), drawn
 //!   from a random source that [`RetryLayer::seed`] makes reproducible.
-//! - **`Retry-After`** on 429 and 503, in both forms, replaces the backoff.
+//! - **`Retry-After`** on 429 and 503, in both forms, is a floor under the
+//!   backoff: the wait is the longer of the two (`Retry-After: 0` from a
+//!   struggling server does not make a tight loop).
 //!   When a layer below (the rate limiter) has already scheduled that wait,
 //!   it says until when with [`NotBefore`], and the retry waits until that
 //!   same instant: one signal is never waited for twice.

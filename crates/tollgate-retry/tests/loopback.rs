@@ -71,7 +71,7 @@ async fn a_flaky_endpoint_succeeds_on_the_third_attempt() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_after_is_waited_out_exactly_and_replaces_backoff() {
+async fn retry_after_is_waited_out_exactly_as_a_floor_under_the_backoff() {
     let api = FakeApi::start().await.expect("start");
     api.inject(
         "/posts/1",
