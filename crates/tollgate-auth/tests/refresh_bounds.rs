@@ -344,3 +344,64 @@ async fn a_401_to_a_short_lived_token_leads_to_one_refresh_and_one_replay() {
         "one attempt, one replay"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn oauth_expires_in_of_zero_one_and_u64_max_do_not_panic() {
+    use tollgate_auth::ClientCredentials;
+    for expires_in in ["0", "1", "18446744073709551615"] {
+        let grants = Arc::new(AtomicUsize::new(0));
+        let g = grants.clone();
+        let endpoint = service_fn(move |_req: Request<Full<Bytes>>| {
+            let n = g.fetch_add(1, Ordering::SeqCst) + 1;
+            let body = format!(
+                r#"{{"access_token":"g{n}","token_type":"Bearer","expires_in":{expires_in}}}"#
+            );
+            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+        });
+        let source = ClientCredentials::new(
+            endpoint,
+            "https://auth.test/token".parse().expect("uri"),
+            "id",
+            "secret",
+        )
+        .expect("valid");
+        let service = AuthLayer::token_source(source).any_origin().layer(echo());
+        for _ in 0..50 {
+            let seen = service.clone().oneshot(get()).await.expect("response");
+            assert!(seen.into_body().starts_with("Bearer g"));
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let n = grants.load(Ordering::SeqCst);
+        assert!(
+            n <= 6,
+            "expires_in {expires_in}: {n} grants for 50 requests in 5 s"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_while_renewing_after_a_401_strands_nothing() {
+    let (calls, layer) = source(Some(Duration::from_secs(3600)), Duration::from_millis(100));
+    // Refuses t1 only.
+    let upstream = service_fn(|req: Request<Full<Bytes>>| async move {
+        let mut response = Response::new(String::new());
+        if req
+            .headers()
+            .get(AUTHORIZATION)
+            .is_some_and(|v| v == "Bearer t1")
+        {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        Ok::<_, Infallible>(response)
+    });
+    let service = layer.layer(upstream);
+    // Gets t1 (100 ms), is refused, and starts renewing (another 100 ms).
+    let renewing = tokio::spawn(service.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "renewing now");
+    renewing.abort();
+    let after = service.clone().oneshot(get()).await.expect("response");
+    assert_eq!(after.status(), StatusCode::OK);
+    // The renewal was dropped with its request; the next one fetched again.
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
