@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
@@ -225,8 +226,12 @@ struct Gathering<K, V> {
     /// Each key's callers, in the order the keys first arrived.
     keys: Entries<K, V>,
     index: HashMap<K, usize>,
-    /// Whether a flush timer runs for this batch.
-    timer: bool,
+    /// Counts batches sent, so a flush timer knows whether its batch went
+    /// already.
+    generation: u64,
+    /// The flush timer of this batch, if one runs; stopped when the batch
+    /// goes by size, so no timer outlives its batch.
+    timer: Option<AbortHandle>,
 }
 
 impl<K, V> Default for Gathering<K, V> {
@@ -234,14 +239,18 @@ impl<K, V> Default for Gathering<K, V> {
         Gathering {
             keys: Vec::new(),
             index: HashMap::new(),
-            timer: false,
+            generation: 0,
+            timer: None,
         }
     }
 }
 
 impl<K: Eq + Hash + Clone, V> Gathering<K, V> {
     fn take(&mut self) -> Entries<K, V> {
-        self.timer = false;
+        self.generation += 1;
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
         self.index.clear();
         std::mem::take(&mut self.keys)
     }
@@ -403,18 +412,18 @@ where
             let batch = gathering.take();
             drop(gathering);
             runtime.spawn(run(shared.clone(), self.inner.clone(), batch));
-        } else if !gathering.timer {
-            gathering.timer = true;
-            drop(gathering);
-            runtime.spawn(flush_later(shared.clone(), self.inner.clone()));
+        } else if gathering.timer.is_none() {
+            let generation = gathering.generation;
+            let timer = runtime.spawn(flush_later(shared.clone(), self.inner.clone(), generation));
+            gathering.timer = Some(timer.abort_handle());
         }
         ResponseFuture::waiting(rx, ticket, shared.max_wait)
     }
 }
 
-/// Flushes the batch being gathered after `max_delay`, unless it went
-/// already (a timer runs only while none did flush by size).
-async fn flush_later<S, K, V>(shared: Arc<Shared<K, V>>, service: S)
+/// Flushes the batch `generation` after `max_delay`, unless it went
+/// already.
+async fn flush_later<S, K, V>(shared: Arc<Shared<K, V>>, service: S, generation: u64)
 where
     S: Service<Vec<K>, Response = HashMap<K, V>> + Send + 'static,
     S::Error: Into<BoxError>,
@@ -429,9 +438,11 @@ where
     }
     let batch = {
         let mut gathering = shared.lock();
-        if !gathering.timer {
+        if gathering.generation != generation {
             return;
         }
+        // This task is the timer: it must not abort itself.
+        gathering.timer = None;
         gathering.take()
     };
     run(shared, service, batch).await;

@@ -289,3 +289,41 @@ async fn every_setter_at_zero_one_and_max_does_not_panic() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_timer_of_a_batch_sent_by_size_does_not_cut_the_next_one_short() {
+    let (calls, upstream) = gated(Arc::new(Semaphore::new(100)));
+    let batcher = BatchLayer::new(2, Duration::from_millis(10)).layer(upstream);
+    let started = tokio::time::Instant::now();
+    let (a, b) = tokio::join!(batcher.clone().oneshot(1), batcher.clone().oneshot(2));
+    assert_eq!((a.expect("1"), b.expect("2")), (10, 20));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let c = tokio::spawn(batcher.clone().oneshot(3));
+    tokio::time::sleep(Duration::from_millis(7)).await;
+    assert_eq!(
+        calls.lock().expect("lock").len(),
+        1,
+        "3 has waited 7 ms of 10"
+    );
+    assert_eq!(c.await.expect("task").expect("item"), 30);
+    assert_eq!(started.elapsed(), Duration::from_millis(15));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_flush_timer_outlives_its_batch() {
+    let (calls, upstream) = gated(Arc::new(Semaphore::new(1000)));
+    let batcher = BatchLayer::new(2, Duration::MAX).layer(upstream);
+    for pair in 0..100u64 {
+        let (a, b) = tokio::join!(
+            batcher.clone().oneshot(pair * 2),
+            batcher.clone().oneshot(pair * 2 + 1)
+        );
+        assert_eq!((a.expect("a"), b.expect("b")), (pair * 20, pair * 20 + 10));
+    }
+    settle().await;
+    assert_eq!(calls.lock().expect("lock").len(), 100);
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(tasks, 0, "timers of batches sent by size still sleep");
+}
