@@ -327,3 +327,72 @@ async fn no_flush_timer_outlives_its_batch() {
         .num_alive_tasks();
     assert_eq!(tasks, 0, "timers of batches sent by size still sleep");
 }
+
+/// A batch service answering `id * 10` after one yield, counting the calls
+/// in it at once (`now`) and the most ever (`most`).
+fn counting(
+    now: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+) -> impl tower::Service<Vec<u64>, Response = HashMap<u64, u64>, Error = BoxError, Future = impl Send>
+       + Clone
+       + Send
+       + 'static {
+    use std::sync::atomic::Ordering;
+    service_fn(move |ids: Vec<u64>| {
+        let (now, most) = (now.clone(), most.clone());
+        async move {
+            let in_flight = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(in_flight, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(ids.into_iter().map(|id| (id, id * 10)).collect())
+        }
+    })
+}
+
+/// Many tasks on several threads, some giving up: the bounds hold, every
+/// caller ends, and nothing stays counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bounds_hold_across_threads() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(now.clone(), most.clone());
+    let batcher = BatchLayer::new(8, Duration::ZERO)
+        .max_in_flight(2)
+        .max_pending(16)
+        .layer(upstream);
+    let tasks: Vec<_> = (0..16u64)
+        .map(|t| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for i in 0..200u64 {
+                    let id = (t * 7 + i) % 23;
+                    let call = batcher.clone().oneshot(id);
+                    if i % 5 == 0 {
+                        // Gives up at once: polled once, then dropped.
+                        let _ = futures_poll(&mut Box::pin(call));
+                        continue;
+                    }
+                    match call.await {
+                        Ok(item) => assert_eq!(item, id * 10),
+                        Err(BatchError::TooManyPending { max_pending: 16 }) => refused += 1,
+                        Err(other) => panic!("{other:?}"),
+                    }
+                    assert!(batcher.pending() <= 16);
+                }
+                refused
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("no panic");
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "{} in flight",
+        most.load(Ordering::SeqCst)
+    );
+    assert_eq!(batcher.pending(), 0);
+}
