@@ -110,10 +110,10 @@ fn credentials_and_their_errors_hide_the_secret() {
 
 #[tokio::test]
 async fn token_sources_and_refresh_errors_hide_the_secret() {
-    let layer = AuthLayer::token_source(token_fn(|| async {
-        Ok(Token::bearer(CANARY)?.expires_in(Duration::from_secs(60)))
-    }))
-    .any_origin();
+    let source =
+        token_fn(|| async { Ok(Token::bearer(CANARY)?.expires_in(Duration::from_secs(60))) });
+    debug("FnTokenSource", &source);
+    let layer = AuthLayer::token_source(source).any_origin();
     debug("AuthLayer", &layer);
     let service = layer.layer(service_fn(|_r: Request<Full<Bytes>>| async {
         Ok::<_, Infallible>(Response::new(()))
@@ -209,4 +209,95 @@ async fn token_sources_and_refresh_errors_hide_the_secret() {
             source = e.source();
         }
     }
+}
+
+/// Everything traced, at every level, written out as text.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<String>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut out = self.0.lock().expect("lock");
+        out.push_str(span.metadata().name());
+        span.record(&mut Fields(&mut out));
+        out.push('\n');
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut Fields(&mut self.0.lock().expect("lock")));
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut out = self.0.lock().expect("lock");
+        event.record(&mut Fields(&mut out));
+        out.push('\n');
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_traced_shows_the_secret() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    // A token that is refused once, then a token endpoint that fails.
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let f = fetches.clone();
+    let source = token_fn(move || {
+        let n = f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n >= 2 {
+                return Err::<Token, BoxError>("token endpoint down".into());
+            }
+            Ok(Token::bearer(format!("{CANARY}{n}"))?.expires_in(Duration::from_secs(30)))
+        }
+    });
+    let upstream = service_fn(|req: Request<Full<Bytes>>| async move {
+        let mut response = Response::new(());
+        if req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes().ends_with(b"0"))
+        {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        Ok::<_, Infallible>(response)
+    });
+    let service = AuthLayer::token_source(source).any_origin().layer(upstream);
+    let get = || {
+        Request::get("http://api.test/")
+            .body(Full::default())
+            .expect("req")
+    };
+    let ok = service
+        .clone()
+        .oneshot(get())
+        .await
+        .expect("refused, renewed, replayed");
+    assert_eq!(ok.status(), StatusCode::OK);
+    tokio::time::advance(Duration::from_secs(40)).await;
+    service
+        .clone()
+        .oneshot(get())
+        .await
+        .expect_err("endpoint down");
+    service
+        .clone()
+        .oneshot(get())
+        .await
+        .expect_err("backing off");
+    let out = capture.0.lock().expect("lock").clone();
+    assert!(out.contains("refreshing token"), "the capture works: {out}");
+    assert_hidden("tracing output", &out);
 }
