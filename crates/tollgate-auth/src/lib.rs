@@ -19,7 +19,11 @@
 //!
 //! `poll_ready` is the inner service's. Waiting for a token happens inside
 //! the response future, so an idle or cloned service holds nothing, and a
-//! dropped request leaves the refresh to the next one waiting.
+//! dropped request does not cancel the refresh it began: the fetch runs on a
+//! task of its own, bounded by the refresh timeout, and the requests waiting
+//! or coming after take its token (so callers that give up early, with
+//! deadlines shorter than the token endpoint's answer, do not make it fetch
+//! again and again).
 //!
 //! # In the stack
 //!

@@ -5,11 +5,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::BoxError;
+use tracing::Instrument;
 
 use crate::credential::{Credential, InvalidCredential};
 use crate::error::{AuthError, SharedError};
@@ -191,7 +192,7 @@ pub(crate) struct Tokens {
     attempts: AtomicU64,
     /// Held while a refresh runs; holds the last refresh's failure, which
     /// the requests that waited for it share, and the back-off after it.
-    refresh: tokio::sync::Mutex<Failures>,
+    refresh: Arc<tokio::sync::Mutex<Failures>>,
 }
 
 impl Tokens {
@@ -200,7 +201,7 @@ impl Tokens {
             source,
             current: RwLock::new(None),
             attempts: AtomicU64::new(0),
-            refresh: tokio::sync::Mutex::new(Failures::default()),
+            refresh: Arc::new(tokio::sync::Mutex::new(Failures::default())),
         }
     }
 
@@ -229,16 +230,20 @@ impl Tokens {
     /// fetching again. After a failed refresh, none starts until the
     /// back-off (1 s, doubling, at most 30 s) is over: meanwhile a token
     /// that has not expired (and was not refused) is still used, and
-    /// without one the last error comes back at once. A dropped refresh
-    /// releases the lock and the next waiter fetches.
+    /// without one the last error comes back at once.
+    ///
+    /// The fetch runs on a task of its own (inside a tokio runtime), so a
+    /// request that gives up on it (dropped, timed out) does not cancel it:
+    /// it ends within the timeout, and the requests waiting for it, or
+    /// coming after, take its token.
     pub(crate) async fn refresh(
-        &self,
+        self: &Arc<Self>,
         stale: Option<u64>,
         skew: Duration,
         timeout: Duration,
     ) -> Result<Current, AuthError> {
         let seen = self.attempts.load(Ordering::Acquire);
-        let mut failures = self.refresh.lock().await;
+        let failures = Arc::clone(&self.refresh).lock_owned().await;
         let refreshed_meanwhile = self.attempts.load(Ordering::Acquire) != seen;
         let now = Instant::now();
         // The token in use, unless a 401 refused it.
@@ -258,6 +263,30 @@ impl Tokens {
             }
         }
         tracing::debug!(target: "tollgate_auth", after_unauthorized = stale.is_some(), "refreshing token");
+        let fetch = Arc::clone(self).fetch(failures, fallback, timeout);
+        // Outside a runtime (where tokio's timeout cannot run either), in
+        // place.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn(fetch.instrument(tracing::Span::current()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AuthError::RefreshFailed(SharedError::new(
+                        "the token source panicked or its runtime stopped".into(),
+                    )))
+                }),
+            Err(_) => fetch.await,
+        }
+    }
+
+    /// One fetch from the source, holding the refresh lock; records its
+    /// token, or its failure and the back-off after it.
+    async fn fetch(
+        self: Arc<Self>,
+        mut failures: tokio::sync::OwnedMutexGuard<Failures>,
+        fallback: Option<Current>,
+        timeout: Duration,
+    ) -> Result<Current, AuthError> {
         let started = Instant::now();
         let result = tokio::time::timeout(timeout, self.source.token()).await;
         let generation = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
@@ -303,7 +332,7 @@ mod tests {
     const SKEW: Duration = Duration::from_secs(10);
     const TIMEOUT: Duration = Duration::from_secs(5);
 
-    fn counting(lifetime: Duration) -> (Arc<AtomicUsize>, Tokens) {
+    fn counting(lifetime: Duration) -> (Arc<AtomicUsize>, Arc<Tokens>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
         let source = token_fn(move || {
@@ -313,7 +342,7 @@ mod tests {
                 Ok(Token::bearer(format!("t{n}"))?.expires_in(lifetime))
             }
         });
-        (calls, Tokens::new(Box::new(source)))
+        (calls, Arc::new(Tokens::new(Box::new(source))))
     }
 
     #[test]
@@ -356,7 +385,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hung_source_times_out() {
         let source = token_fn(std::future::pending::<Result<Token, BoxError>>);
-        let tokens = Tokens::new(Box::new(source));
+        let tokens = Arc::new(Tokens::new(Box::new(source)));
         let err = tokens
             .refresh(None, SKEW, Duration::from_secs(3))
             .await
@@ -368,15 +397,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_refresh_does_not_strand_the_next() {
         let (calls, tokens) = counting(Duration::from_secs(3600));
-        let tokens = Arc::new(tokens);
         let t = tokens.clone();
         let leader =
             tokio::spawn(async move { t.refresh(None, SKEW, TIMEOUT).await.map(|c| c.generation) });
         tokio::task::yield_now().await;
         tokio::time::advance(Duration::from_millis(10)).await;
         leader.abort();
+        // The fetch the leader began goes on without it; the next takes it.
         let next = tokens.refresh(None, SKEW, TIMEOUT).await.expect("token");
         assert_eq!(next.generation, 1);
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -402,6 +402,27 @@ async fn a_request_dropped_while_renewing_after_a_401_strands_nothing() {
     renewing.abort();
     let after = service.clone().oneshot(get()).await.expect("response");
     assert_eq!(after.status(), StatusCode::OK);
-    // The renewal was dropped with its request; the next one fetched again.
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // The renewal went on without its request; the next one used t2.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_outlives_the_callers_that_gave_up_on_it() {
+    // The token endpoint takes 3 s; each caller gives up after 2 s.
+    let (calls, layer) = source(Some(Duration::from_secs(3600)), Duration::from_secs(3));
+    let service = layer.layer(echo());
+    let started = Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(2), service.clone().oneshot(get())).await;
+    assert!(first.is_err(), "the first caller gave up");
+    let second = tokio::time::timeout(Duration::from_secs(2), service.clone().oneshot(get()))
+        .await
+        .expect("the refresh the first caller began ends at 3 s")
+        .expect("response");
+    assert_eq!(second.into_body(), "Bearer t1");
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one refresh, not one per caller"
+    );
 }
