@@ -426,3 +426,25 @@ async fn a_refresh_outlives_the_callers_that_gave_up_on_it() {
         "one refresh, not one per caller"
     );
 }
+
+/// Many requests on several threads at once: one refresh serves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_refresh_serves_requests_on_every_thread() {
+    let (calls, layer) = source(Some(Duration::from_secs(3600)), Duration::ZERO);
+    let service = layer.layer(echo());
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    let seen = service.clone().oneshot(get()).await.expect("response");
+                    assert_eq!(seen.into_body(), "Bearer t1");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("no panic");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
