@@ -10,7 +10,8 @@ use tower::BoxError;
 /// Why a request got no credential: its token could not be refreshed.
 ///
 /// Every request that waited for one refresh gets a clone of its error, so
-/// a failing token endpoint is asked once, not once per request.
+/// a failing token endpoint is asked once, not once per request; requests
+/// that come during the back-off after it get the same error at once.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {

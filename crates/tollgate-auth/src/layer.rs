@@ -57,10 +57,26 @@ pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
 /// refreshed when less than the skew (10 s) of its lifetime is left, by one
 /// refresh at a time however many requests wait for it, bounded by the
 /// refresh timeout (10 s); a failure is an [`AuthError`](crate::AuthError)
-/// on the requests that waited for it. A 401 answered to a token invalidates
-/// it: one refresh, and the request is replayed once with the new token if
-/// its body can be replayed ([`ReplayBody`](tollgate_retry::ReplayBody)). A
-/// second 401 is returned as it is.
+/// on the requests that waited for it.
+///
+/// Refreshes are bounded however the source behaves:
+///
+/// - A token is used for at least half its lifetime, and at least 1 s,
+///   after it arrived, even when the skew says sooner: a token that lives
+///   no longer than the skew is refreshed at half-life, and one with
+///   `expires_in` 0 once a second at most, never on every request.
+/// - After a failed (or timed-out) refresh, no other starts for 1 s, then
+///   2, 4, ... up to 30 s while failures go on; a success ends the back-off.
+///   Meanwhile a token whose lifetime is not over (and that no 401 refused)
+///   is still used; without one, requests get the last
+///   [`AuthError`](crate::AuthError) at once.
+/// - Lifetimes, skews and timeouts of any size are taken as they are; one
+///   so long that it leaves the clock's range means never.
+///
+/// A 401 answered to a token invalidates it: one refresh, and the request
+/// is replayed once with the new token if its body can be replayed
+/// ([`ReplayBody`](tollgate_retry::ReplayBody)). A second 401 is returned
+/// as it is.
 ///
 /// # Example
 ///
@@ -237,13 +253,16 @@ impl AuthLayer {
     }
 
     /// Refresh a token when less than this much of its lifetime is left
-    /// (default 10 s).
+    /// (default 10 s), but not before half its lifetime has passed. Zero
+    /// refreshes at expiry; `Duration::MAX` at half-life.
     pub fn refresh_skew(mut self, skew: Duration) -> Self {
         self.config().skew = skew;
         self
     }
 
-    /// How long one refresh may take (default 10 s).
+    /// How long one refresh may take (default 10 s). Zero fails every
+    /// refresh that does not end at its first poll (and backs off);
+    /// `Duration::MAX` means no limit.
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
         self.config().timeout = timeout;
         self

@@ -12,13 +12,18 @@
 //! | credentials never cross origins | only requests on an [`Origin`] the layer names get them, so a redirect or an absolute URL elsewhere goes without |
 //! | the caller decides | an explicit header is kept unless [`overwrite`](AuthLayer::overwrite); a [`Credential`] in the request's extensions replaces the layer's own |
 //! | refresh is single-flight, early and bounded | within the skew (10 s) of expiry; one refresh however many requests wait; a timeout (10 s); a failure is an [`AuthError`] shared by the waiting requests |
+//! | no refresh storms | a token is used for at least half its lifetime and at least 1 s; a failed refresh is backed off (1 s, doubling, at most 30 s), during which a token not yet expired is still used, or else the last error comes back at once |
 //! | a 401 is answered once | the refused token is invalidated, refreshed once, and the request replayed once if its body can be; a second 401 is returned |
 //!
 //! # Readiness
 //!
 //! `poll_ready` is the inner service's. Waiting for a token happens inside
 //! the response future, so an idle or cloned service holds nothing, and a
-//! dropped request leaves the refresh to the next one waiting.
+//! dropped request does not cancel the refresh it began: the fetch runs on a
+//! task of its own, bounded by the refresh timeout, and the requests waiting
+//! or coming after take its token (so callers that give up early, with
+//! deadlines shorter than the token endpoint's answer, do not make it fetch
+//! again and again).
 //!
 //! # In the stack
 //!

@@ -59,11 +59,38 @@ pub struct ClientCredentials<S> {
 impl<S> fmt::Debug for ClientCredentials<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCredentials")
-            .field("token_url", &self.token_url)
+            .field("token_url", &RedactedUrl(&self.token_url))
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
             .field("scope", &self.scope)
             .finish_non_exhaustive()
+    }
+}
+
+/// A URL shown without its user information or query, either of which can
+/// carry a secret (`https://id:secret@...`, `?client_secret=...`).
+struct RedactedUrl<'a>(&'a Uri);
+
+impl fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uri = self.0;
+        if let Some(scheme) = uri.scheme_str() {
+            write!(f, "{scheme}://")?;
+        }
+        if let Some(authority) = uri.authority() {
+            if authority.as_str().contains('@') {
+                f.write_str("[redacted]@")?;
+            }
+            f.write_str(authority.host())?;
+            if let Some(port) = authority.port_u16() {
+                write!(f, ":{port}")?;
+            }
+        }
+        f.write_str(uri.path())?;
+        if uri.query().is_some() {
+            f.write_str("?[redacted]")?;
+        }
+        Ok(())
     }
 }
 
@@ -102,6 +129,19 @@ impl<S> ClientCredentials<S> {
         client_secret: impl Into<String>,
     ) -> Result<Self, InvalidCredential> {
         let (client_id, client_secret) = (client_id.into(), client_secret.into());
+        // Form encoding would make any byte safe to send; a control
+        // character is refused all the same, as in every other credential
+        // (it is a mistake in the configuration, not a secret).
+        if client_id
+            .chars()
+            .chain(client_secret.chars())
+            .any(char::is_control)
+        {
+            return Err(InvalidCredential::new(
+                "client id or secret",
+                "contains a control character (CR, LF, NUL, ...)",
+            ));
+        }
         let basic = Credential::basic(form_encode(&client_id), form_encode(&client_secret))
             .map_err(|_| {
                 InvalidCredential::new("client id or secret", "is empty or has a control character")

@@ -3,6 +3,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower::BoxError;
 
@@ -18,9 +19,27 @@ pub enum BatchError {
     /// the call's error as the source.
     #[error("batch: the batched call failed")]
     Failed(#[source] SharedError),
-    /// The batcher was shut down (its runtime stopped) before answering.
+    /// The batcher was shut down (its runtime stopped) before answering,
+    /// or the call was made outside a tokio runtime.
     #[error("batch: the batcher stopped before answering")]
     Closed,
+    /// [`max_pending`](crate::BatchLayer::max_pending) callers were
+    /// already waiting for their batch to be sent: this call was refused at
+    /// once, and nothing was asked for it. Named as the concurrency pool's
+    /// `TooManyPending` is.
+    #[error("batch: too many callers waiting for a batch (limit {max_pending})")]
+    TooManyPending {
+        /// The limit that was reached.
+        max_pending: usize,
+    },
+    /// The caller had no answer within
+    /// [`max_wait`](crate::BatchLayer::max_wait) of its call. It left its
+    /// batch: its key is not asked for if no other caller wants it.
+    #[error("batch: no answer within {waited:?}")]
+    TimedOut {
+        /// How long the caller waited.
+        waited: Duration,
+    },
 }
 
 impl fmt::Debug for BatchError {
@@ -29,6 +48,13 @@ impl fmt::Debug for BatchError {
             BatchError::Missing => f.write_str("Missing"),
             BatchError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
             BatchError::Closed => f.write_str("Closed"),
+            BatchError::TooManyPending { max_pending } => f
+                .debug_struct("TooManyPending")
+                .field("max_pending", max_pending)
+                .finish(),
+            BatchError::TimedOut { waited } => {
+                f.debug_struct("TimedOut").field("waited", waited).finish()
+            }
         }
     }
 }

@@ -12,7 +12,7 @@
 mod batch;
 mod error;
 
-pub use batch::{Batch, BatchLayer, ResponseFuture, DEFAULT_MAX_IN_FLIGHT};
+pub use batch::{Batch, BatchLayer, ResponseFuture, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_PENDING};
 pub use error::{BatchError, SharedError};
 
 /// The README's example, compiled and run as a doc test so it stays true.

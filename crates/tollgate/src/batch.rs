@@ -174,8 +174,13 @@ impl fmt::Debug for Batched {
 
 impl Batched {
     pub(crate) fn new(client: Client, spec: BatchSpec) -> Self {
-        let layer =
+        let mut layer =
             BatchLayer::new(spec.max_batch, spec.max_delay).max_in_flight(spec.max_in_flight);
+        // A load is bounded by the client's timeout like any call: waiting
+        // for the batch to fill, for a slot, and the request itself.
+        if let Some(timeout) = client.inner.timeout {
+            layer = layer.max_wait(timeout);
+        }
         let path = spec.path.clone();
         let call = BatchCall {
             client,
@@ -190,12 +195,21 @@ impl Batched {
     /// The item with this id, fetched in a batch with the ids other callers
     /// ask for meanwhile.
     ///
+    /// The whole wait (for the batch to fill, for a request slot, and the
+    /// request) is bounded by the client's [timeout](crate::ClientBuilder::timeout),
+    /// counted from this call. A caller that gives up (times out, or drops
+    /// this future) leaves the batch: its id is not asked for if no other
+    /// caller wants it. At most 10 000 callers wait for their batch to be
+    /// sent (`tollgate_batch::DEFAULT_MAX_PENDING`).
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::NotInBatch`] when the batched answer had no item with
     /// this id (only this caller fails); when the batched request failed,
     /// its error's kind ([`ErrorKind::Status`], [`ErrorKind::Timeout`], ...)
-    /// for every caller of the batch.
+    /// for every caller of the batch; [`ErrorKind::Timeout`] when no item
+    /// came within the client's timeout; [`ErrorKind::TooManyPending`] when
+    /// too many callers were already waiting for a batch.
     pub async fn load(&self, id: impl fmt::Display) -> Result<Value, Error> {
         self.batch
             .clone()
@@ -235,6 +249,14 @@ fn batch_error(error: &BatchError) -> Error {
             Error::new(kind, format!("the batched request failed: {shared}"))
                 .with_source(error.clone())
         }
+        BatchError::TimedOut { waited } => Error::new(
+            ErrorKind::Timeout,
+            format!("no batched item within {waited:?}"),
+        )
+        .with_source(error.clone()),
+        BatchError::TooManyPending { .. } => {
+            Error::new(ErrorKind::TooManyPending, error.to_string()).with_source(error.clone())
+        }
         _ => Error::new(ErrorKind::Transport, error.to_string()).with_source(error.clone()),
     }
 }
@@ -246,5 +268,37 @@ impl Client {
     /// it is cached, retried and rate limited like any other.
     pub fn batched(&self, spec: BatchSpec) -> Batched {
         Batched::new(self.clone(), spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tollgate_testkit::{FakeApi, Fault};
+
+    use crate::{BatchSpec, Client, ErrorKind};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_load_behind_a_hung_batch_ends_at_the_client_timeout() {
+        let api = FakeApi::start().await.expect("fake api");
+        api.inject("/metadata", Fault::latency(Duration::from_secs(3600)));
+        let client = Client::builder(api.url())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("client");
+        let metadata = client.batched(BatchSpec::get("/metadata").max_batch(1).max_in_flight(1));
+        let started = Instant::now();
+        let hung = tokio::spawn({
+            let metadata = metadata.clone();
+            async move { metadata.load(1).await }
+        });
+        tokio::task::yield_now().await;
+        let behind = metadata.load(2).await.expect_err("times out");
+        assert_eq!(behind.kind(), ErrorKind::Timeout, "{behind}");
+        assert_eq!(started.elapsed(), Duration::from_secs(2), "not 4 s");
+        let hung = hung.await.expect("task").expect_err("times out");
+        assert_eq!(hung.kind(), ErrorKind::Timeout);
     }
 }
