@@ -294,10 +294,6 @@ proptest! {
 /// queue (it counts in `pending()`), so a newer call must not take the slot
 /// that frees meanwhile.
 #[tokio::test(start_paused = true)]
-#[ignore = "pool bug, reported not fixed (not this branch's crate): a waiter \
-            enters tokio's semaphore queue only at its first poll, so a newer \
-            call's try_acquire takes a slot freed between an older call and \
-            its first poll"]
 async fn a_queued_call_not_yet_polled_is_not_overtaken() {
     let layer = ConcurrencyLimitLayer::new(1);
     let upstream = service_fn(|req: Request<u32>| async move {

@@ -33,6 +33,8 @@ impl Drop for PendingGuard {
 /// What a queued call holds while it waits (boxed: only queued calls pay).
 struct Waiting<S, R> {
     acquire: Acquire,
+    /// The permit, when the first poll (at call time) got one at once.
+    early: Option<Result<OwnedSemaphorePermit, AcquireError>>,
     timeout: Option<Pin<Box<Sleep>>>,
     started: Instant,
     service: Option<S>,
@@ -95,10 +97,22 @@ where
         let timeout = pool
             .pending_timeout
             .map(|t| Box::pin(tokio::time::sleep(t)));
+        // Take the place in the semaphore's FIFO queue now, at call time:
+        // tokio's acquire joins the queue only when first polled, and a call
+        // made later but polled first would otherwise overtake this one.
+        let mut acquire: Acquire = Box::pin(semaphore.acquire_owned());
+        let early = match acquire
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(result) => Some(result),
+            Poll::Pending => None,
+        };
         ResponseFuture {
             state: Stage::Waiting {
                 waiting: Box::new(Waiting {
-                    acquire: Box::pin(semaphore.acquire_owned()),
+                    acquire,
+                    early,
                     timeout,
                     started: Instant::now(),
                     service: Some(service),
@@ -124,7 +138,11 @@ where
         loop {
             match this.state.as_mut().project() {
                 StageProj::Waiting { waiting } => {
-                    let permit = match waiting.acquire.as_mut().poll(cx) {
+                    let polled = match waiting.early.take() {
+                        Some(result) => Poll::Ready(result),
+                        None => waiting.acquire.as_mut().poll(cx),
+                    };
+                    let permit = match polled {
                         Poll::Ready(Ok(permit)) => permit,
                         Poll::Ready(Err(closed)) => return Poll::Ready(Err(Box::new(closed))),
                         Poll::Pending => {
