@@ -383,3 +383,35 @@ async fn ten_thousand_gets_to_an_always_failing_upstream_stay_within_the_budget(
     );
     assert!(attempts > requests, "some retries were allowed");
 }
+
+#[test]
+fn backoff_and_budget_settings_at_zero_one_and_max_are_values_or_typed_errors() {
+    use tollgate_retry::Backoff;
+    let mut rng = fastrand::Rng::with_seed(1);
+    for base in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+        let Ok(backoff) = Backoff::exponential(base) else {
+            continue;
+        };
+        for cap in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+            for factor in [0.0, 1.0, 2.0, f64::MAX, f64::INFINITY, f64::NAN, -1.0] {
+                let Ok(b) = backoff.clone().cap(cap).and_then(|b| b.factor(factor)) else {
+                    continue;
+                };
+                for retry in [0, 1, 63, 64, u32::MAX] {
+                    let d = b.delay(retry, &mut rng);
+                    assert!(d <= b.ceiling(retry), "{base:?} {cap:?} {factor} {retry}");
+                }
+            }
+        }
+    }
+    for ttl in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+        for min in [0, 1, u32::MAX] {
+            for ratio in [0.0, 0.2, 1.0, 1000.0, f64::MAX, f64::NAN, -1.0] {
+                if let Ok(budget) = RetryBudget::new(ttl, min, ratio) {
+                    budget.deposit();
+                    let _ = budget.try_withdraw();
+                }
+            }
+        }
+    }
+}

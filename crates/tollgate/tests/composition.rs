@@ -159,3 +159,43 @@ async fn a_limiter_pause_holds_back_callers_already_waiting() {
     let ms = Duration::from_millis;
     assert_eq!(later, vec![ms(2000), ms(2100), ms(2200), ms(2300)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_out_its_backoff_holds_no_pool_slot() {
+    use tollgate_limit::ConcurrencyLimitLayer;
+    use tollgate_retry::{Backoff, Jitter};
+    let api = FakeApi::start().await.expect("start");
+    api.inject(
+        "/posts/1",
+        Fault::status(StatusCode::SERVICE_UNAVAILABLE).times(1),
+    );
+    let client = Client::builder(api.url())
+        .retry(
+            RetryLayer::new().backoff(
+                Backoff::exponential(Duration::from_secs(1))
+                    .expect("valid")
+                    .jitter(Jitter::None),
+            ),
+        )
+        .concurrency_limit(ConcurrencyLimitLayer::new(1))
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("/posts/1").send().await })
+    };
+    // The first call got its 503 and waits 1 s before its retry.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = client.get("/posts/2").send().await.expect("served");
+    assert_eq!(second.status(), 200);
+    assert_eq!(
+        second.summary().queue_wait,
+        Duration::ZERO,
+        "the slot was free"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let first = first.await.expect("task").expect("retried");
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.summary().attempts, 2);
+}
