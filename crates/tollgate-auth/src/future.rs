@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tollgate_retry::ReplayBody;
+use tollgate_core::ReplayBody;
 use tower::{BoxError, Service};
 
 use crate::error::AuthError;
@@ -117,7 +117,7 @@ fn prepare<S: Clone, B: ReplayBody>(
     }
     Some(Box::new(Replay {
         service: service.clone(),
-        request: tollgate_retry::try_clone_request(request)?,
+        request: tollgate_core::try_clone_request(request)?,
         generation: current.generation,
         ctx: ctx.clone(),
     }))

@@ -7,10 +7,10 @@ use std::time::Duration;
 use http::Uri;
 use tower::Layer;
 
-use crate::credential::{Credential, InvalidCredential};
 use crate::origin::Origin;
 use crate::service::Auth;
 use crate::token::{TokenSource, Tokens};
+use tollgate_core::{Credential, InvalidCredential};
 
 /// The default for [`AuthLayer::refresh_skew`]: refresh a token when less
 /// than this much of its lifetime is left.
@@ -75,7 +75,7 @@ pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// A 401 answered to a token invalidates it: one refresh, and the request
 /// is replayed once with the new token if its body can be replayed
-/// ([`ReplayBody`](tollgate_retry::ReplayBody)). A second 401 is returned
+/// ([`ReplayBody`](tollgate_core::ReplayBody)). A second 401 is returned
 /// as it is.
 ///
 /// # Example

@@ -33,7 +33,6 @@
 //! most one per attempt.
 #![deny(missing_docs)]
 
-mod credential;
 mod error;
 mod future;
 mod layer;
@@ -42,7 +41,6 @@ mod origin;
 mod service;
 mod token;
 
-pub use credential::{Credential, InvalidCredential};
 pub use error::{AuthError, SharedError};
 pub use future::ResponseFuture;
 pub use layer::{AuthLayer, DEFAULT_REFRESH_SKEW, DEFAULT_REFRESH_TIMEOUT};
@@ -50,6 +48,7 @@ pub use oauth2::{ClientCredentials, TokenEndpointError, MAX_TOKEN_RESPONSE};
 pub use origin::{InvalidOrigin, Origin};
 pub use service::Auth;
 pub use token::{token_fn, FnTokenSource, Token, TokenFuture, TokenSource};
+pub use tollgate_core::{Credential, InvalidCredential};
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]

@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 use tower::{BoxError, Service, ServiceExt};
 
-use crate::credential::{Credential, InvalidCredential};
 use crate::token::{Token, TokenFuture, TokenSource};
+use tollgate_core::{Credential, InvalidCredential};
 
 /// The largest token response read (64 KiB).
 pub const MAX_TOKEN_RESPONSE: usize = 64 << 10;

@@ -6,12 +6,12 @@ use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
-use tollgate_retry::ReplayBody;
+use tollgate_core::ReplayBody;
 use tower::{BoxError, Service};
 
-use crate::credential::Credential;
 use crate::future::{ResponseFuture, TokenCtx};
 use crate::layer::{AuthLayer, Config, Source};
+use tollgate_core::Credential;
 
 /// Attaches credentials to requests; made by [`AuthLayer`].
 ///

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tower::BoxError;
 use tracing::Instrument;
 
-use crate::credential::{Credential, InvalidCredential};
 use crate::error::{AuthError, SharedError};
+use tollgate_core::{Credential, InvalidCredential};
 
 /// The future a [`TokenSource`] returns.
 pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send + 'a>>;

@@ -1,11 +1,8 @@
 //! What a cached response is filed under: the normalized URI, the method,
 //! an identity of the request's credentials, and the `Vary` headers.
 
-use std::hash::{BuildHasher, Hash};
-use std::sync::OnceLock;
-
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
-use tollgate_auth::Credential;
+use tollgate_core::{Credential, Partition};
 
 /// The URI as a cache key: scheme and host lowercased, an empty path as
 /// `/`, query parameters sorted by name (values of one name keep their
@@ -54,45 +51,6 @@ pub fn normalize_uri(uri: &Uri) -> String {
     out
 }
 
-/// Keeps the responses of one tenant or user apart from everyone else's:
-/// put it in a request's extensions and only requests with the same
-/// partition share cached responses.
-///
-/// The cache already partitions by the request's credential headers and by a
-/// `tollgate_auth::Credential` in its extensions; a `Partition` is for
-/// whatever else tells users apart (a tenant id, a session). The `tollgate`
-/// facade gives each client with its own credentials its own partition.
-///
-/// ```
-/// use tollgate_cache::Partition;
-///
-/// let tenant = Partition::of(&"tenant-42");
-/// assert_eq!(tenant, Partition::of(&"tenant-42"));
-/// assert_ne!(tenant, Partition::of(&"tenant-43"));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Partition(u128);
-
-impl Partition {
-    /// The partition of `value`, by a 128-bit keyed hash (the key is random
-    /// per process): the value itself is not kept.
-    pub fn of<T: Hash + ?Sized>(value: &T) -> Partition {
-        let (a, b) = hashers();
-        Partition(u128::from(a.hash_one(value)) << 64 | u128::from(b.hash_one(value)))
-    }
-}
-
-fn hashers() -> &'static (
-    std::collections::hash_map::RandomState,
-    std::collections::hash_map::RandomState,
-) {
-    static HASHERS: OnceLock<(
-        std::collections::hash_map::RandomState,
-        std::collections::hash_map::RandomState,
-    )> = OnceLock::new();
-    HASHERS.get_or_init(Default::default)
-}
-
 /// Parts of a header name that mark it as carrying a credential.
 const SECRET_WORDS: [&str; 10] = [
     "auth",
@@ -139,7 +97,7 @@ pub(crate) fn identity<B>(request: &Request<B>, extra: &[HeaderName], any_header
     };
     // Stable: the values of one name keep their order.
     sent.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    Partition::of(&(sent, credential, partition)).0 | 1
+    Partition::of(&(sent, credential, partition)).as_u128() | 1
 }
 
 /// The request headers a response's `Vary` names, with the values this

@@ -56,7 +56,7 @@ pub const DEFAULT_REMEMBER_UNCACHEABLE: Duration = Duration::from_secs(10);
 /// credential: a `private` response to such a request is never stored (nor
 /// handed to a waiting request), and [`Freshness::Http`] honours
 /// `s-maxage`. A request partitioned to one credential (a credential
-/// header, a `tollgate_auth::Credential` or a [`Partition`](crate::Partition))
+/// header, a `tollgate_core::Credential` (`tollgate_auth::Credential`) or a [`Partition`](crate::Partition))
 /// has entries only that credential can read, as a private cache would: a
 /// `private` response to it is stored for it.
 ///

@@ -34,7 +34,7 @@ mod status;
 mod store;
 
 pub use body::CacheBody;
-pub use key::{normalize_uri, Partition};
+pub use key::normalize_uri;
 pub use layer::{
     CacheBuilder, CacheLayer, CacheStats, DEFAULT_KEEP_FOR_REVALIDATION, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRY_BYTES, DEFAULT_REMEMBER_UNCACHEABLE,
@@ -42,6 +42,7 @@ pub use layer::{
 pub use policy::{Freshness, MAX_FRESHNESS};
 pub use service::{Cache, ResponseFuture};
 pub use status::{Bypass, CacheStatus, CacheTtl, CoalescedError};
+pub use tollgate_core::Partition;
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]

@@ -221,7 +221,7 @@ async fn a_429_with_retry_after_pauses_everyone_and_tells_retry() {
     let first = svc.clone().oneshot(get()).await.expect("response");
     let not_before = first
         .extensions()
-        .get::<tollgate_retry::NotBefore>()
+        .get::<tollgate_core::NotBefore>()
         .expect("NotBefore set")
         .0;
     assert_eq!(not_before - start, Duration::from_secs(2));
@@ -257,10 +257,7 @@ async fn learning_can_be_switched_off_and_is_capped() {
             &[("retry-after", "30")],
         ));
     let res = off.clone().oneshot(get()).await.expect("response");
-    assert!(res
-        .extensions()
-        .get::<tollgate_retry::NotBefore>()
-        .is_none());
+    assert!(res.extensions().get::<tollgate_core::NotBefore>().is_none());
     assert_eq!(
         wait_of(&off.oneshot(get()).await.expect("response")),
         Duration::ZERO

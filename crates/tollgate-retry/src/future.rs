@@ -12,10 +12,10 @@ use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Service};
 
 use crate::layer::Config;
-use crate::record::NotBefore;
 use crate::record::{RetryError, RetryEvent, RetryRecord, Stopped};
-use crate::replay::{try_clone_request, ReplayBody};
-use crate::retry_after::parse_retry_after;
+use tollgate_core::parse_retry_after;
+use tollgate_core::NotBefore;
+use tollgate_core::{try_clone_request, ReplayBody};
 
 pin_project! {
     /// The response future of [`Retry`](crate::Retry).

@@ -104,8 +104,6 @@ mod future;
 mod layer;
 mod policy;
 mod record;
-mod replay;
-mod retry_after;
 mod service;
 
 pub use backoff::{Backoff, InvalidBackoff, Jitter};
@@ -115,10 +113,13 @@ pub use layer::{RetryLayer, IDEMPOTENCY_KEY};
 pub use policy::{
     error_kind, Outcome, Predicate, RetryReason, IDEMPOTENT_METHODS, RETRYABLE_STATUSES,
 };
-pub use record::{Deadline, NotBefore, RetryError, RetryEvent, RetryRecord, Stopped};
-pub use replay::{buffer_request, try_clone_request, BodyTooLarge, ReplayBody};
-pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER};
+pub use record::{RetryError, RetryEvent, RetryRecord, Stopped};
+// Shared with the other layers; kept here at their old paths.
 pub use service::Retry;
+pub use tollgate_core::{
+    buffer_request, parse_retry_after, try_clone_request, BodyTooLarge, Deadline, NotBefore,
+    ReplayBody, MAX_RETRY_AFTER,
+};
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower::BoxError;
 
 use crate::policy::RetryReason;
@@ -68,20 +67,6 @@ pub struct RetryRecord {
     /// Set when a retryable outcome was returned without retrying.
     pub stopped: Option<Stopped>,
 }
-
-/// A deadline for the whole call, put in the request's extensions by an
-/// outer layer (the facade puts its total timeout here): no retry starts
-/// whose wait would pass it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Deadline(pub Instant);
-
-/// Set on a response by a layer below retry (the rate limiter) that has
-/// already scheduled the server's `Retry-After`: the instant its own wait
-/// ends. The retry layer then waits until exactly this instant instead of
-/// reading the header again, so the two waits end together and one signal is
-/// never waited for twice. It is subject to the same cap and deadline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NotBefore(pub Instant);
 
 /// The error of a call that was retried at least once and still failed.
 ///

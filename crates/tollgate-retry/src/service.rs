@@ -10,8 +10,8 @@ use tower::{BoxError, Service};
 
 use crate::future::ResponseFuture;
 use crate::layer::{Config, RetryLayer, IDEMPOTENCY_KEY};
-use crate::record::Deadline;
-use crate::replay::{try_clone_request, ReplayBody};
+use tollgate_core::Deadline;
+use tollgate_core::{try_clone_request, ReplayBody};
 
 /// Retries failed attempts of the inner service; made by [`RetryLayer`].
 ///

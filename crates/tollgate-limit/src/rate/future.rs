@@ -13,12 +13,12 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{BoxError, Service};
 
-use super::feedback::upstream_pause;
 use super::layer::Shared;
 use super::queue::Queues;
 use super::PermitWait;
 use crate::call::{take_error, Call, Stage, StageProj};
 use crate::error::WaitTooLong;
+use tollgate_core::upstream_pause;
 
 /// A waiting caller's place in its lane; dropping it (the caller left)
 /// gives the place up and wakes the next caller.
@@ -231,7 +231,7 @@ where
 /// Pauses the limiter when the upstream asks, and says until when on the
 /// response, so the retry layer above waits until that same instant.
 fn learn<B>(shared: &Shared, key: &str, response: &mut Response<B>) {
-    if !shared.learn || !super::feedback::might_signal(response.status(), response.headers()) {
+    if !shared.learn || !tollgate_core::may_signal(response.status(), response.headers()) {
         return;
     }
     let Some(asked) = upstream_pause(response.status(), response.headers(), SystemTime::now())
@@ -257,11 +257,11 @@ fn learn<B>(shared: &Shared, key: &str, response: &mut Response<B>) {
     if asked <= shared.max_pause
         && response
             .extensions()
-            .get::<tollgate_retry::NotBefore>()
+            .get::<tollgate_core::NotBefore>()
             .is_none()
     {
         response
             .extensions_mut()
-            .insert(tollgate_retry::NotBefore(shared.instant(until)));
+            .insert(tollgate_core::NotBefore(shared.instant(until)));
     }
 }

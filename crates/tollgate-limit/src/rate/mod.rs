@@ -36,7 +36,7 @@
 //!   is not empty: nobody overtakes a waiter. A permit is taken only by the
 //!   caller that uses it at once; nothing is reserved ahead.
 //! - **Bounded waits**: [`max_wait`](RateLimitLayer::max_wait), and the call's
-//!   deadline when an outer layer put a `tollgate_retry::Deadline` in the
+//!   deadline when an outer layer put a `tollgate_core::Deadline` in the
 //!   request's extensions (the facade does), refuse at once, without sleeping
 //!   first, a caller whose permit is further away
 //!   ([`WaitTooLong`](crate::WaitTooLong)); [`max_queue`](RateLimitLayer::max_queue)
@@ -65,7 +65,7 @@
 //!   again. To match an upstream that allows bursts (nginx `limit_req
 //!   burst=5`, say), give the quota the same burst with
 //!   [`Quota::with_burst`](crate::Quota::with_burst). The response then
-//!   carries `tollgate_retry::NotBefore`, so a retry layer above waits until
+//!   carries `tollgate_core::NotBefore`, so a retry layer above waits until
 //!   the same instant instead of waiting twice; when the server asked for
 //!   more than the cap, it carries none, and retry sees the server's own
 //!   delay (and, above its own cap, does not wait at all).
@@ -75,18 +75,17 @@
 //!   permit's time has come.
 //! - **State behind a trait**: [`RateLimitStore`]; [`MemoryStore`] in process.
 
-mod feedback;
 mod future;
 mod layer;
 mod queue;
 mod service;
 mod store;
 
-pub use feedback::upstream_pause;
 pub use future::ResponseFuture;
 pub use layer::{KeyBy, KeyInput, RateLimitLayer, DEFAULT_MAX_KEYS};
 pub use service::RateLimit;
 pub use store::{MemoryStore, RateLimitStore, DEFAULT_MAX_MEMORY};
+pub use tollgate_core::upstream_pause;
 
 /// The time a call waited for its rate-limit permit, in the response's
 /// extensions.

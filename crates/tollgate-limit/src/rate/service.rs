@@ -100,7 +100,7 @@ where
         // The call's deadline, when an outer layer set one: a permit beyond
         // it is refused now rather than waited for until the deadline cuts
         // the call off.
-        if let Some(deadline) = req.extensions().get::<tollgate_retry::Deadline>() {
+        if let Some(deadline) = req.extensions().get::<tollgate_core::Deadline>() {
             latest = latest.min(shared.nanos_at(deadline.0));
         }
         match shared.admit(&key, now, latest) {

@@ -23,7 +23,7 @@ pub fn upstream_pause(
     ) {
         if let Some(d) = headers
             .get(http::header::RETRY_AFTER)
-            .and_then(|v| tollgate_retry::parse_retry_after(v, now))
+            .and_then(|v| crate::parse_retry_after(v, now))
         {
             return Some(d);
         }
@@ -48,15 +48,15 @@ pub fn upstream_pause(
         .ok()?;
     if reset > 1_000_000_000 {
         let unix = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-        Some(Duration::from_secs(reset.saturating_sub(unix)).min(tollgate_retry::MAX_RETRY_AFTER))
+        Some(Duration::from_secs(reset.saturating_sub(unix)).min(crate::MAX_RETRY_AFTER))
     } else {
-        Some(Duration::from_secs(reset).min(tollgate_retry::MAX_RETRY_AFTER))
+        Some(Duration::from_secs(reset).min(crate::MAX_RETRY_AFTER))
     }
 }
 
 /// Whether the response can carry a signal at all: a cheap test that spares
 /// most responses the wall-clock read and the header parsing.
-pub(crate) fn might_signal(status: StatusCode, headers: &HeaderMap) -> bool {
+pub fn may_signal(status: StatusCode, headers: &HeaderMap) -> bool {
     matches!(
         status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -100,7 +100,7 @@ fn ratelimit_field(value: &str) -> Option<Duration> {
     if let (Some(0), Some(t)) = (old_remaining, old_reset) {
         pause = Some(pause.map_or(t, |p| p.max(t)));
     }
-    pause.map(|secs| Duration::from_secs(secs).min(tollgate_retry::MAX_RETRY_AFTER))
+    pause.map(|secs| Duration::from_secs(secs).min(crate::MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -176,7 +176,7 @@ mod tests {
         let huge = headers(&[("ratelimit", "\"a\";r=0;t=99999999999999")]);
         assert_eq!(
             upstream_pause(StatusCode::OK, &huge, NOW),
-            Some(tollgate_retry::MAX_RETRY_AFTER)
+            Some(crate::MAX_RETRY_AFTER)
         );
     }
 

@@ -28,7 +28,7 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 /// request: a gateway puts the credential of the user it serves there.
 ///
 /// ```
-/// use tollgate_auth::Credential;
+/// use tollgate_core::Credential;
 ///
 /// let bearer = Credential::bearer("s3cret")?;
 /// assert_eq!(format!("{bearer:?}"), r#"Credential { header: "authorization", value: "[redacted]" }"#);
@@ -36,7 +36,7 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 /// assert!(Credential::basic("user:name", "pw").is_err());
 /// let key = Credential::api_key_query("api_key", "k&y")?;
 /// assert_eq!(format!("{key:?}"), r#"Credential { query: "api_key", value: "[redacted]" }"#);
-/// # Ok::<(), tollgate_auth::InvalidCredential>(())
+/// # Ok::<(), tollgate_core::InvalidCredential>(())
 /// ```
 // `Hash` lets a cache partition its entries by credential without keeping
 // the secret in its keys; hashing reveals nothing `Debug` would not.
@@ -70,7 +70,9 @@ pub struct InvalidCredential {
 }
 
 impl InvalidCredential {
-    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
+    /// The error for `field` (what it is, never its value) and the rule
+    /// it broke, for credential sources that check their own input.
+    pub fn new(field: &'static str, reason: &'static str) -> Self {
         InvalidCredential { field, reason }
     }
 

@@ -58,7 +58,7 @@ impl<D, E> ReplayBody for http_body_util::combinators::BoxBody<D, E> {
 /// use http_body_util::Full;
 ///
 /// let req = http::Request::put("/x").body(Full::new(Bytes::from("data"))).unwrap();
-/// let copy = tollgate_retry::try_clone_request(&req).expect("a Full body can be replayed");
+/// let copy = tollgate_core::try_clone_request(&req).expect("a Full body can be replayed");
 /// assert_eq!(copy.method(), "PUT");
 /// ```
 pub fn try_clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
@@ -90,7 +90,7 @@ pub fn try_clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> 
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower::BoxError> {
 /// let streaming = http::Request::post("/upload").body(Full::new(Bytes::from("data")).boxed_unsync())?;
-/// let replayable = tollgate_retry::buffer_request(streaming, 1 << 20).await?;
+/// let replayable = tollgate_core::buffer_request(streaming, 1 << 20).await?;
 /// assert_eq!(replayable.body().clone().collect().await?.to_bytes(), "data");
 /// # Ok(()) }
 /// ```

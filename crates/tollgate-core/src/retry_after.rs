@@ -20,7 +20,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(i32::MAX as u64);
 /// ```
 /// use std::time::{Duration, SystemTime};
 /// use http::HeaderValue;
-/// use tollgate_retry::parse_retry_after;
+/// use tollgate_core::parse_retry_after;
 ///
 /// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_400);
 /// assert_eq!(parse_retry_after(&HeaderValue::from_static("120"), now), Some(Duration::from_secs(120)));

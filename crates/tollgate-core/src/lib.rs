@@ -1,0 +1,42 @@
+//! The shared vocabulary of the Tollgate layers.
+//!
+//! Each Tollgate middleware is its own crate, usable alone, and no layer
+//! crate depends on another. What two layers must agree on lives here:
+//!
+//! | item | written by | read by |
+//! |------|------------|---------|
+//! | [`Deadline`] (request) | the facade's total timeout, or you | retry (no retry past it), the rate limiter (no permit past it) |
+//! | [`NotBefore`] (response) | the rate limiter, when it schedules the server's `Retry-After` | retry (waits until the same instant: one wait, not two) |
+//! | [`Credential`] (request) | you, or the facade's per-request credential | auth (sends it instead of the layer's), the cache (partitions by it) |
+//! | [`Partition`] (request) | you, or the facade for a client with its own credentials | the cache (keeps partitions apart) |
+//! | [`parse_retry_after`], [`upstream_pause`] | | retry and the rate limiter read the server's signals with the same parsers |
+//! | [`ReplayBody`], [`try_clone_request`], [`buffer_request`] | | retry and auth replay request bodies the same way |
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use http::{HeaderMap, HeaderValue, StatusCode};
+//! use tollgate_core::{parse_retry_after, upstream_pause, Deadline};
+//!
+//! let now = SystemTime::now();
+//! assert_eq!(parse_retry_after(&HeaderValue::from_static("30"), now), Some(Duration::from_secs(30)));
+//! let mut headers = HeaderMap::new();
+//! headers.insert("ratelimit", HeaderValue::from_static("\"day\";r=0;t=3600, \"minute\";r=50;t=30"));
+//! assert_eq!(upstream_pause(StatusCode::OK, &headers, now), Some(Duration::from_secs(3600)));
+//! // "No limit" is no deadline, never a panic.
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! assert!(Deadline::after(Duration::MAX).is_none());
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod credential;
+mod extensions;
+mod ratelimit;
+mod replay;
+mod retry_after;
+
+pub use credential::{Credential, InvalidCredential};
+pub use extensions::{Deadline, NotBefore, Partition};
+pub use ratelimit::{may_signal, upstream_pause};
+pub use replay::{buffer_request, try_clone_request, BodyTooLarge, ReplayBody};
+pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER};
