@@ -410,8 +410,7 @@ async fn reject_and_waiting_layers_from_one_base_never_over_admit() {
     for t in tasks {
         let _ = t.await.expect("task");
     }
-    let times: Vec<_> = log.lock().expect("lock").iter().map(|e| e.1).collect();
-    let mut sorted = times.clone();
+    let mut sorted: Vec<_> = log.lock().expect("lock").iter().map(|e| e.1).collect();
     sorted.sort();
     for (i, &s) in sorted.iter().enumerate() {
         let inside = sorted[i..]
