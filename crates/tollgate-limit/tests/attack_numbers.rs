@@ -436,3 +436,70 @@ async fn tiny_key_tables() {
         assert_eq!(store.keys(), 1);
     }
 }
+
+/// The same attack on smooth quotas: between any two grants `gᵢ ≤ gⱼ`, at
+/// most `burst + (gⱼ − gᵢ) / T` of them, whatever callers do.
+#[tokio::test(start_paused = true)]
+async fn gcra_holds_between_any_two_grants_whatever_callers_do() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..40 {
+        let interval = Duration::from_millis(10 + rand(200));
+        let burst = 1 + u32::try_from(rand(4)).expect("small");
+        let quota = Quota::per(1, interval)
+            .expect("valid")
+            .with_burst(burst)
+            .expect("valid");
+        let log: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let layer = RateLimitLayer::new(quota).max_wait(Duration::from_millis(rand(2_000)));
+        let ok = layer.layer(logging(Arc::clone(&log), None));
+        let slow = layer.layer(logging(
+            Arc::clone(&log),
+            Some((StatusCode::TOO_MANY_REQUESTS, "retry-after", "1")),
+        ));
+        let mut tasks = Vec::new();
+        let mut aborted = Vec::new();
+        for _ in 0..60 {
+            let svc = if rand(10) == 0 {
+                slow.clone()
+            } else {
+                ok.clone()
+            };
+            let task = tokio::spawn(svc.oneshot(get()));
+            if rand(4) == 0 {
+                task.abort();
+                aborted.push(task);
+            } else {
+                tasks.push(task);
+            }
+            tokio::time::advance(Duration::from_millis(rand(interval.as_millis() as u64))).await;
+            if rand(5) == 0 {
+                if let Some(t) = tasks.pop() {
+                    t.abort();
+                    aborted.push(t);
+                }
+            }
+        }
+        for t in tasks.into_iter().chain(aborted) {
+            let _ = t.await;
+        }
+        let times = log.lock().expect("lock").clone();
+        let t = interval.as_nanos() as f64;
+        for i in 0..times.len() {
+            for j in i..times.len() {
+                let n = (j - i + 1) as f64;
+                let span = (times[j] - times[i]).as_nanos() as f64;
+                assert!(
+                    n <= f64::from(burst) + span / t + 1e-9,
+                    "round {round}: {n} grants in {span} ns ({quota})"
+                );
+            }
+        }
+        assert_eq!(layer.waiting(), 0, "round {round}");
+    }
+}
