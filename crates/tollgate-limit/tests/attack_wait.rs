@@ -496,3 +496,65 @@ async fn a_newcomer_behind_a_late_head_is_not_refused_while_the_burst_is_free() 
     h.expect("task").expect("head served");
     n.expect("a permit is free for the newcomer now");
 }
+
+/// A waiter polled in one task, then moved to another before its turn,
+/// is woken in the new one when the head leaves.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_moved_to_another_task_is_still_woken() {
+    let log: Log = Arc::default();
+    let layer = RateLimitLayer::new(paced(100));
+    let svc = layer.layer(upstream(Arc::clone(&log)));
+    svc.clone().oneshot(req("a")).await.expect("at once");
+    let head = poll_once(Box::pin(svc.clone().oneshot(req("head")))).await;
+    let behind = poll_once(Box::pin(svc.clone().oneshot(req("behind")))).await;
+    let behind = tokio::spawn(behind);
+    tokio::task::yield_now().await;
+    drop(head);
+    let res = tokio::time::timeout(Duration::from_secs(5), behind)
+        .await
+        .expect("woken in its new task")
+        .expect("task")
+        .expect("served");
+    assert_eq!(
+        res.extensions().get::<PermitWait>(),
+        Some(&PermitWait(Duration::from_millis(100)))
+    );
+    assert_eq!(layer.waiting(), 0);
+}
+
+/// Polling a refused response future again is an error, not a panic.
+#[tokio::test(start_paused = true)]
+async fn polling_a_refusal_again_is_an_error_not_a_panic() {
+    let layer = RateLimitLayer::new(paced(100)).max_wait(Duration::from_millis(150));
+    let mut svc = layer.layer(upstream(Arc::default()));
+    let mut first = Box::pin(svc.call(req("a")));
+    (&mut first).await.expect("at once");
+    let mut waited = Box::pin(svc.call(req("b")));
+    (&mut waited).await.expect("after 100 ms");
+    // c waits for the 200 ms permit; d, behind it, is 200 ms away: refused.
+    let c = svc.call(req("c"));
+    let mut refused = Box::pin(svc.call(req("d")));
+    assert!((&mut refused).await.is_err());
+    drop(c);
+    // A refusal polled again is an error. (A served call polled again polls
+    // the inner future again: the limiter does not fuse it.)
+    assert!((&mut refused).await.is_err());
+    assert_eq!(layer.waiting(), 0);
+}
+
+/// In reject mode, a learned pause is what `RateLimited` says to wait.
+#[tokio::test(start_paused = true)]
+async fn reject_mode_reports_a_learned_pause() {
+    let log: Log = Arc::default();
+    let layer = RateLimitLayer::new(paced(100)).reject();
+    let svc = layer.layer(upstream(Arc::clone(&log)));
+    let mut x = req("x");
+    x.headers_mut()
+        .insert("x-reply", http::HeaderValue::from_static("429:7"));
+    svc.clone().oneshot(x).await.expect("429 is a response");
+    let err = svc.oneshot(req("y")).await.expect_err("paused");
+    let e = err
+        .downcast_ref::<tollgate_limit::RateLimited>()
+        .expect("RateLimited");
+    assert_eq!(e.retry_after, Duration::from_secs(7));
+}
