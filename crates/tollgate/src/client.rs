@@ -436,8 +436,8 @@ impl ClientBuilder {
 
     /// Declares the endpoints of a JSON spec: an object of name to either
     /// `"METHOD /path/{param}"` or `{"method", "path", "headers", "query",
-    /// "timeout_ms"}`. An invalid spec is an [`ErrorKind::Builder`] from
-    /// `build`.
+    /// "timeout_ms"}`. An invalid spec (a `timeout_ms` of 0 included) is an
+    /// [`ErrorKind::Builder`] from `build`.
     ///
     /// ```
     /// let client = tollgate::Client::builder("https://api.example.com")
@@ -516,9 +516,24 @@ impl ClientBuilder {
     /// The deadline of a whole call, from `send` until the body is read
     /// (default 30 s). A request's own
     /// [`timeout`](RequestBuilder::timeout) replaces it.
+    ///
+    /// `Duration::MAX` (or any duration too long for the clock) means no
+    /// deadline, as [`no_timeout`](Self::no_timeout). Zero would fail every
+    /// call: it is an [`ErrorKind::Builder`] from `build`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.zero_timeout("timeout");
+        }
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Refuses a zero duration for the setting `name`.
+    fn zero_timeout(self, name: &str) -> Self {
+        self.fail(Error::new(
+            ErrorKind::Builder,
+            format!("a {name} of zero would fail every call"),
+        ))
     }
 
     /// No default deadline. A hung upstream then holds a call until the
@@ -529,12 +544,18 @@ impl ClientBuilder {
     }
 
     /// How long connecting (TCP and TLS) may take (default 10 s).
+    /// `Duration::MAX` means no limit; zero is an [`ErrorKind::Builder`]
+    /// from `build`.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.zero_timeout("connect timeout");
+        }
         self.transport_config.connect_timeout = Some(timeout);
         self
     }
 
-    /// How long an idle pooled connection is kept (default 90 s).
+    /// How long an idle pooled connection is kept (default 90 s). Zero
+    /// keeps none; `Duration::MAX` keeps them until the server closes them.
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.transport_config.pool_idle_timeout = Some(timeout);
         self
@@ -806,8 +827,12 @@ impl ClientBuilder {
 
     /// Bounds each attempt (stack position 7); with retry on, an attempt
     /// that times out is retried like a connection failure. The whole call
-    /// stays bounded by [`timeout`](Self::timeout).
+    /// stays bounded by [`timeout`](Self::timeout). `Duration::MAX` means
+    /// no limit; zero is an [`ErrorKind::Builder`] from `build`.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.zero_timeout("attempt timeout");
+        }
         self.attempt_timeout = Some(timeout);
         self
     }

@@ -275,8 +275,17 @@ impl RequestBuilder {
         self
     }
 
-    /// The deadline of this call, replacing the client's default.
+    /// The deadline of this call, replacing the client's (and the
+    /// endpoint's). `Duration::MAX` (or any duration too long for the
+    /// clock) means no deadline; zero would fail every call and is an
+    /// [`ErrorKind::InvalidRequest`] from `send`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.fail(Error::new(
+                ErrorKind::InvalidRequest,
+                "a request timeout of zero would fail every call",
+            ));
+        }
         self.timeout = Some(Some(timeout));
         self
     }
@@ -367,8 +376,10 @@ impl RequestBuilder {
                 .map_err(|e| e.with_status(parts.status))?;
             Ok::<_, Error>((parts, bytes))
         });
-        let result = match deadline {
-            Some(d) => tokio::time::timeout_at(started + d, exchange)
+        // A deadline too far away for an `Instant` (`Duration::MAX`) is no
+        // deadline.
+        let result = match deadline.and_then(|d| Some((d, started.checked_add(d)?))) {
+            Some((d, at)) => tokio::time::timeout_at(at, exchange)
                 .instrument(span.clone())
                 .await
                 .unwrap_or_else(|_| {
@@ -445,12 +456,15 @@ impl RequestBuilder {
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
         // The Deadline type is tollgate-retry's, which both features bring.
         #[cfg(any(feature = "retry", feature = "limit"))]
-        if let Some(d) = deadline.filter(|_| inner.wants_deadline) {
+        if let Some(at) = deadline
+            .filter(|_| inner.wants_deadline)
+            .and_then(|d| started.checked_add(d))
+        {
             // Retry starts no attempt, and the rate limiter grants no permit,
             // whose wait would pass this.
             request
                 .extensions_mut()
-                .insert(tollgate_retry::Deadline(started + d));
+                .insert(tollgate_retry::Deadline(at));
         }
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
