@@ -294,12 +294,14 @@ impl Layers {
 /// ```
 /// use std::time::Duration;
 ///
+/// # #[cfg(feature = "rustls")] {
 /// let client = tollgate::Client::builder("https://api.example.com/v1")
 ///     .user_agent("my-app/1.0")
 ///     .default_header("x-tenant", "acme")
 ///     .timeout(Duration::from_secs(5))
 ///     .build()?;
 /// assert_eq!(client.base_url(), "https://api.example.com/v1");
+/// # }
 /// # Ok::<(), tollgate::Error>(())
 /// ```
 pub struct ClientBuilder {
@@ -440,6 +442,7 @@ impl ClientBuilder {
     /// [`ErrorKind::Builder`] from `build`.
     ///
     /// ```
+    /// # #[cfg(feature = "rustls")] {
     /// let client = tollgate::Client::builder("https://api.example.com")
     ///     .endpoints_json(r#"{
     ///         "get_user": "GET /users/{user_id}",
@@ -447,6 +450,7 @@ impl ClientBuilder {
     ///     }"#)
     ///     .build()?;
     /// assert_eq!(client.endpoint("get_user").map(|e| e.path()), Some("/users/{user_id}"));
+    /// # }
     /// # Ok::<(), tollgate::Error>(())
     /// ```
     pub fn endpoints_json(mut self, json: &str) -> Self {
@@ -842,7 +846,10 @@ impl ClientBuilder {
     /// # Errors
     ///
     /// [`ErrorKind::Builder`] for an invalid base URL, an invalid default
-    /// header, or a TLS set-up that fails.
+    /// header, or a TLS set-up that fails. Without the `rustls` feature, an
+    /// `https` base URL (or OAuth2 token URL) is refused too, unless a
+    /// [`transport`](Self::transport) of one's own is set: the built-in
+    /// transport would send it in cleartext.
     pub fn build(self) -> Result<Client, Error> {
         if let Some(e) = self.error {
             return Err(e);
@@ -923,6 +930,23 @@ impl ClientBuilder {
                 }
             }
             None => {
+                // Without TLS, the built-in transport would send an https
+                // request in cleartext (to port 443, credentials and all).
+                #[cfg(not(feature = "rustls"))]
+                {
+                    if base.is_https() {
+                        return Err(transport::no_tls("the base URL"));
+                    }
+                    #[cfg(feature = "auth")]
+                    if let Some(Auth::ClientCredentials { token_url, .. }) = &auth {
+                        if token_url
+                            .get(..8)
+                            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+                        {
+                            return Err(transport::no_tls("the OAuth2 token URL"));
+                        }
+                    }
+                }
                 let hyper = transport::hyper_client(&self.transport_config)?;
                 #[cfg(feature = "auth")]
                 if let Some(auth) = auth {

@@ -158,7 +158,9 @@ pub(crate) type HyperClient = hyper_util::client::legacy::Client<HttpConnector, 
 /// prior knowledge when asked), HTTPS through rustls with the ring provider.
 pub(crate) fn hyper_client(cfg: &TransportConfig) -> Result<HyperClient, Error> {
     let mut http = HttpConnector::new();
-    http.enforce_http(false);
+    // Without TLS, the connector itself refuses anything but `http`: an
+    // `https` URL must never go out in cleartext.
+    http.enforce_http(cfg!(not(feature = "rustls")));
     http.set_nodelay(true);
     http.set_connect_timeout(cfg.connect_timeout);
 
@@ -197,6 +199,18 @@ pub(crate) fn hyper_client(cfg: &TransportConfig) -> Result<HyperClient, Error> 
     {
         Ok(builder.build(http))
     }
+}
+
+/// The error for an `https` URL on a client built without TLS.
+#[cfg(not(feature = "rustls"))]
+pub(crate) fn no_tls(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Builder,
+        format!(
+            "{what} is https, but tollgate was built without TLS (its `rustls` feature is \
+             off): refused rather than sent in cleartext"
+        ),
+    )
 }
 
 #[cfg(feature = "rustls")]
