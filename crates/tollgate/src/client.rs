@@ -22,6 +22,8 @@ pub const DEFAULT_REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The default for [`ClientBuilder::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default for [`ClientBuilder::read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default for [`ClientBuilder::max_response_body`]: 16 MiB.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 16 << 20;
 /// Query parameters whose values are redacted in tracing output by default
@@ -547,14 +549,39 @@ impl ClientBuilder {
         self
     }
 
-    /// How long connecting (TCP and TLS) may take (default 10 s).
-    /// `Duration::MAX` means no limit; zero is an [`ErrorKind::Builder`]
-    /// from `build`.
+    /// How long connecting may take (default 10 s): the whole set-up of a
+    /// connection, DNS, TCP and the TLS handshake. A connection not ready in
+    /// time is an [`ErrorKind::Connect`] error (nothing was sent, so retry
+    /// may retry it for any method). `Duration::MAX` means no limit; zero
+    /// is an [`ErrorKind::Builder`] from `build`. A custom
+    /// [`transport`](Self::transport) bounds its own connections.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         if timeout.is_zero() {
             return self.zero_timeout("connect timeout");
         }
         self.transport_config.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the built-in transport waits for data before it gives up
+    /// (default 30 s, [`DEFAULT_READ_TIMEOUT`]): for the response head from
+    /// the moment the request is handed to it, then for each piece of the
+    /// body, the wait starting again after every piece (as reqwest's
+    /// `read_timeout`). A body that stops after the headers, or trickles
+    /// slower than this, ends with an [`ErrorKind::Timeout`] error, giving
+    /// back its connection and pool slot, even with
+    /// [`no_timeout`](Self::no_timeout); the total [`timeout`](Self::timeout)
+    /// still bounds a body that trickles just fast enough.
+    ///
+    /// With retry on, a read timeout is retried like an attempt timeout
+    /// (idempotent methods only). `Duration::MAX` means no read timeout;
+    /// zero is an [`ErrorKind::Builder`] from `build`. A custom
+    /// [`transport`](Self::transport) bounds its own reads.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.zero_timeout("read timeout");
+        }
+        self.transport_config.read_timeout = Some(timeout);
         self
     }
 

@@ -76,9 +76,13 @@
 //!
 //! # Choices
 //!
-//! - A default deadline of 30 s per call and 10 s per connect: a hung
-//!   upstream cannot hold a caller forever. [`ClientBuilder::no_timeout`]
-//!   removes it.
+//! - A default deadline of 30 s per call and 10 s per connect (DNS, TCP
+//!   and the TLS handshake together): a hung upstream cannot hold a caller
+//!   forever. [`ClientBuilder::no_timeout`] removes the call's deadline; the
+//!   read timeout (30 s, [`ClientBuilder::read_timeout`]) still bounds each
+//!   wait for the response head and for each piece of its body, so a body
+//!   that stalls after the headers gives back its connection and pool
+//!   slot.
 //! - Response bodies are buffered up to 16 MiB
 //!   ([`ClientBuilder::max_response_body`]); a larger body is an
 //!   [`ErrorKind::BodyTooLarge`] error, refused from `Content-Length` before
@@ -117,8 +121,8 @@ mod url;
 #[cfg(feature = "batch")]
 pub use batch::{BatchSpec, Batched};
 pub use client::{
-    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_REQUEST_ID_HEADER,
-    DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
+    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_READ_TIMEOUT,
+    DEFAULT_REQUEST_ID_HEADER, DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};

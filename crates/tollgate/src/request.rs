@@ -614,7 +614,7 @@ async fn read_body(mut body: crate::transport::ResponseBody, max: usize) -> Resu
     let mut rest: Option<BytesMut> = None;
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Error::new(ErrorKind::Body, e.to_string()).with_source(e))?;
+        let frame = frame.map_err(crate::error::body_error)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };

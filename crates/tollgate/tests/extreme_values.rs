@@ -93,6 +93,32 @@ async fn client_timeouts_at_zero_one_and_max() {
         call(b().attempt_timeout(Duration::MAX)).await,
     );
 
+    fails(
+        "read_timeout 0",
+        call(b().read_timeout(Duration::ZERO)).await,
+        ErrorKind::Builder,
+    );
+    works_or(
+        "read_timeout 1ms",
+        call(b().read_timeout(ONE)).await,
+        &[ErrorKind::Timeout],
+    );
+    works(
+        "read_timeout MAX",
+        call(b().read_timeout(Duration::MAX)).await,
+    );
+    works(
+        "every timeout MAX",
+        call(
+            b().timeout(Duration::MAX)
+                .connect_timeout(Duration::MAX)
+                .read_timeout(Duration::MAX)
+                .attempt_timeout(Duration::MAX)
+                .pool_idle_timeout(Duration::MAX),
+        )
+        .await,
+    );
+
     // Keeping no idle connection at all is a valid choice.
     for d in [Duration::ZERO, ONE, Duration::MAX] {
         works(
