@@ -216,6 +216,9 @@ impl Client {
 struct Layers {
     #[cfg(feature = "retry")]
     retry: Option<tollgate_retry::RetryLayer>,
+    /// The client's body limit, for reading bodies inside attempts.
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    max_body: usize,
     attempt_timeout: Option<Duration>,
     #[cfg(feature = "limit")]
     concurrency: Option<tollgate_limit::ConcurrencyLimitLayer>,
@@ -260,22 +263,30 @@ impl Layers {
         self.upper(transport)
     }
 
-    /// Layers 3 to 7 over `inner`, boxed once. The cache (3) changes the
-    /// body type, so it is a branch too.
-    #[cfg_attr(not(feature = "cache"), allow(unused_mut))]
+    /// Layers 3 to 7 over `inner`, boxed once. The cache (3) and retry
+    /// (4, with the body buffered just below it) change the body type, so
+    /// they are branches too.
+    #[cfg_attr(not(any(feature = "cache", feature = "retry")), allow(unused_mut))]
     fn upper<S: Transport<B>, B: TransportBody>(mut self, inner: S) -> Stack {
         #[cfg(feature = "cache")]
-        if let Some(cache) = self.cache.take() {
-            return transport::boxed(tower::Layer::layer(&cache, self.middle(inner)));
+        let cache = self.cache.take();
+        #[cfg(not(feature = "cache"))]
+        let cache = NoCache;
+        #[cfg(feature = "retry")]
+        if let Some(retry) = self.retry.take() {
+            // The body is read inside each attempt, so that one cut after
+            // the headers is retried (for the methods retry allows) before
+            // the caller has seen anything.
+            let max = self.max_body;
+            let buffered = crate::buffer::Buffer::new(self.lower(inner), max);
+            return top(cache, tower::Layer::layer(&retry, buffered));
         }
-        transport::boxed(self.middle(inner))
+        top(cache, self.lower(inner))
     }
 
-    /// Layers 4 to 7 over `inner`.
-    fn middle<S: Transport<B>, B: TransportBody>(self, inner: S) -> impl Transport<B> {
+    /// Layers 5 to 7 over `inner`.
+    fn lower<S: Transport<B>, B: TransportBody>(self, inner: S) -> impl Transport<B> {
         let builder = tower::ServiceBuilder::new();
-        #[cfg(feature = "retry")]
-        let builder = builder.option_layer(self.retry);
         #[cfg(feature = "limit")]
         let builder = builder.option_layer(self.rate_limit);
         #[cfg(feature = "auth")]
@@ -285,6 +296,28 @@ impl Layers {
             .map_err(Into::<BoxError>::into);
         builder.service(inner)
     }
+}
+
+/// Without the cache feature: no cache layer.
+#[cfg(not(feature = "cache"))]
+struct NoCache;
+
+/// Layer 3, the cache, if any, over `inner`, boxed.
+#[cfg(feature = "cache")]
+fn top<S: Transport<B>, B: TransportBody>(
+    cache: Option<tollgate_cache::CacheLayer>,
+    inner: S,
+) -> Stack {
+    match cache {
+        Some(cache) => transport::boxed(tower::Layer::layer(&cache, inner)),
+        None => transport::boxed(inner),
+    }
+}
+
+/// Layer 3, the cache, if any, over `inner`, boxed.
+#[cfg(not(feature = "cache"))]
+fn top<S: Transport<B>, B: TransportBody>(_: NoCache, inner: S) -> Stack {
+    transport::boxed(inner)
 }
 
 /// Configures and builds a [`Client`].
@@ -615,7 +648,8 @@ impl ClientBuilder {
 
     /// The largest response body the client buffers (default 16 MiB). A
     /// larger `Content-Length` fails before reading; a body without one fails
-    /// as soon as it passes the limit: [`ErrorKind::BodyTooLarge`].
+    /// as soon as it passes the limit: [`ErrorKind::BodyTooLarge`], never
+    /// retried. `usize::MAX` means no limit; 0 accepts only empty bodies.
     pub fn max_response_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -650,6 +684,17 @@ impl ClientBuilder {
     /// attempt timeout, so every attempt takes a permit and a fresh
     /// credential). The call's deadline is handed to it, so no retry starts
     /// whose wait would pass it.
+    ///
+    /// With retry on, each attempt reads its response body whole (up to
+    /// [`max_response_body`](Self::max_response_body)) before retry sees
+    /// the response: the caller has seen nothing yet, so a body cut after
+    /// the headers, or stalled past the
+    /// [`read_timeout`](Self::read_timeout), is retried like a connection
+    /// reset, for the methods the layer retries (idempotent ones unless
+    /// [`with_idempotency_key`](tollgate_retry::RetryLayer::with_idempotency_key)).
+    /// A body too large is an [`ErrorKind::BodyTooLarge`] error at once,
+    /// never retried. When every attempt's body fails, the error is
+    /// [`ErrorKind::Body`] (or `Timeout`), with the status.
     ///
     /// ```
     /// use tollgate_retry::RetryLayer;
@@ -924,6 +969,7 @@ impl ClientBuilder {
         let mut layers = Layers {
             #[cfg(feature = "retry")]
             retry: self.retry,
+            max_body: self.max_body,
             attempt_timeout: self.attempt_timeout,
             #[cfg(feature = "limit")]
             concurrency: self.concurrency,

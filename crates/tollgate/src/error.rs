@@ -297,8 +297,19 @@ pub(crate) fn classify(err: BoxError) -> Error {
     let mut kind = ErrorKind::Transport;
     #[allow(unused_mut, reason = "the limit feature sets it")]
     let mut retry_after = None;
+    let mut status = None;
     let mut cur: Option<&(dyn StdError + 'static)> = Some(&*err);
     while let Some(e) = cur {
+        // A body read inside an attempt (with retry on).
+        if let Some(failed) = e.downcast_ref::<crate::buffer::BodyFailed>() {
+            kind = ErrorKind::Body;
+            status = Some(failed.status);
+            break;
+        }
+        if e.is::<crate::buffer::BodyTooLarge>() {
+            kind = ErrorKind::BodyTooLarge;
+            break;
+        }
         if e.is::<TimedOut>()
             || e.is::<tower::timeout::error::Elapsed>()
             || e.is::<tokio::time::error::Elapsed>()
@@ -383,6 +394,9 @@ pub(crate) fn classify(err: BoxError) -> Error {
     let mut error = Error::new(kind, message).with_source(err);
     if let Some(wait) = retry_after {
         error = error.with_retry_after(wait);
+    }
+    if let Some(status) = status {
+        error = error.with_status(status);
     }
     error
 }

@@ -43,7 +43,9 @@
 //!                                layer's own rules); concurrent misses for one URL
 //!                                make one request
 //!              4 retry           ClientBuilder::retry (tollgate-retry): gets the
-//!                                call's deadline, starts no retry that would pass it
+//!                                call's deadline, starts no retry that would pass it;
+//!                                each attempt's body is read whole just below it, so
+//!                                a body cut after the headers is retried too
 //!              5 rate limit      ClientBuilder::rate_limit (tollgate-limit): every
 //!                                attempt takes a permit; upstream 429s pause it
 //!              6 auth            ClientBuilder::bearer_auth, token_source, auth, ...
@@ -55,7 +57,9 @@
 //!              8 concurrency     ClientBuilder::concurrency_limit (tollgate-limit):
 //!                                FIFO queue, bounded in length and time
 //!              9 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
-//!                                HTTPS via rustls/ring), or ClientBuilder::transport
+//!                                HTTPS via rustls/ring; connect timeout over DNS, TCP
+//!                                and TLS; read timeout on every wait for data), or
+//!                                ClientBuilder::transport
 //!   ◄── ApiResponse: each layer's record (CacheStatus, RetryRecord, PermitWait,
 //!       QueueWait) read into Summary
 //! ```
@@ -110,6 +114,7 @@
 
 #[cfg(feature = "batch")]
 mod batch;
+mod buffer;
 mod client;
 mod endpoint;
 mod error;

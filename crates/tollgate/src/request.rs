@@ -3,11 +3,10 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
-use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde::Serialize;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -603,41 +602,15 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// Reads a body into memory, refusing more than `max` bytes: at once when the
-/// declared size says so, otherwise as soon as the limit is passed. A body of
-/// one chunk is kept without copying.
-async fn read_body(mut body: crate::transport::ResponseBody, max: usize) -> Result<Bytes, Error> {
-    if body.size_hint().lower() > max as u64 {
-        return Err(too_large(max));
-    }
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(crate::error::body_error)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        len = len.saturating_add(data.len());
-        if len > max {
-            return Err(too_large(max));
-        }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut joined = BytesMut::with_capacity(len.max(head.len() * 2));
-                joined.extend_from_slice(head);
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
-            }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
-        }
-    }
-    Ok(match (first, rest) {
-        (_, Some(joined)) => joined.freeze(),
-        (Some(head), None) => head,
-        (None, None) => Bytes::new(),
-    })
+/// Reads a body into memory, at most `max` bytes (see
+/// [`collect`](crate::buffer::collect)).
+async fn read_body(body: crate::transport::ResponseBody, max: usize) -> Result<Bytes, Error> {
+    crate::buffer::collect(body, max)
+        .await
+        .map_err(|e| match e {
+            crate::buffer::ReadError::TooLarge => too_large(max),
+            crate::buffer::ReadError::Failed(e) => crate::error::body_error(e),
+        })
 }
 
 fn too_large(max: usize) -> Error {
