@@ -370,3 +370,56 @@ async fn retry_max_total_time_max_means_no_limit() {
         .expect("builds");
     works("max_total_time MAX", client.get("/posts/1").send().await);
 }
+
+/// `BatchSpec`'s counts and delay at 0, 1 and MAX: each lone `load` ends
+/// (within a paused hour) with its item or a typed error, and nothing
+/// panics. The batcher is `src/batch.rs` and `tollgate-batch`.
+#[cfg(feature = "batch")]
+#[tokio::test(start_paused = true)]
+#[ignore = "needs the batch fixes: max_in_flight(usize::MAX) panics in tokio's Semaphore::new, \
+            and a lone load with max_delay(Duration::MAX) never ends"]
+async fn batch_spec_numbers_at_zero_one_and_max() {
+    use tollgate::BatchSpec;
+
+    let api = FakeApi::start().await.expect("start");
+    let client = Client::builder(api.url()).build().expect("builds");
+    let specs: Vec<(String, BatchSpec)> = [0, 1, usize::MAX]
+        .into_iter()
+        .flat_map(|n| {
+            [
+                (
+                    format!("max_batch {n}"),
+                    BatchSpec::get("/metadata").max_batch(n),
+                ),
+                (
+                    format!("max_in_flight {n}"),
+                    BatchSpec::get("/metadata").max_in_flight(n),
+                ),
+            ]
+        })
+        .chain([Duration::ZERO, ONE, Duration::MAX].into_iter().map(|d| {
+            (
+                format!("max_delay {d:?}"),
+                BatchSpec::get("/metadata").max_delay(d),
+            )
+        }))
+        .collect();
+    let mut wrong = Vec::new();
+    for (what, spec) in specs {
+        // In a task of its own, so that a panic is reported, not fatal.
+        let client = client.clone();
+        let task = tokio::spawn(async move {
+            let batched = client.batched(spec);
+            tokio::time::timeout(Duration::from_secs(3600), batched.load(1)).await
+        });
+        match task.await {
+            Ok(Ok(Ok(item))) if item["id"] == 1 => {}
+            Ok(Ok(Err(e)))
+                if matches!(e.kind(), ErrorKind::Builder | ErrorKind::InvalidRequest) => {}
+            Ok(Ok(other)) => wrong.push(format!("{what}: {other:?}")),
+            Ok(Err(_)) => wrong.push(format!("{what}: never ended")),
+            Err(e) => wrong.push(format!("{what}: panicked ({e})")),
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -175,3 +175,31 @@ async fn the_connect_timeout_bounds_a_tls_handshake_that_never_ends() {
     );
     server.abort();
 }
+
+#[cfg(feature = "cache")]
+#[tokio::test(start_paused = true)]
+async fn coalesced_waiters_on_a_stalled_body_end_at_the_read_timeout() {
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/posts/1", Fault::stall_body().times(1));
+    let client = Client::builder(api.url())
+        .no_timeout()
+        .read_timeout(Duration::from_secs(2))
+        .cache(tollgate_cache::CacheLayer::new(Duration::from_secs(60)))
+        .build()
+        .expect("builds");
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { ends(client.get("/posts/1").send()).await })
+        })
+        .collect();
+    for call in calls {
+        let (result, waited) = call.await.expect("joined");
+        // The leader times out; a waiter either shares that outcome or
+        // makes its own request, which the fault no longer spoils.
+        if let Err(e) = result {
+            assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
+        }
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
+}
