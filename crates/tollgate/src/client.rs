@@ -604,7 +604,10 @@ impl ClientBuilder {
     /// slower than this, ends with an [`ErrorKind::Timeout`] error, giving
     /// back its connection and pool slot, even with
     /// [`no_timeout`](Self::no_timeout); the total [`timeout`](Self::timeout)
-    /// still bounds a body that trickles just fast enough.
+    /// still bounds a body that trickles just fast enough. The wait for the
+    /// head includes getting a connection, so a read timeout shorter than
+    /// the [`connect_timeout`](Self::connect_timeout) cuts connecting too
+    /// (as a `Timeout`).
     ///
     /// With retry on, a read timeout is retried like an attempt timeout
     /// (idempotent methods only). `Duration::MAX` means no read timeout;
