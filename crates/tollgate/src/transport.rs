@@ -493,3 +493,90 @@ fn tls_config(cfg: &TransportConfig) -> Result<rustls::ClientConfig, Error> {
         .with_no_client_auth();
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A body that sends one byte after each of its delays.
+    struct Delayed {
+        delays: VecDeque<Duration>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl HttpBody for Delayed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let Some(delay) = self.delays.front().copied() else {
+                return Poll::Ready(None);
+            };
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+            self.delays.pop_front();
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    proptest! {
+        /// Against a model of the bound: a body read through the read
+        /// timeout fails exactly when one of its waits is longer than the
+        /// timeout, and then at that wait's start plus the timeout; the
+        /// total time never counts.
+        #[test]
+        fn the_read_timeout_fails_exactly_the_bodies_with_a_long_wait(
+            gaps in proptest::collection::vec(0u64..20, 0..12),
+            timeout in 0u64..20,
+        ) {
+            // Waits in tens of milliseconds, the timeout between two of
+            // them, so that no wait ties with it.
+            let timeout = Duration::from_millis(timeout * 10 + 5);
+            let delays: VecDeque<Duration> =
+                gaps.iter().map(|g| Duration::from_millis(g * 10)).collect();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            let (result, took) = runtime.block_on(async {
+                let body = ReadTimeoutBody::new(
+                    Delayed { delays: delays.clone(), sleep: None },
+                    Some(timeout),
+                );
+                let started = Instant::now();
+                let result = crate::buffer::collect(body, usize::MAX).await;
+                (result, started.elapsed())
+            });
+            // The model.
+            let first_long = delays.iter().position(|d| *d > timeout);
+            match first_long {
+                None => {
+                    let read = result.ok().map(|b| b.len());
+                    prop_assert_eq!(read, Some(delays.len()));
+                    prop_assert_eq!(took, delays.iter().sum::<Duration>());
+                }
+                Some(i) => {
+                    let failed_timed_out = matches!(
+                        &result,
+                        Err(crate::buffer::ReadError::Failed(e)) if crate::error::has_timeout(&**e)
+                    );
+                    prop_assert!(failed_timed_out);
+                    prop_assert_eq!(took, delays.iter().take(i).sum::<Duration>() + timeout);
+                }
+            }
+        }
+    }
+}
