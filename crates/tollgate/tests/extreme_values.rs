@@ -423,3 +423,135 @@ async fn batch_spec_numbers_at_zero_one_and_max() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// The numbers of the layers the facade plugs in (the limit and retry
+/// crates'), at 0, 1 and MAX, through a real call: each call ends (within a
+/// paused hour) with a response or a typed refusal, and nothing panics.
+#[cfg(all(feature = "limit", feature = "retry"))]
+#[tokio::test(start_paused = true)]
+#[ignore = "needs fixes in tollgate-limit and tollgate-retry: ConcurrencyLimitLayer::new(0) \
+            and new(usize::MAX) panic, RetryLayer::max_total_time(Duration::MAX) panics"]
+async fn layer_numbers_at_zero_one_and_max() {
+    use tollgate_limit::{ConcurrencyLimitLayer, Quota, RateLimitLayer};
+    use tollgate_retry::RetryLayer;
+
+    let api = FakeApi::start().await.expect("start");
+    let base = api.url();
+    type Make = Box<dyn Fn(ClientBuilder) -> ClientBuilder + Send>;
+    let mut cases: Vec<(String, Make)> = Vec::new();
+    let durations = [Duration::ZERO, ONE, Duration::MAX];
+    for n in [0, 1, usize::MAX] {
+        cases.push((
+            format!("ConcurrencyLimitLayer::new({n})"),
+            Box::new(move |b| b.concurrency_limit(ConcurrencyLimitLayer::new(n))),
+        ));
+        cases.push((
+            format!("max_pending({n})"),
+            Box::new(move |b| b.concurrency_limit(ConcurrencyLimitLayer::new(1).max_pending(n))),
+        ));
+        cases.push((
+            format!("max_queue({n})"),
+            Box::new(move |b| {
+                let quota = Quota::per_second(1).expect("quota");
+                b.rate_limit(RateLimitLayer::new(quota).max_queue(n))
+            }),
+        ));
+        cases.push((
+            format!("max_keys({n})"),
+            Box::new(move |b| {
+                let quota = Quota::per_second(1).expect("quota");
+                b.rate_limit(RateLimitLayer::new(quota).max_keys(n))
+            }),
+        ));
+    }
+    for d in durations {
+        cases.push((
+            format!("pending_timeout({d:?})"),
+            Box::new(move |b| {
+                b.concurrency_limit(ConcurrencyLimitLayer::new(1).pending_timeout(d))
+            }),
+        ));
+        cases.push((
+            format!("max_wait({d:?})"),
+            Box::new(move |b| {
+                let quota = Quota::per_second(1).expect("quota");
+                b.rate_limit(RateLimitLayer::new(quota).max_wait(d))
+            }),
+        ));
+        cases.push((
+            format!("learn_from_upstream(true, {d:?})"),
+            Box::new(move |b| {
+                let quota = Quota::per_second(1).expect("quota");
+                b.rate_limit(RateLimitLayer::new(quota).learn_from_upstream(true, d))
+            }),
+        ));
+        cases.push((
+            format!("max_retry_after({d:?})"),
+            Box::new(move |b| b.retry(RetryLayer::new().max_retry_after(d))),
+        ));
+        cases.push((
+            format!("max_total_time({d:?})"),
+            Box::new(move |b| b.retry(RetryLayer::new().max_total_time(d))),
+        ));
+        for count in [1, u32::MAX] {
+            cases.push((
+                format!("Quota::per({count}, {d:?})"),
+                Box::new(move |b| match Quota::per(count, d) {
+                    Ok(quota) => b.rate_limit(RateLimitLayer::new(quota)),
+                    Err(_) => b,
+                }),
+            ));
+            cases.push((
+                format!("Quota::window({count}, {d:?})"),
+                Box::new(move |b| match Quota::window(count, d) {
+                    Ok(quota) => b.rate_limit(RateLimitLayer::new(quota)),
+                    Err(_) => b,
+                }),
+            ));
+        }
+    }
+    for n in [0, 1, u32::MAX] {
+        cases.push((
+            format!("max_retries({n})"),
+            Box::new(move |b| b.retry(RetryLayer::new().max_retries(n))),
+        ));
+    }
+    let refusals = [
+        ErrorKind::Builder,
+        ErrorKind::InvalidRequest,
+        ErrorKind::TooManyPending,
+        ErrorKind::PendingTimeout,
+        ErrorKind::RateLimited,
+        ErrorKind::WaitTooLong,
+        ErrorKind::QueueFull,
+        ErrorKind::Timeout,
+    ];
+    let mut wrong = Vec::new();
+    for (what, make) in cases {
+        let base = base.clone();
+        // In a task of its own, so that a panic is reported, not fatal.
+        let task = tokio::spawn(async move {
+            // The default deadline (30 s) bounds every wait.
+            let client = make(Client::builder(base)).build()?;
+            // Twice: a limit of one is spent by the first call.
+            for _ in 0..2 {
+                let call = client.get("/posts/1").send();
+                match tokio::time::timeout(Duration::from_secs(3600), call).await {
+                    Ok(result) => {
+                        result?;
+                    }
+                    Err(_) => return Ok(Some("never ended")),
+                }
+            }
+            Ok::<_, Error>(None)
+        });
+        match task.await {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(why))) => wrong.push(format!("{what}: {why}")),
+            Ok(Err(e)) if refusals.contains(&e.kind()) => {}
+            Ok(Err(e)) => wrong.push(format!("{what}: {e:?}")),
+            Err(e) => wrong.push(format!("{what}: panicked ({e})")),
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
