@@ -7,8 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -18,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::data;
-use crate::fault::{route_matches, Fault, FaultKind};
+use crate::fault::{route_matches, BodyEnd, Fault, FaultKind};
 
 /// Largest request body the fake API reads; larger ones get `413`.
 pub const MAX_REQUEST_BODY: usize = 1 << 20;
@@ -327,15 +333,154 @@ impl std::error::Error for DropConnection {}
 
 type Reply = Response<Full<Bytes>>;
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, DropConnection> {
+/// The body the server sends: a whole one, or one a fault spoils.
+enum Served {
+    Whole(Full<Bytes>),
+    /// `head` (the first half) is sent, then the body stalls or is cut.
+    Partial {
+        head: Option<Bytes>,
+        end: BodyEnd,
+        len: u64,
+        /// Whether the server had a chance to flush what was sent.
+        yielded: bool,
+    },
+    /// `rest` is sent 8 bytes at a time, each after `pause`.
+    Trickle {
+        rest: Bytes,
+        every: Duration,
+        pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+}
+
+/// The error that makes hyper close the connection in the middle of a body.
+#[derive(Debug)]
+struct BodyCut;
+
+impl std::fmt::Display for BodyCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fault: body cut")
+    }
+}
+
+impl std::error::Error for BodyCut {}
+
+impl http_body::Body for Served {
+    type Data = Bytes;
+    type Error = BodyCut;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
+        match self.get_mut() {
+            Served::Whole(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(|never| match never {}))),
+            Served::Partial {
+                head, end, yielded, ..
+            } => match head.take() {
+                Some(bytes) if !bytes.is_empty() => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                _ => match end {
+                    // Never ready: the connection stays open, silent.
+                    BodyEnd::Stall => Poll::Pending,
+                    // Once pending first, so that hyper flushes the head and
+                    // the half body before it closes the connection.
+                    BodyEnd::Cut if !*yielded => {
+                        *yielded = true;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    BodyEnd::Cut => Poll::Ready(Some(Err(BodyCut))),
+                },
+            },
+            Served::Trickle { rest, every, pause } => {
+                if rest.is_empty() {
+                    return Poll::Ready(None);
+                }
+                let sleep = pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(*every)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *pause = None;
+                let piece = rest.split_to(rest.len().min(8));
+                Poll::Ready(Some(Ok(Frame::data(piece))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Served::Whole(full) => full.is_end_stream(),
+            Served::Partial { .. } => false,
+            Served::Trickle { rest, .. } => rest.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Served::Whole(full) => full.size_hint(),
+            Served::Partial { len, .. } => SizeHint::with_exact(*len),
+            Served::Trickle { rest, .. } => SizeHint::with_exact(rest.len() as u64),
+        }
+    }
+}
+
+/// Sends a reply's body as the fault says.
+async fn spoil(reply: Reply, kind: &FaultKind) -> Response<Served> {
+    let (mut parts, body) = reply.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let len = bytes.len() as u64;
+    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    let served = match kind {
+        FaultKind::PartialBody(end) => Served::Partial {
+            head: Some(bytes.slice(..bytes.len() / 2)),
+            end: *end,
+            len,
+            yielded: false,
+        },
+        FaultKind::Trickle(every) => Served::Trickle {
+            rest: bytes,
+            every: *every,
+            pause: None,
+        },
+        _ => Served::Whole(Full::new(bytes)),
+    };
+    Response::from_parts(parts, served)
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Served>, DropConnection> {
+    let (kind, reply) = answer(state, req).await?;
+    Ok(match kind {
+        Some(kind @ (FaultKind::PartialBody(_) | FaultKind::Trickle(_))) => {
+            spoil(reply, &kind).await
+        }
+        _ => reply.map(Served::Whole),
+    })
+}
+
+/// The reply, and the fault that spoils its body, if any.
+async fn answer(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<(Option<FaultKind>, Reply), DropConnection> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return Ok(json_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &json!({"error": "request body too large"}),
+            return Ok((
+                None,
+                json_reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &json!({"error": "request body too large"}),
+                ),
             ))
         }
     };
@@ -379,17 +524,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Drop
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 r
             }
-            FaultKind::Latency => route(&state, &parts.method, &parts.uri, &parts.headers, &body),
+            FaultKind::Latency | FaultKind::PartialBody(_) | FaultKind::Trickle(_) => {
+                route(&state, &parts.method, &parts.uri, &parts.headers, &body)
+            }
         };
         for (name, value) in &fault.headers {
             reply.headers_mut().append(name.clone(), value.clone());
         }
-        return Ok(finish(&state, &path, reply));
+        return Ok((Some(fault.kind.clone()), finish(&state, &path, reply)));
     }
 
     let reply = route(&state, &parts.method, &parts.uri, &parts.headers, &body);
     let reply = conditional(&state, &parts.method, &path, &parts.headers, reply).await;
-    Ok(finish(&state, &path, reply))
+    Ok((None, finish(&state, &path, reply)))
 }
 
 /// `Last-Modified` of version 0; each [`FakeApi::touch`] adds a day.

@@ -24,7 +24,12 @@ use http::{HeaderName, HeaderValue, StatusCode};
 /// let slow = Fault::latency(Duration::from_millis(200));
 /// // The next request's connection is closed without a response.
 /// let reset = Fault::drop_connection().times(1);
-/// # let _ = (flaky, slow, reset);
+/// // The next request gets its headers and half its body, then the
+/// // connection closes.
+/// let cut = Fault::cut_body().times(1);
+/// // Every response sends half its body, then nothing more.
+/// let stalled = Fault::stall_body();
+/// # let _ = (flaky, slow, reset, cut, stalled);
 /// ```
 #[derive(Clone, Debug)]
 pub struct Fault {
@@ -44,6 +49,21 @@ pub(crate) enum FaultKind {
     Drop,
     /// Answer 200 with a body that is not valid JSON.
     MalformedJson,
+    /// Answer normally, but send only the first half of the body, then
+    /// stall (`Stall`) or close the connection (`Cut`).
+    PartialBody(BodyEnd),
+    /// Answer normally, sending the body a few bytes at a time with this
+    /// pause before each piece.
+    Trickle(Duration),
+}
+
+/// How a [`FaultKind::PartialBody`] ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// Send nothing more; keep the connection open.
+    Stall,
+    /// Close the connection.
+    Cut,
 }
 
 impl Fault {
@@ -78,6 +98,29 @@ impl Fault {
     /// unparsable JSON body.
     pub fn malformed_json() -> Self {
         Self::new(FaultKind::MalformedJson)
+    }
+
+    /// Answer as the route normally does (status, headers and the body's
+    /// full `Content-Length`), but send only the first half of the body,
+    /// then nothing more, keeping the connection open: a body that stalls
+    /// after the headers. The client waits until its own timeouts end it.
+    pub fn stall_body() -> Self {
+        Self::new(FaultKind::PartialBody(BodyEnd::Stall))
+    }
+
+    /// Answer as the route normally does (status, headers and the body's
+    /// full `Content-Length`), but send only the first half of the body,
+    /// then close the connection: a body cut after the headers. The client
+    /// sees the body end early (an error reading it), not a missing
+    /// response.
+    pub fn cut_body() -> Self {
+        Self::new(FaultKind::PartialBody(BodyEnd::Cut))
+    }
+
+    /// Answer as the route normally does, but send the body 8 bytes at a
+    /// time, waiting `every` before each piece: a body that trickles.
+    pub fn trickle_body(every: Duration) -> Self {
+        Self::new(FaultKind::Trickle(every))
     }
 
     /// Apply only to the next `n` matching requests.

@@ -135,3 +135,52 @@ async fn malformed_json_fault_and_echo() {
     assert!(echo.contains(r#""method":"PATCH""#) && echo.contains(r#"["a","2"]"#));
     assert!(echo.contains(r#""x-test":["yes"]"#) && echo.contains(r#""body":"hi""#));
 }
+
+/// The length a response announces, and the body bytes that came after its
+/// head.
+fn announced_and_sent(response: &str) -> (usize, usize) {
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    (len, body.len())
+}
+
+#[tokio::test]
+async fn cut_body_sends_the_head_and_half_the_body_then_closes() {
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/posts/1", Fault::cut_body().times(1));
+    let cut = raw(&api, "GET /posts/1", "", "").await;
+    assert!(cut.starts_with("HTTP/1.1 200"), "{cut}");
+    let (announced, sent) = announced_and_sent(&cut);
+    assert!(announced > 0 && sent == announced / 2, "{announced} {sent}");
+    // Used up: the next answer is whole.
+    let whole = raw(&api, "GET /posts/1", "", "").await;
+    let (announced, sent) = announced_and_sent(&whole);
+    assert_eq!(announced, sent);
+    assert_eq!(api.hits("/posts/1"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stall_body_sends_half_the_body_then_nothing() {
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/posts/1", Fault::stall_body());
+    let read =
+        tokio::time::timeout(Duration::from_secs(3600), raw(&api, "GET /posts/1", "", "")).await;
+    assert!(read.is_err(), "the body never ends: {read:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn trickle_body_sends_the_whole_body_slowly() {
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/posts/1", Fault::trickle_body(Duration::from_millis(100)));
+    let started = tokio::time::Instant::now();
+    let slow = raw(&api, "GET /posts/1", "", "").await;
+    let (announced, sent) = announced_and_sent(&slow);
+    assert_eq!(announced, sent);
+    // 8 bytes per 100 ms.
+    let pieces = u32::try_from(announced.div_ceil(8)).expect("small");
+    assert!(started.elapsed() >= Duration::from_millis(100) * pieces);
+}

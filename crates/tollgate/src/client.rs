@@ -22,6 +22,8 @@ pub const DEFAULT_REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The default for [`ClientBuilder::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default for [`ClientBuilder::read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default for [`ClientBuilder::max_response_body`]: 16 MiB.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 16 << 20;
 /// Query parameters whose values are redacted in tracing output by default
@@ -214,6 +216,9 @@ impl Client {
 struct Layers {
     #[cfg(feature = "retry")]
     retry: Option<tollgate_retry::RetryLayer>,
+    /// The client's body limit, for reading bodies inside attempts.
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    max_body: usize,
     attempt_timeout: Option<Duration>,
     #[cfg(feature = "limit")]
     concurrency: Option<tollgate_limit::ConcurrencyLimitLayer>,
@@ -258,22 +263,30 @@ impl Layers {
         self.upper(transport)
     }
 
-    /// Layers 3 to 7 over `inner`, boxed once. The cache (3) changes the
-    /// body type, so it is a branch too.
-    #[cfg_attr(not(feature = "cache"), allow(unused_mut))]
+    /// Layers 3 to 7 over `inner`, boxed once. The cache (3) and retry
+    /// (4, with the body buffered just below it) change the body type, so
+    /// they are branches too.
+    #[cfg_attr(not(any(feature = "cache", feature = "retry")), allow(unused_mut))]
     fn upper<S: Transport<B>, B: TransportBody>(mut self, inner: S) -> Stack {
         #[cfg(feature = "cache")]
-        if let Some(cache) = self.cache.take() {
-            return transport::boxed(tower::Layer::layer(&cache, self.middle(inner)));
+        let cache = self.cache.take();
+        #[cfg(not(feature = "cache"))]
+        let cache = NoCache;
+        #[cfg(feature = "retry")]
+        if let Some(retry) = self.retry.take() {
+            // The body is read inside each attempt, so that one cut after
+            // the headers is retried (for the methods retry allows) before
+            // the caller has seen anything.
+            let max = self.max_body;
+            let buffered = crate::buffer::Buffer::new(self.lower(inner), max);
+            return top(cache, tower::Layer::layer(&retry, buffered));
         }
-        transport::boxed(self.middle(inner))
+        top(cache, self.lower(inner))
     }
 
-    /// Layers 4 to 7 over `inner`.
-    fn middle<S: Transport<B>, B: TransportBody>(self, inner: S) -> impl Transport<B> {
+    /// Layers 5 to 7 over `inner`.
+    fn lower<S: Transport<B>, B: TransportBody>(self, inner: S) -> impl Transport<B> {
         let builder = tower::ServiceBuilder::new();
-        #[cfg(feature = "retry")]
-        let builder = builder.option_layer(self.retry);
         #[cfg(feature = "limit")]
         let builder = builder.option_layer(self.rate_limit);
         #[cfg(feature = "auth")]
@@ -285,6 +298,28 @@ impl Layers {
     }
 }
 
+/// Without the cache feature: no cache layer.
+#[cfg(not(feature = "cache"))]
+struct NoCache;
+
+/// Layer 3, the cache, if any, over `inner`, boxed.
+#[cfg(feature = "cache")]
+fn top<S: Transport<B>, B: TransportBody>(
+    cache: Option<tollgate_cache::CacheLayer>,
+    inner: S,
+) -> Stack {
+    match cache {
+        Some(cache) => transport::boxed(tower::Layer::layer(&cache, inner)),
+        None => transport::boxed(inner),
+    }
+}
+
+/// Layer 3, the cache, if any, over `inner`, boxed.
+#[cfg(not(feature = "cache"))]
+fn top<S: Transport<B>, B: TransportBody>(_: NoCache, inner: S) -> Stack {
+    transport::boxed(inner)
+}
+
 /// Configures and builds a [`Client`].
 ///
 /// Options are consuming setters; invalid input (a bad URL, a header value
@@ -294,12 +329,14 @@ impl Layers {
 /// ```
 /// use std::time::Duration;
 ///
+/// # #[cfg(feature = "rustls")] {
 /// let client = tollgate::Client::builder("https://api.example.com/v1")
 ///     .user_agent("my-app/1.0")
 ///     .default_header("x-tenant", "acme")
 ///     .timeout(Duration::from_secs(5))
 ///     .build()?;
 /// assert_eq!(client.base_url(), "https://api.example.com/v1");
+/// # }
 /// # Ok::<(), tollgate::Error>(())
 /// ```
 pub struct ClientBuilder {
@@ -436,10 +473,11 @@ impl ClientBuilder {
 
     /// Declares the endpoints of a JSON spec: an object of name to either
     /// `"METHOD /path/{param}"` or `{"method", "path", "headers", "query",
-    /// "timeout_ms"}`. An invalid spec is an [`ErrorKind::Builder`] from
-    /// `build`.
+    /// "timeout_ms"}`. An invalid spec (a `timeout_ms` of 0 included) is an
+    /// [`ErrorKind::Builder`] from `build`.
     ///
     /// ```
+    /// # #[cfg(feature = "rustls")] {
     /// let client = tollgate::Client::builder("https://api.example.com")
     ///     .endpoints_json(r#"{
     ///         "get_user": "GET /users/{user_id}",
@@ -447,6 +485,7 @@ impl ClientBuilder {
     ///     }"#)
     ///     .build()?;
     /// assert_eq!(client.endpoint("get_user").map(|e| e.path()), Some("/users/{user_id}"));
+    /// # }
     /// # Ok::<(), tollgate::Error>(())
     /// ```
     pub fn endpoints_json(mut self, json: &str) -> Self {
@@ -516,9 +555,24 @@ impl ClientBuilder {
     /// The deadline of a whole call, from `send` until the body is read
     /// (default 30 s). A request's own
     /// [`timeout`](RequestBuilder::timeout) replaces it.
+    ///
+    /// `Duration::MAX` (or any duration too long for the clock) means no
+    /// deadline, as [`no_timeout`](Self::no_timeout). Zero would fail every
+    /// call: it is an [`ErrorKind::Builder`] from `build`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.zero_timeout("timeout");
+        }
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Refuses a zero duration for the setting `name`.
+    fn zero_timeout(self, name: &str) -> Self {
+        self.fail(Error::new(
+            ErrorKind::Builder,
+            format!("a {name} of zero would fail every call"),
+        ))
     }
 
     /// No default deadline. A hung upstream then holds a call until the
@@ -528,13 +582,47 @@ impl ClientBuilder {
         self
     }
 
-    /// How long connecting (TCP and TLS) may take (default 10 s).
+    /// How long connecting may take (default 10 s): the whole set-up of a
+    /// connection, DNS, TCP and the TLS handshake. A connection not ready in
+    /// time is an [`ErrorKind::Connect`] error (nothing was sent, so retry
+    /// may retry it for any method). `Duration::MAX` means no limit; zero
+    /// is an [`ErrorKind::Builder`] from `build`. A custom
+    /// [`transport`](Self::transport) bounds its own connections.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.zero_timeout("connect timeout");
+        }
         self.transport_config.connect_timeout = Some(timeout);
         self
     }
 
-    /// How long an idle pooled connection is kept (default 90 s).
+    /// How long the built-in transport waits for data before it gives up
+    /// (default 30 s, [`DEFAULT_READ_TIMEOUT`]): for the response head from
+    /// the moment the request is handed to it, then for each piece of the
+    /// body, the wait starting again after every piece (as reqwest's
+    /// `read_timeout`). A body that stops after the headers, or trickles
+    /// slower than this, ends with an [`ErrorKind::Timeout`] error, giving
+    /// back its connection and pool slot, even with
+    /// [`no_timeout`](Self::no_timeout); the total [`timeout`](Self::timeout)
+    /// still bounds a body that trickles just fast enough. The wait for the
+    /// head includes getting a connection, so a read timeout shorter than
+    /// the [`connect_timeout`](Self::connect_timeout) cuts connecting too
+    /// (as a `Timeout`).
+    ///
+    /// With retry on, a read timeout is retried like an attempt timeout
+    /// (idempotent methods only). `Duration::MAX` means no read timeout;
+    /// zero is an [`ErrorKind::Builder`] from `build`. A custom
+    /// [`transport`](Self::transport) bounds its own reads.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.zero_timeout("read timeout");
+        }
+        self.transport_config.read_timeout = Some(timeout);
+        self
+    }
+
+    /// How long an idle pooled connection is kept (default 90 s). Zero
+    /// keeps none; `Duration::MAX` keeps them until the server closes them.
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.transport_config.pool_idle_timeout = Some(timeout);
         self
@@ -563,7 +651,8 @@ impl ClientBuilder {
 
     /// The largest response body the client buffers (default 16 MiB). A
     /// larger `Content-Length` fails before reading; a body without one fails
-    /// as soon as it passes the limit: [`ErrorKind::BodyTooLarge`].
+    /// as soon as it passes the limit: [`ErrorKind::BodyTooLarge`], never
+    /// retried. `usize::MAX` means no limit; 0 accepts only empty bodies.
     pub fn max_response_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -598,6 +687,17 @@ impl ClientBuilder {
     /// attempt timeout, so every attempt takes a permit and a fresh
     /// credential). The call's deadline is handed to it, so no retry starts
     /// whose wait would pass it.
+    ///
+    /// With retry on, each attempt reads its response body whole (up to
+    /// [`max_response_body`](Self::max_response_body)) before retry sees
+    /// the response: the caller has seen nothing yet, so a body cut after
+    /// the headers, or stalled past the
+    /// [`read_timeout`](Self::read_timeout), is retried like a connection
+    /// reset, for the methods the layer retries (idempotent ones unless
+    /// [`with_idempotency_key`](tollgate_retry::RetryLayer::with_idempotency_key)).
+    /// A body too large is an [`ErrorKind::BodyTooLarge`] error at once,
+    /// never retried. When every attempt's body fails, the error is
+    /// [`ErrorKind::Body`] (or `Timeout`), with the status.
     ///
     /// ```
     /// use tollgate_retry::RetryLayer;
@@ -806,8 +906,12 @@ impl ClientBuilder {
 
     /// Bounds each attempt (stack position 7); with retry on, an attempt
     /// that times out is retried like a connection failure. The whole call
-    /// stays bounded by [`timeout`](Self::timeout).
+    /// stays bounded by [`timeout`](Self::timeout). `Duration::MAX` means
+    /// no limit; zero is an [`ErrorKind::Builder`] from `build`.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.zero_timeout("attempt timeout");
+        }
         self.attempt_timeout = Some(timeout);
         self
     }
@@ -817,7 +921,10 @@ impl ClientBuilder {
     /// # Errors
     ///
     /// [`ErrorKind::Builder`] for an invalid base URL, an invalid default
-    /// header, or a TLS set-up that fails.
+    /// header, or a TLS set-up that fails. Without the `rustls` feature, an
+    /// `https` base URL (or OAuth2 token URL) is refused too, unless a
+    /// [`transport`](Self::transport) of one's own is set: the built-in
+    /// transport would send it in cleartext.
     pub fn build(self) -> Result<Client, Error> {
         if let Some(e) = self.error {
             return Err(e);
@@ -865,6 +972,7 @@ impl ClientBuilder {
         let mut layers = Layers {
             #[cfg(feature = "retry")]
             retry: self.retry,
+            max_body: self.max_body,
             attempt_timeout: self.attempt_timeout,
             #[cfg(feature = "limit")]
             concurrency: self.concurrency,
@@ -898,6 +1006,23 @@ impl ClientBuilder {
                 }
             }
             None => {
+                // Without TLS, the built-in transport would send an https
+                // request in cleartext (to port 443, credentials and all).
+                #[cfg(not(feature = "rustls"))]
+                {
+                    if base.is_https() {
+                        return Err(transport::no_tls("the base URL"));
+                    }
+                    #[cfg(feature = "auth")]
+                    if let Some(Auth::ClientCredentials { token_url, .. }) = &auth {
+                        if token_url
+                            .get(..8)
+                            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+                        {
+                            return Err(transport::no_tls("the OAuth2 token URL"));
+                        }
+                    }
+                }
                 let hyper = transport::hyper_client(&self.transport_config)?;
                 #[cfg(feature = "auth")]
                 if let Some(auth) = auth {

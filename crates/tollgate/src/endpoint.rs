@@ -149,8 +149,17 @@ impl Endpoint {
     }
 
     /// The deadline of a call (over the client's; a request's own replaces
-    /// it).
+    /// it). `Duration::MAX` means no deadline; zero would fail every call
+    /// and is reported by `ClientBuilder::build`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            self.error.get_or_insert_with(|| {
+                format!(
+                    "endpoint `{}`: a timeout of zero would fail every call",
+                    self.name
+                )
+            });
+        }
         self.timeout = Some(timeout);
         self
     }

@@ -297,8 +297,19 @@ pub(crate) fn classify(err: BoxError) -> Error {
     let mut kind = ErrorKind::Transport;
     #[allow(unused_mut, reason = "the limit feature sets it")]
     let mut retry_after = None;
+    let mut status = None;
     let mut cur: Option<&(dyn StdError + 'static)> = Some(&*err);
     while let Some(e) = cur {
+        // A body read inside an attempt (with retry on).
+        if let Some(failed) = e.downcast_ref::<crate::buffer::BodyFailed>() {
+            kind = ErrorKind::Body;
+            status = Some(failed.status);
+            break;
+        }
+        if e.is::<crate::buffer::BodyTooLarge>() {
+            kind = ErrorKind::BodyTooLarge;
+            break;
+        }
         if e.is::<TimedOut>()
             || e.is::<tower::timeout::error::Elapsed>()
             || e.is::<tokio::time::error::Elapsed>()
@@ -384,7 +395,48 @@ pub(crate) fn classify(err: BoxError) -> Error {
     if let Some(wait) = retry_after {
         error = error.with_retry_after(wait);
     }
+    if let Some(status) = status {
+        error = error.with_status(status);
+    }
     error
+}
+
+/// The error of a response body that failed while being read: a
+/// [`ErrorKind::Timeout`] when the read timeout (or another timeout) ended
+/// it, [`ErrorKind::Body`] otherwise.
+pub(crate) fn body_error(err: BoxError) -> Error {
+    if has_timeout(&*err) {
+        let message = innermost_message(&*err);
+        return Error::new(ErrorKind::Timeout, message).with_source(err);
+    }
+    Error::new(ErrorKind::Body, err.to_string()).with_source(err)
+}
+
+/// Whether a timeout is anywhere in an error chain (the chain an
+/// `io::Error` wraps included).
+pub(crate) fn has_timeout(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<TimedOut>()
+            || e.is::<tower::timeout::error::Elapsed>()
+            || e.is::<tokio::time::error::Elapsed>()
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner as &(dyn StdError + 'static));
+                continue;
+            }
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// The first error of type `T` in a chain.

@@ -43,7 +43,9 @@
 //!                                layer's own rules); concurrent misses for one URL
 //!                                make one request
 //!              4 retry           ClientBuilder::retry (tollgate-retry): gets the
-//!                                call's deadline, starts no retry that would pass it
+//!                                call's deadline, starts no retry that would pass it;
+//!                                each attempt's body is read whole just below it, so
+//!                                a body cut after the headers is retried too
 //!              5 rate limit      ClientBuilder::rate_limit (tollgate-limit): every
 //!                                attempt takes a permit; upstream 429s pause it
 //!              6 auth            ClientBuilder::bearer_auth, token_source, auth, ...
@@ -55,7 +57,9 @@
 //!              8 concurrency     ClientBuilder::concurrency_limit (tollgate-limit):
 //!                                FIFO queue, bounded in length and time
 //!              9 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
-//!                                HTTPS via rustls/ring), or ClientBuilder::transport
+//!                                HTTPS via rustls/ring; connect timeout over DNS, TCP
+//!                                and TLS; read timeout on every wait for data), or
+//!                                ClientBuilder::transport
 //!   ◄── ApiResponse: each layer's record (CacheStatus, RetryRecord, PermitWait,
 //!       QueueWait) read into Summary
 //! ```
@@ -76,9 +80,13 @@
 //!
 //! # Choices
 //!
-//! - A default deadline of 30 s per call and 10 s per connect: a hung
-//!   upstream cannot hold a caller forever. [`ClientBuilder::no_timeout`]
-//!   removes it.
+//! - A default deadline of 30 s per call and 10 s per connect (DNS, TCP
+//!   and the TLS handshake together): a hung upstream cannot hold a caller
+//!   forever. [`ClientBuilder::no_timeout`] removes the call's deadline; the
+//!   read timeout (30 s, [`ClientBuilder::read_timeout`]) still bounds each
+//!   wait for the response head and for each piece of its body, so a body
+//!   that stalls after the headers gives back its connection and pool
+//!   slot.
 //! - Response bodies are buffered up to 16 MiB
 //!   ([`ClientBuilder::max_response_body`]); a larger body is an
 //!   [`ErrorKind::BodyTooLarge`] error, refused from `Content-Length` before
@@ -106,6 +114,7 @@
 
 #[cfg(feature = "batch")]
 mod batch;
+mod buffer;
 mod client;
 mod endpoint;
 mod error;
@@ -117,8 +126,8 @@ mod url;
 #[cfg(feature = "batch")]
 pub use batch::{BatchSpec, Batched};
 pub use client::{
-    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_REQUEST_ID_HEADER,
-    DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
+    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_READ_TIMEOUT,
+    DEFAULT_REQUEST_ID_HEADER, DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};

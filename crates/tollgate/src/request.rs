@@ -3,11 +3,10 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
-use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde::Serialize;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -275,8 +274,17 @@ impl RequestBuilder {
         self
     }
 
-    /// The deadline of this call, replacing the client's default.
+    /// The deadline of this call, replacing the client's (and the
+    /// endpoint's). `Duration::MAX` (or any duration too long for the
+    /// clock) means no deadline; zero would fail every call and is an
+    /// [`ErrorKind::InvalidRequest`] from `send`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self.fail(Error::new(
+                ErrorKind::InvalidRequest,
+                "a request timeout of zero would fail every call",
+            ));
+        }
         self.timeout = Some(Some(timeout));
         self
     }
@@ -367,8 +375,10 @@ impl RequestBuilder {
                 .map_err(|e| e.with_status(parts.status))?;
             Ok::<_, Error>((parts, bytes))
         });
-        let result = match deadline {
-            Some(d) => tokio::time::timeout_at(started + d, exchange)
+        // A deadline too far away for an `Instant` (`Duration::MAX`) is no
+        // deadline.
+        let result = match deadline.and_then(|d| Some((d, started.checked_add(d)?))) {
+            Some((d, at)) => tokio::time::timeout_at(at, exchange)
                 .instrument(span.clone())
                 .await
                 .unwrap_or_else(|_| {
@@ -445,12 +455,15 @@ impl RequestBuilder {
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
         // The Deadline type is tollgate-retry's, which both features bring.
         #[cfg(any(feature = "retry", feature = "limit"))]
-        if let Some(d) = deadline.filter(|_| inner.wants_deadline) {
+        if let Some(at) = deadline
+            .filter(|_| inner.wants_deadline)
+            .and_then(|d| started.checked_add(d))
+        {
             // Retry starts no attempt, and the rate limiter grants no permit,
             // whose wait would pass this.
             request
                 .extensions_mut()
-                .insert(tollgate_retry::Deadline(started + d));
+                .insert(tollgate_retry::Deadline(at));
         }
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
@@ -589,41 +602,15 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// Reads a body into memory, refusing more than `max` bytes: at once when the
-/// declared size says so, otherwise as soon as the limit is passed. A body of
-/// one chunk is kept without copying.
-async fn read_body(mut body: crate::transport::ResponseBody, max: usize) -> Result<Bytes, Error> {
-    if body.size_hint().lower() > max as u64 {
-        return Err(too_large(max));
-    }
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Error::new(ErrorKind::Body, e.to_string()).with_source(e))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        len = len.saturating_add(data.len());
-        if len > max {
-            return Err(too_large(max));
-        }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut joined = BytesMut::with_capacity(len.max(head.len() * 2));
-                joined.extend_from_slice(head);
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
-            }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
-        }
-    }
-    Ok(match (first, rest) {
-        (_, Some(joined)) => joined.freeze(),
-        (Some(head), None) => head,
-        (None, None) => Bytes::new(),
-    })
+/// Reads a body into memory, at most `max` bytes (see
+/// [`collect`](crate::buffer::collect)).
+async fn read_body(body: crate::transport::ResponseBody, max: usize) -> Result<Bytes, Error> {
+    crate::buffer::collect(body, max)
+        .await
+        .map_err(|e| match e {
+            crate::buffer::ReadError::TooLarge => too_large(max),
+            crate::buffer::ReadError::Failed(e) => crate::error::body_error(e),
+        })
 }
 
 fn too_large(max: usize) -> Error {

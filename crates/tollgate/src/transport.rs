@@ -1,18 +1,21 @@
 //! The bottom of the stack: a boxed tower service of `http::Request`, by
 //! default a hyper-util legacy client with connection pooling.
 
+use std::fmt;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use http_body::Body as HttpBody;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::time::{Instant, Sleep};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service};
 
@@ -126,6 +129,7 @@ where
 #[derive(Clone, Debug)]
 pub(crate) struct TransportConfig {
     pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) read_timeout: Option<Duration>,
     pub(crate) pool_idle_timeout: Option<Duration>,
     pub(crate) pool_max_idle_per_host: usize,
     pub(crate) http2_prior_knowledge: bool,
@@ -137,6 +141,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(crate::client::DEFAULT_READ_TIMEOUT),
             pool_idle_timeout: Some(Duration::from_secs(90)),
             pool_max_idle_per_host: usize::MAX,
             http2_prior_knowledge: false,
@@ -146,19 +151,27 @@ impl Default for TransportConfig {
     }
 }
 
-/// The built-in transport's concrete type.
+/// The built-in transport's connector.
 #[cfg(feature = "rustls")]
-pub(crate) type HyperClient =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
-/// The built-in transport's concrete type.
+type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
+/// The built-in transport's connector.
 #[cfg(not(feature = "rustls"))]
-pub(crate) type HyperClient = hyper_util::client::legacy::Client<HttpConnector, RequestBody>;
+type Connector = ConnectTimeout<HttpConnector>;
+
+/// The built-in transport's concrete type.
+pub(crate) type HyperClient =
+    ReadTimeout<hyper_util::client::legacy::Client<Connector, RequestBody>>;
 
 /// Builds the hyper-util client: HTTP/1.1, HTTP/2 by ALPN over TLS (or by
 /// prior knowledge when asked), HTTPS through rustls with the ring provider.
+/// The connect timeout bounds the whole connection set-up (DNS, TCP and the
+/// TLS handshake); the read timeout every wait for the response head and
+/// for each piece of its body.
 pub(crate) fn hyper_client(cfg: &TransportConfig) -> Result<HyperClient, Error> {
     let mut http = HttpConnector::new();
-    http.enforce_http(false);
+    // Without TLS, the connector itself refuses anything but `http`: an
+    // `https` URL must never go out in cleartext.
+    http.enforce_http(cfg!(not(feature = "rustls")));
     http.set_nodelay(true);
     http.set_connect_timeout(cfg.connect_timeout);
 
@@ -191,12 +204,272 @@ pub(crate) fn hyper_client(cfg: &TransportConfig) -> Result<HyperClient, Error> 
         let https = https.enable_all_versions();
         #[cfg(not(feature = "http2"))]
         let https = https.enable_http1();
-        Ok(builder.build(https.wrap_connector(http)))
+        let connector = ConnectTimeout {
+            inner: https.wrap_connector(http),
+            timeout: cfg.connect_timeout,
+        };
+        Ok(ReadTimeout::new(builder.build(connector), cfg.read_timeout))
     }
     #[cfg(not(feature = "rustls"))]
     {
-        Ok(builder.build(http))
+        let connector = ConnectTimeout {
+            inner: http,
+            timeout: cfg.connect_timeout,
+        };
+        Ok(ReadTimeout::new(builder.build(connector), cfg.read_timeout))
     }
+}
+
+/// The instant `d` after `now`, or `None` when that is too far for the
+/// clock (`Duration::MAX` and the like mean no limit).
+fn after(d: Option<Duration>) -> Option<Instant> {
+    Instant::now().checked_add(d?)
+}
+
+/// Bounds a whole connection set-up: hyper-util's `HttpConnector` bounds
+/// each TCP connect, but nothing bounded the TLS handshake after it, so a
+/// server that accepted and then said nothing held the call (and a pool
+/// slot) until the call's own deadline, or forever without one.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectTimeout<C> {
+    inner: C,
+    timeout: Option<Duration>,
+}
+
+/// The error a connection set-up ends with when it takes too long.
+#[derive(Debug)]
+struct ConnectTimedOut(Duration);
+
+impl fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no connection (TCP and TLS) within {:?}, the client's connect timeout",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
+impl<C> Service<Uri> for ConnectTimeout<C>
+where
+    C: Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Response: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let Some((d, at)) = timeout.zip(after(timeout)) else {
+                return connecting.await.map_err(Into::into);
+            };
+            match tokio::time::timeout_at(at, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, ConnectTimedOut(d)).into()),
+            }
+        })
+    }
+}
+
+/// The error a response ends with when no data came for the read timeout.
+#[derive(Debug)]
+struct ReadTimedOut(Duration);
+
+impl fmt::Display for ReadTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no data from the server for {:?}, the client's read timeout",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ReadTimedOut {}
+
+/// An `io::Error` of kind `TimedOut`: the facade classifies it as a
+/// timeout, and retry as a retryable one.
+fn read_timed_out(d: Duration) -> BoxError {
+    io::Error::new(io::ErrorKind::TimedOut, ReadTimedOut(d)).into()
+}
+
+/// Bounds each wait for data: for the response head from the moment the
+/// request is handed to the transport, then between two pieces of the body.
+/// A body that stops (or a head that never comes) ends with a timeout error
+/// instead of holding its connection, its pool slot and its caller.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadTimeout<S> {
+    inner: S,
+    timeout: Option<Duration>,
+}
+
+impl<S> ReadTimeout<S> {
+    fn new(inner: S, timeout: Option<Duration>) -> Self {
+        ReadTimeout { inner, timeout }
+    }
+}
+
+impl<S, B> Service<Request<RequestBody>> for ReadTimeout<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ReadTimeoutBody<B>>;
+    type Error = BoxError;
+    type Future = ReadTimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        ReadTimeoutFuture {
+            inner: self.inner.call(req),
+            timeout: self.timeout,
+            deadline: after(self.timeout),
+            sleep: None,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ReadTimeout`].
+    pub(crate) struct ReadTimeoutFuture<F> {
+        #[pin]
+        inner: F,
+        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+        // Made at the first wait: a response that is ready at once costs no
+        // timer.
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl<F, B, E> Future for ReadTimeoutFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ReadTimeoutBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            let timeout = *this.timeout;
+            return Poll::Ready(
+                result
+                    .map(|res| res.map(|body| ReadTimeoutBody::new(body, timeout)))
+                    .map_err(Into::into),
+            );
+        }
+        let (Some(d), Some(at)) = (*this.timeout, *this.deadline) else {
+            return Poll::Pending;
+        };
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(at)));
+        }
+        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(read_timed_out(d))),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body whose every wait for data is bounded.
+    pub(crate) struct ReadTimeoutBody<B> {
+        #[pin]
+        inner: B,
+        timeout: Option<Duration>,
+        // Whether the timer runs for the current wait.
+        armed: bool,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl<B> ReadTimeoutBody<B> {
+    fn new(inner: B, timeout: Option<Duration>) -> Self {
+        ReadTimeoutBody {
+            inner,
+            timeout,
+            armed: false,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> HttpBody for ReadTimeoutBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let Some(d) = *this.timeout else {
+            return Poll::Pending;
+        };
+        if !*this.armed {
+            // The wait starts now: the timer is set once per wait, not per
+            // poll.
+            let Some(at) = after(Some(d)) else {
+                return Poll::Pending;
+            };
+            match this.sleep.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.reset(at),
+                None => this.sleep.set(Some(tokio::time::sleep_until(at))),
+            }
+            *this.armed = true;
+        }
+        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(read_timed_out(d)))),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The error for an `https` URL on a client built without TLS.
+#[cfg(not(feature = "rustls"))]
+pub(crate) fn no_tls(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Builder,
+        format!(
+            "{what} is https, but tollgate was built without TLS (its `rustls` feature is \
+             off): refused rather than sent in cleartext"
+        ),
+    )
 }
 
 #[cfg(feature = "rustls")]
@@ -219,4 +492,91 @@ fn tls_config(cfg: &TransportConfig) -> Result<rustls::ClientConfig, Error> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A body that sends one byte after each of its delays.
+    struct Delayed {
+        delays: VecDeque<Duration>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl HttpBody for Delayed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let Some(delay) = self.delays.front().copied() else {
+                return Poll::Ready(None);
+            };
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+            self.delays.pop_front();
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    proptest! {
+        /// Against a model of the bound: a body read through the read
+        /// timeout fails exactly when one of its waits is longer than the
+        /// timeout, and then at that wait's start plus the timeout; the
+        /// total time never counts.
+        #[test]
+        fn the_read_timeout_fails_exactly_the_bodies_with_a_long_wait(
+            gaps in proptest::collection::vec(0u64..20, 0..12),
+            timeout in 0u64..20,
+        ) {
+            // Waits in tens of milliseconds, the timeout between two of
+            // them, so that no wait ties with it.
+            let timeout = Duration::from_millis(timeout * 10 + 5);
+            let delays: VecDeque<Duration> =
+                gaps.iter().map(|g| Duration::from_millis(g * 10)).collect();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            let (result, took) = runtime.block_on(async {
+                let body = ReadTimeoutBody::new(
+                    Delayed { delays: delays.clone(), sleep: None },
+                    Some(timeout),
+                );
+                let started = Instant::now();
+                let result = crate::buffer::collect(body, usize::MAX).await;
+                (result, started.elapsed())
+            });
+            // The model.
+            let first_long = delays.iter().position(|d| *d > timeout);
+            match first_long {
+                None => {
+                    let read = result.ok().map(|b| b.len());
+                    prop_assert_eq!(read, Some(delays.len()));
+                    prop_assert_eq!(took, delays.iter().sum::<Duration>());
+                }
+                Some(i) => {
+                    let failed_timed_out = matches!(
+                        &result,
+                        Err(crate::buffer::ReadError::Failed(e)) if crate::error::has_timeout(&**e)
+                    );
+                    prop_assert!(failed_timed_out);
+                    prop_assert_eq!(took, delays.iter().take(i).sum::<Duration>() + timeout);
+                }
+            }
+        }
+    }
 }

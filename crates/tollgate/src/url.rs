@@ -92,6 +92,12 @@ impl BaseUrl {
         })
     }
 
+    /// Whether the base URL is `https`.
+    #[cfg_attr(feature = "rustls", allow(dead_code))]
+    pub(crate) fn is_https(&self) -> bool {
+        self.scheme == http::uri::Scheme::HTTPS
+    }
+
     /// The whole base URL as given (normalised, no trailing slash).
     pub(crate) fn as_str(&self) -> String {
         format!("{}{}", self.origin, self.path)

@@ -1,5 +1,6 @@
 //! Auth through the facade, over loopback to FakeApi: what reached the
 //! server, token grants and refreshes, per-request credentials, origins.
+#![cfg(feature = "auth")]
 
 use std::time::Duration;
 

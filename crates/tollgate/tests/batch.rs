@@ -1,5 +1,6 @@
 //! Batched endpoints through the facade, over loopback to FakeApi's
 //! `/metadata?id=..` endpoint.
+#![cfg(feature = "batch")]
 
 use std::time::Duration;
 

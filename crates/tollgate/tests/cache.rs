@@ -1,6 +1,7 @@
 //! The cache through the facade, over loopback to FakeApi: a hit costs no
 //! attempt, no permit and no request; bursts coalesce; credentials and
 //! clients stay apart.
+#![cfg(feature = "cache")]
 
 use std::time::Duration;
 

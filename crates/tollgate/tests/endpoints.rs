@@ -7,8 +7,11 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 use serde_json::json;
 use tollgate::{Client, Endpoint, ErrorKind};
+#[cfg(feature = "retry")]
 use tollgate_retry::{Backoff, RetryLayer};
-use tollgate_testkit::{FakeApi, Fault, Reply, StubTransport};
+#[cfg(feature = "retry")]
+use tollgate_testkit::{FakeApi, Fault};
+use tollgate_testkit::{Reply, StubTransport};
 
 fn stub() -> StubTransport {
     let stub = StubTransport::new();
@@ -225,6 +228,7 @@ async fn every_call_has_a_tracking_id_unless_told_otherwise() {
         .is_none());
 }
 
+#[cfg(feature = "retry")]
 #[tokio::test]
 async fn retries_keep_the_tracking_id() {
     let api = FakeApi::start().await.expect("fake api");

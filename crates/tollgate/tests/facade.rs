@@ -2,7 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{StatusCode, Version};
+use http::StatusCode;
+#[cfg(feature = "http2")]
+use http::Version;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tollgate::{Client, ErrorKind};
@@ -456,6 +458,7 @@ where
     out
 }
 
+#[cfg(feature = "http2")]
 #[tokio::test]
 async fn http2_prior_knowledge_speaks_h2c() {
     let api = FakeApi::start().await.expect("start");

@@ -1,5 +1,5 @@
 //! The facade with its concurrency pool, against FakeApi over loopback.
-#![cfg(feature = "limit")]
+#![cfg(all(feature = "limit", feature = "retry"))]
 
 use std::time::Duration;
 

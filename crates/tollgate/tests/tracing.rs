@@ -2,6 +2,7 @@
 //!
 //! Alone in its own test binary: the subscriber is process-global, so no
 //! other test can cache a callsite as disabled first.
+#![cfg(feature = "auth")]
 
 use std::time::Duration;
 

@@ -1,0 +1,252 @@
+//! Reading a response body whole, bounded: for the facade's caller, and,
+//! with retry on, inside each attempt (the [`Buffer`] layer, just below
+//! retry), so that a body cut after the headers is retried like a
+//! connection failure: the caller has seen nothing of it yet.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, Full};
+use tower::{BoxError, Service};
+
+use crate::transport::RequestBody;
+
+/// Why a body could not be read whole.
+pub(crate) enum ReadError {
+    /// It is larger than the limit (declared or read so far).
+    TooLarge,
+    /// Reading it failed.
+    Failed(BoxError),
+}
+
+/// Reads a body into memory, refusing more than `max` bytes: at once when the
+/// declared size says so, otherwise as soon as the limit is passed. A body of
+/// one chunk is kept without copying.
+pub(crate) async fn collect<B>(body: B, max: usize) -> Result<Bytes, ReadError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > max as u64 {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(ReadError::TooLarge);
+        }
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = BytesMut::with_capacity(len.max(head.len() * 2));
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(joined)) => joined.freeze(),
+        (Some(head), None) => head,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// A body larger than the client's limit, found inside an attempt. Not
+/// retryable: nothing in its chain says connection failure.
+#[derive(Debug)]
+pub(crate) struct BodyTooLarge {
+    pub(crate) max: usize,
+}
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the body exceeds the limit of {} bytes", self.max)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// A body that failed while being read inside an attempt. Its source is an
+/// `io::Error` of kind `UnexpectedEof` wrapping the original error, which
+/// `tollgate_retry` classifies as a reset: retried for idempotent methods
+/// (and with an idempotency key), never for others.
+#[derive(Debug)]
+pub(crate) struct BodyFailed {
+    pub(crate) status: StatusCode,
+    source: io::Error,
+}
+
+impl fmt::Display for BodyFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the response body ({}) ended early", self.status)
+    }
+}
+
+impl std::error::Error for BodyFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Reads each response body whole inside the attempt, at most `max` bytes;
+/// see the module docs.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "retry"), allow(dead_code))]
+pub(crate) struct Buffer<S> {
+    inner: S,
+    max: usize,
+}
+
+impl<S> Buffer<S> {
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    pub(crate) fn new(inner: S, max: usize) -> Self {
+        Buffer { inner, max }
+    }
+}
+
+impl<S, B> Service<Request<RequestBody>> for Buffer<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let response = self.inner.call(req);
+        let max = self.max;
+        Box::pin(async move {
+            let (parts, body) = response.await.map_err(Into::into)?.into_parts();
+            match collect(body, max).await {
+                Ok(bytes) => Ok(Response::from_parts(parts, Full::new(bytes))),
+                Err(ReadError::TooLarge) => Err(BodyTooLarge { max }.into()),
+                // A timeout stays one: retried as a timeout, reported as one.
+                Err(ReadError::Failed(e)) if crate::error::has_timeout(&*e) => Err(e),
+                Err(ReadError::Failed(e)) => Err(BodyFailed {
+                    status: parts.status,
+                    source: io::Error::new(io::ErrorKind::UnexpectedEof, e),
+                }
+                .into()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `left` chunks of 8 bytes, of unknown size, then an error if `fail`.
+    struct Chunks {
+        left: usize,
+        fail: bool,
+    }
+
+    impl HttpBody for Chunks {
+        type Data = Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+            if self.left > 0 {
+                self.left -= 1;
+                return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                    b"01234567",
+                )))));
+            }
+            if std::mem::take(&mut self.fail) {
+                return Poll::Ready(Some(Err(io::ErrorKind::ConnectionReset.into())));
+            }
+            Poll::Ready(None)
+        }
+    }
+
+    fn chunks(left: usize, fail: bool) -> Chunks {
+        Chunks { left, fail }
+    }
+
+    #[tokio::test]
+    async fn collect_refuses_a_body_of_unknown_size_as_it_passes_the_limit() {
+        assert!(matches!(
+            collect(chunks(3, false), 23).await,
+            Err(ReadError::TooLarge)
+        ));
+        let whole = collect(chunks(3, false), 24).await;
+        assert!(matches!(whole, Ok(b) if b.len() == 24));
+        assert!(matches!(
+            collect(chunks(1, true), 100).await,
+            Err(ReadError::Failed(_))
+        ));
+    }
+
+    /// What the retry layer decides about the errors the buffer makes: a
+    /// failed body is a reset (retried for idempotent methods), a body too
+    /// large is nothing it retries.
+    #[cfg(feature = "retry")]
+    #[tokio::test]
+    async fn a_failed_body_is_a_reset_to_retry_and_a_large_one_is_final() {
+        use tower::ServiceExt;
+
+        let service = |left: usize, fail: bool| {
+            Buffer::new(
+                tower::service_fn(move |_: Request<RequestBody>| async move {
+                    Ok::<_, io::Error>(Response::new(chunks(left, fail)))
+                }),
+                20,
+            )
+        };
+        let request = || Request::new(RequestBody::default());
+
+        let failed = service(1, true).oneshot(request()).await.expect_err("cut");
+        assert_eq!(
+            tollgate_retry::error_kind(&*failed),
+            Some(tollgate_retry::RetryReason::Reset)
+        );
+        assert_eq!(
+            crate::error::classify(failed).kind(),
+            crate::ErrorKind::Body
+        );
+
+        let large = service(3, false)
+            .oneshot(request())
+            .await
+            .expect_err("24 bytes over 20");
+        assert_eq!(tollgate_retry::error_kind(&*large), None);
+        assert_eq!(
+            crate::error::classify(large).kind(),
+            crate::ErrorKind::BodyTooLarge
+        );
+
+        let whole = service(2, false)
+            .oneshot(request())
+            .await
+            .expect("16 bytes");
+        assert_eq!(whole.into_body().size_hint().exact(), Some(16));
+    }
+}
