@@ -28,10 +28,14 @@ pub fn upstream_pause(
             return Some(d);
         }
     }
+    // A field may come as several lines: together they are one list, and
+    // the most restrictive policy of all of them wins.
     if let Some(d) = headers
-        .get("ratelimit")
-        .and_then(|v| v.to_str().ok())
-        .and_then(ratelimit_field)
+        .get_all("ratelimit")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(ratelimit_field)
+        .max()
     {
         return Some(d);
     }
@@ -77,10 +81,10 @@ fn ratelimit_field(value: &str) -> Option<Duration> {
     let mut old_remaining = None;
     let mut old_reset = None;
     let mut pause: Option<u64> = None;
-    for member in value.split(',') {
+    for member in split_outside_quotes(value, b',') {
         let mut remaining = None;
         let mut reset = None;
-        for part in member.split(';') {
+        for part in split_outside_quotes(member, b';') {
             let Some((name, v)) = part.trim().split_once('=') else {
                 continue;
             };
@@ -101,6 +105,29 @@ fn ratelimit_field(value: &str) -> Option<Duration> {
         pause = Some(pause.map_or(t, |p| p.max(t)));
     }
     pause.map(|secs| Duration::from_secs(secs).min(crate::MAX_RETRY_AFTER))
+}
+
+/// Splits `value` at `sep`, except inside a quoted string (RFC 8941
+/// §3.3.3: `"` opens and closes one, `\` escapes the next character), so
+/// a policy named `"n;r=0;t=999"` is one name, not three parameters.
+fn split_outside_quotes(value: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let bytes = value.as_bytes();
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            parts.push(&value[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&value[start..]);
+    parts.into_iter()
 }
 
 #[cfg(test)]

@@ -73,7 +73,10 @@ impl RateLimited {
     /// # Ok::<(), tollgate_limit::InvalidQuota>(())
     /// ```
     pub fn headers(&self, quota: &crate::Quota) -> http::HeaderMap {
-        let wait = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        let wait = self
+            .retry_after
+            .as_secs()
+            .saturating_add(u64::from(self.retry_after.subsec_nanos() > 0));
         let window = quota.period().as_secs().max(1);
         let mut h = http::HeaderMap::new();
         let pairs = [

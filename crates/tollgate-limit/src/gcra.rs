@@ -37,8 +37,14 @@ pub enum Decision {
 impl Gcra {
     /// The algorithm for a quota (its rate and burst).
     pub fn new(quota: &Quota) -> Gcra {
+        // A quota's interval is at most 2^62 ns and its burst refills within
+        // 2^63 ns (checked when it is built), so with times below 2^62 (146
+        // years from the limiter's start) no sum here saturates: a saturated
+        // TAT would admit everything.
         let interval = quota.emission_interval_nanos();
-        let tolerance = interval.saturating_mul(u64::from(quota.burst()) - 1);
+        let tolerance = interval
+            .saturating_mul(u64::from(quota.burst()) - 1)
+            .min(1 << 63);
         Gcra {
             interval,
             tolerance,
@@ -76,15 +82,25 @@ impl Gcra {
     /// first permit conforms at `until`, and the next ones follow at the
     /// steady rate, with no burst (a burst released at the end of a pause is
     /// exactly what trips an upstream that just said "slow down").
-    pub fn pause(&self, tat: u64, until: u64) -> u64 {
+    pub fn pause(&self, tat: u64, now: u64, until: u64) -> u64 {
+        if until <= now {
+            // A pause that is already over changes nothing (a window quota's
+            // does not either).
+            return tat;
+        }
         tat.max(until.saturating_add(self.tolerance))
     }
 
     /// When the permit of a caller with `ahead` callers before it would
     /// conform, if each of them takes one in turn and nothing else changes.
     pub fn estimate(&self, tat: u64, now: u64, ahead: u64) -> u64 {
-        let first = now.max(tat.saturating_sub(self.tolerance));
-        first.saturating_add(ahead.saturating_mul(self.interval))
+        // Taking permits in turn from `now`, the k-th conforms at
+        // `max(now, max(tat, now) + k·T − τ)`: what is left of the burst is
+        // used first.
+        tat.max(now)
+            .saturating_add(ahead.saturating_mul(self.interval))
+            .saturating_sub(self.tolerance)
+            .max(now)
     }
 
     /// Whether the state no longer constrains anything at `now` (forgetting
@@ -163,7 +179,7 @@ mod tests {
         let gcra = Gcra::new(&Quota::per_second(10).expect("valid"));
         // Burst 10, idle: a pause until 1 s lets one permit through at 1 s,
         // then one every 100 ms, never the burst of 10.
-        let tat = gcra.pause(0, 1000 * MS);
+        let tat = gcra.pause(0, 0, 1000 * MS);
         assert_eq!(
             gcra.check(tat, 999 * MS),
             Decision::Wait { until: 1000 * MS }
@@ -192,7 +208,7 @@ mod tests {
                 now += gap;
                 if let Some(p) = pause {
                     paused_until = paused_until.max(now + p);
-                    tat = gcra.pause(tat, now + p);
+                    tat = gcra.pause(tat, now, now + p);
                 }
                 if let Decision::Allow { tat: next } = gcra.check(tat, now) {
                     prop_assert!(now >= paused_until, "granted during a pause");

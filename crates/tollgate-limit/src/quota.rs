@@ -70,8 +70,9 @@ impl Quota {
     ///
     /// # Errors
     ///
-    /// For a zero `count` or `period`, or one permit per less than a
-    /// nanosecond.
+    /// For a zero `count` or `period`, one permit per less than a
+    /// nanosecond, or a burst (here `count`) that would take more than
+    /// [`Quota::MAX_REFILL`] to refill.
     pub fn per(count: u32, period: Duration) -> Result<Quota, InvalidQuota> {
         let count = nonzero(count, "the count must be above zero")?;
         if period.is_zero() {
@@ -80,12 +81,31 @@ impl Quota {
         if period.as_nanos() < u128::from(count.get()) {
             return Err(InvalidQuota("more than one permit per nanosecond"));
         }
-        Ok(Quota {
+        Quota {
             kind: QuotaKind::Smooth,
             count,
             period,
             burst: count,
-        })
+        }
+        .checked()
+    }
+
+    /// The longest a smooth quota's burst may take to refill: 2^63 ns, about
+    /// 292 years, so that no sum of times ever saturates (a saturated state
+    /// would admit everything).
+    pub const MAX_REFILL: Duration = Duration::from_nanos(1 << 63);
+
+    /// A smooth quota whose burst refills within [`Quota::MAX_REFILL`].
+    fn checked(self) -> Result<Quota, InvalidQuota> {
+        if self.kind == QuotaKind::Smooth {
+            let refill = u128::from(self.emission_interval_nanos()) * u128::from(self.burst.get());
+            if refill > 1 << 63 {
+                return Err(InvalidQuota(
+                    "the burst would take more than 292 years to refill",
+                ));
+            }
+        }
+        Ok(self)
     }
 
     /// `count` permits per second, smooth.
@@ -112,10 +132,19 @@ impl Quota {
     ///
     /// For a zero `count` or `period`.
     pub fn window(count: u32, period: Duration) -> Result<Quota, InvalidQuota> {
-        let quota = Quota::per(count, period)?;
+        let count = nonzero(count, "the count must be above zero")?;
+        if period.is_zero() {
+            return Err(InvalidQuota("the period must be above zero"));
+        }
+        if period.as_nanos() < u128::from(count.get()) {
+            return Err(InvalidQuota("more than one permit per nanosecond"));
+        }
+        // A window longer than 2^62 ns (146 years) is taken as that.
         Ok(Quota {
             kind: QuotaKind::Window,
-            ..quota
+            count,
+            period,
+            burst: count,
         })
     }
 
@@ -124,14 +153,15 @@ impl Quota {
     ///
     /// # Errors
     ///
-    /// For a zero burst, or a burst on a window quota other than its count.
+    /// For a zero burst, a burst on a window quota other than its count, or
+    /// a burst that would take more than [`Quota::MAX_REFILL`] to refill.
     pub fn with_burst(mut self, burst: u32) -> Result<Quota, InvalidQuota> {
         let burst = nonzero(burst, "the burst must be above zero")?;
         if self.kind == QuotaKind::Window && burst != self.count {
             return Err(InvalidQuota("a window quota's burst is its count"));
         }
         self.burst = burst;
-        Ok(self)
+        self.checked()
     }
 
     /// Which guarantee this quota gives.
@@ -154,11 +184,12 @@ impl Quota {
         self.burst.get()
     }
 
-    /// The time between permits at the steady rate, in nanoseconds (at
-    /// least 1, by construction).
+    /// The time between permits at the steady rate, in nanoseconds: at
+    /// least 1 by construction, and at most 2^62 (146 years; one permit per
+    /// longer than that is taken as one per 146 years).
     pub(crate) fn emission_interval_nanos(&self) -> u64 {
         let nanos = self.period.as_nanos() / u128::from(self.count.get());
-        u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
+        u64::try_from(nanos).unwrap_or(u64::MAX).clamp(1, 1 << 62)
     }
 }
 

@@ -21,48 +21,71 @@ use crate::quota::Quota;
 pub struct SlidingWindow {
     count: usize,
     period: u64,
+    /// `period / count`: the pace after a pause.
+    step: u64,
 }
 
-/// One limiter's log of recent grants.
+/// One limiter's log of recent grants, and what a pause left behind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WindowLog {
     grants: VecDeque<u64>,
+    /// No permit before this (the upstream said so).
+    paused_until: u64,
+    /// Until this time, after a pause, permits are also paced one `step`
+    /// apart...
+    ramp_end: u64,
+    /// ...the next one conforming from this time on.
+    ramp_next: u64,
 }
 
 impl WindowLog {
-    /// The latest entry, if any.
-    pub fn last(&self) -> Option<u64> {
-        self.grants.back().copied()
+    /// From when the log no longer constrains anything (its latest grant
+    /// has left the window and any pause is over).
+    pub fn idle_at(&self, period: u64) -> u64 {
+        self.grants
+            .back()
+            .map_or(0, |g| g.saturating_add(period))
+            .max(self.paused_until)
+            .max(self.ramp_end)
     }
 }
 
 impl SlidingWindow {
-    /// The window for a quota (its count and period).
+    /// The window for a quota (its count and period). A period beyond
+    /// 2^62 ns (146 years) is taken as that, so no sum of times saturates.
     pub fn new(quota: &Quota) -> SlidingWindow {
+        let count = usize::try_from(quota.count()).unwrap_or(usize::MAX);
+        let period = u64::try_from(quota.period().as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(1 << 62);
         SlidingWindow {
-            count: usize::try_from(quota.count()).unwrap_or(usize::MAX),
-            period: u64::try_from(quota.period().as_nanos()).unwrap_or(u64::MAX),
+            count,
+            period,
+            step: (period / u64::from(quota.count())).max(1),
         }
+    }
+
+    /// The window's length in nanoseconds.
+    pub fn period(&self) -> u64 {
+        self.period
     }
 
     /// Decides one permit at `now` (nanoseconds, non-decreasing): `Ok` and
     /// recorded, or `Err(until)`, the earliest time a permit conforms.
     pub fn check(&self, log: &mut WindowLog, now: u64) -> Result<(), u64> {
         self.forget_before(log, now);
-        // Entries after `now` are a pause's placeholders (see `pause`): they
-        // count against the window like grants.
-        if log.grants.len() < self.count {
-            // Grants are kept in time order; a grant at `now` goes after
-            // every entry at or before it.
-            let at = log.grants.partition_point(|&g| g <= now);
-            log.grants.insert(at, now);
-            Ok(())
-        } else {
-            Err(self.next_free(log, now))
+        let at = self.next_free(log, now);
+        if at > now {
+            return Err(at);
         }
+        log.grants.push_back(now);
+        if now < log.ramp_end {
+            log.ramp_next = log.ramp_next.max(now).saturating_add(self.step);
+        }
+        Ok(())
     }
 
-    /// Drops the entries that left the window by `now`.
+    /// Drops the grants that left the window by `now`.
     fn forget_before(&self, log: &mut WindowLog, now: u64) {
         while log
             .grants
@@ -73,108 +96,68 @@ impl SlidingWindow {
         }
     }
 
-    /// With the log full at `now`: when the entry that makes room leaves
-    /// the window (the `count`-th most recent one).
+    /// The earliest time from `now` on at which every constraint allows a
+    /// permit: the window (once the `count`-th most recent grant has left
+    /// it), the pause, and the pace after a pause. Each only ever moves
+    /// later as time passes, so their latest is when all of them allow.
     fn next_free(&self, log: &WindowLog, now: u64) -> u64 {
-        let index = log.grants.len().saturating_sub(self.count);
-        log.grants
-            .get(index)
-            .map_or(now, |g| g.saturating_add(self.period))
-            .max(now)
+        let window = if log.grants.len() < self.count {
+            now
+        } else {
+            let index = log.grants.len() - self.count;
+            log.grants
+                .get(index)
+                .map_or(now, |g| g.saturating_add(self.period))
+        };
+        let ramp = if now < log.ramp_end {
+            log.ramp_next
+        } else {
+            now
+        };
+        window.max(log.paused_until).max(ramp).max(now)
     }
 
-    /// The upstream asked for no permit before `until`: placeholders are
-    /// added so that the first permit conforms at `until` and the next ones
-    /// follow one every `period / count`, not all `count` at once (a full
-    /// window released at the end of a pause is what trips an upstream that
-    /// just said "slow down"). The placeholders only ever add to the window,
-    /// so the bound holds as before.
+    /// The upstream asked for no permit before `until`: none is granted
+    /// before it, and for one period after it permits are also paced one
+    /// `period / count` apart, not all `count` at once (a full window
+    /// released at the end of a pause is what trips an upstream that just
+    /// said "slow down"). Constant memory whatever the count; the pause only
+    /// ever adds constraints, so the bound holds as before.
     pub fn pause(&self, log: &mut WindowLog, now: u64, until: u64) {
         if until <= now {
             return;
         }
-        self.forget_before(log, now);
-        let step = self.period / u64::try_from(self.count).unwrap_or(u64::MAX).max(1);
-        let start = until.saturating_sub(self.period);
-        let mut merged: VecDeque<u64> = VecDeque::with_capacity(log.grants.len() + self.count);
-        let mut old = std::mem::take(&mut log.grants).into_iter().peekable();
-        for k in 0..self.count {
-            let k = u64::try_from(k).unwrap_or(u64::MAX);
-            let p = start.saturating_add(step.saturating_mul(k));
-            while let Some(&g) = old.peek() {
-                if g > p {
-                    break;
-                }
-                merged.push_back(g);
-                old.next();
-            }
-            merged.push_back(p);
-        }
-        merged.extend(old);
-        log.grants = merged;
-        self.forget_before(log, now);
-        // Keep the log no longer than it needs to be: only the `count` most
-        // recent entries ever decide anything.
-        while log.grants.len() > self.count {
-            log.grants.pop_front();
-        }
+        log.paused_until = log.paused_until.max(until);
+        log.ramp_next = log.ramp_next.max(until);
+        log.ramp_end = log.ramp_end.max(until.saturating_add(self.period));
     }
 
     /// When the permit of a caller with `ahead` callers before it would
-    /// conform, if each of them takes one in turn and nothing else changes.
+    /// conform, if each of them takes one in turn and nothing else changes:
+    /// a simulation on a copy of the log, at most `MAX_SIMULATED` grants,
+    /// then extrapolated at the quota's long-run rate.
     pub fn estimate(&self, log: &WindowLog, now: u64, ahead: u64) -> u64 {
-        // Simulate on the count most recent entries: grant j conforms once
-        // the entry count places before it has left the window.
-        let mut recent: VecDeque<u64> = log
-            .grants
-            .iter()
-            .copied()
-            .filter(|&g| g.saturating_add(self.period) > now)
-            .collect();
+        const MAX_SIMULATED: u64 = 1 << 14;
+        let mut probe = log.clone();
         let mut t = now;
-        let mut n = 0u64;
+        let simulated = ahead.min(MAX_SIMULATED);
+        let mut taken = 0;
         loop {
-            if recent.len() >= self.count {
-                let index = recent.len() - self.count;
-                t = t.max(recent[index].saturating_add(self.period));
-            }
-            if n == ahead {
-                return t;
-            }
-            recent.push_back(t);
-            if recent.len() > self.count {
-                recent.pop_front();
-            }
-            n += 1;
-            // Past a full window's worth of rounds the pattern repeats:
-            // every `count` grants take one more period.
-            if n >= u64::try_from(self.count)
-                .unwrap_or(u64::MAX)
-                .saturating_mul(2)
-                && ahead > n
-            {
-                let rounds = (ahead - n) / u64::try_from(self.count).unwrap_or(u64::MAX).max(1);
-                let skip = rounds.saturating_mul(u64::try_from(self.count).unwrap_or(u64::MAX));
-                if skip > 0 {
-                    let shift = rounds.saturating_mul(self.period);
-                    for g in recent.iter_mut() {
-                        *g = g.saturating_add(shift);
-                    }
-                    t = t.saturating_add(shift);
-                    n += skip;
-                }
+            match self.check(&mut probe, t) {
+                Ok(()) if taken == simulated => break,
+                Ok(()) => taken += 1,
+                Err(at) => t = at,
             }
         }
+        t.saturating_add((ahead - simulated).saturating_mul(self.step))
     }
 
     /// Whether the log no longer constrains anything at `now`.
     pub fn is_idle(&self, log: &WindowLog, now: u64) -> bool {
-        log.grants
-            .back()
-            .is_none_or(|&g| g.saturating_add(self.period) <= now)
+        log.idle_at(self.period) <= now
     }
 
-    /// Entries held: the memory a log costs is this many `u64`s.
+    /// Grants held: the memory a log costs is this many `u64`s.
     pub fn len(log: &WindowLog) -> usize {
         log.grants.len()
     }

@@ -63,7 +63,7 @@ proptest! {
         for (gap, pause) in ops {
             now += gap;
             if let Some(p) = pause {
-                tat = g.pause(tat, now + p);
+                tat = g.pause(tat, now, now + p);
             }
             if let Decision::Allow { tat: next } = g.check(tat, now) {
                 tat = next;
@@ -86,8 +86,7 @@ proptest! {
     /// served. It ignores the burst left (`first + ahead · T`): burst 3, a
     /// fresh state, one caller ahead: estimated at T, served at 0.
     #[test]
-    #[ignore = "BROKEN: Gcra::estimate ignores the burst left (first + ahead*T): burst 3, fresh state, ahead 1 -> 33 ms estimated, 0 real"]
-    fn gcra_estimates_match_taking_in_turn_after_pauses(
+        fn gcra_estimates_match_taking_in_turn_after_pauses(
         burst in 1u32..6,
         ops in proptest::collection::vec((0u64..80_000_000, proptest::option::weighted(0.3, 0u64..400_000_000)), 0..30),
         ahead in 0u64..30,
@@ -97,7 +96,7 @@ proptest! {
         for (gap, pause) in ops {
             now += gap;
             if let Some(p) = pause {
-                tat = g.pause(tat, now + p);
+                tat = g.pause(tat, now, now + p);
             }
             if let Decision::Allow { tat: next } = g.check(tat, now) {
                 tat = next;
@@ -119,14 +118,14 @@ proptest! {
     /// Any quota `Quota::per` accepts: GCRA never grants more than
     /// `burst + t / T` (checked on 3 · burst arrivals at one instant).
     #[test]
-    #[ignore = "BROKEN: GCRA tolerance saturates (gcra.rs Gcra::new): minimal case Quota::per(1, 107248513 s).with_burst(173) grants 519 of 519 at one instant"]
-    fn gcra_bursts_are_bounded_for_any_valid_quota(
+        fn gcra_bursts_are_bounded_for_any_valid_quota(
         count in 1u32..=u32::MAX,
         period_secs in 1u64..=u64::MAX / 2,
         burst in 1u32..200,
     ) {
         let Ok(quota) = Quota::per(count, Duration::from_secs(period_secs)) else { return Ok(()); };
-        let quota = quota.with_burst(burst).expect("valid");
+        // A burst too long to refill is a typed error when built.
+        let Ok(quota) = quota.with_burst(burst) else { return Ok(()); };
         let g = Gcra::new(&quota);
         let mut tat = 0;
         let mut granted = 0u32;

@@ -111,7 +111,7 @@ async fn a_pause_holds_queued_waiters_and_ends_without_a_burst() {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         let nb = res
             .extensions()
-            .get::<tollgate_retry::NotBefore>()
+            .get::<tollgate_core::NotBefore>()
             .expect("NotBefore");
         assert_eq!(nb.0 - start, Duration::from_millis(3_050), "{quota}");
         for w in waiters {
@@ -208,10 +208,7 @@ async fn learning_off_and_the_cap() {
         vec![("retry-after", "30")],
     ));
     let res = svc.clone().oneshot(req("teach")).await.expect("429");
-    assert!(res
-        .extensions()
-        .get::<tollgate_retry::NotBefore>()
-        .is_none());
+    assert!(res.extensions().get::<tollgate_core::NotBefore>().is_none());
     let next = svc.clone().oneshot(req("n")).await.expect("n");
     assert_eq!(
         next.extensions().get::<PermitWait>().expect("w").0,
@@ -228,10 +225,7 @@ async fn learning_off_and_the_cap() {
     ));
     let start = Instant::now();
     let res = svc.clone().oneshot(req("teach")).await.expect("429");
-    assert!(res
-        .extensions()
-        .get::<tollgate_retry::NotBefore>()
-        .is_none());
+    assert!(res.extensions().get::<tollgate_core::NotBefore>().is_none());
     let next = svc.clone().oneshot(req("n")).await.expect("n");
     // Learned at 50 ms (the 429's latency), capped at 2 s: `n`, arriving at
     // 50 ms, waits exactly 2 s.
@@ -326,7 +320,6 @@ fn the_most_restrictive_policy_wins_in_one_field_line() {
 /// only the first line (`HeaderMap::get`), so a spent policy on the second
 /// line is missed.
 #[test]
-#[ignore = "BROKEN: RateLimit split over two field lines: only the first line is read (feedback.rs: headers.get(\"ratelimit\")), the spent policy is ignored"]
 fn the_most_restrictive_policy_wins_across_field_lines() {
     assert_eq!(
         pause(
@@ -344,7 +337,6 @@ fn the_most_restrictive_policy_wins_across_field_lines() {
 /// that may hold `,` `;` and `=`: the field is split on them without regard
 /// for quotes, so a string fakes a spent policy.
 #[test]
-#[ignore = "BROKEN: quoted strings are split on ';' and ',' (feedback.rs ratelimit_field): a policy with r=5 and a string parameter \"x;r=0;t=999\" pauses 999 s"]
 fn a_quoted_string_is_not_parsed_as_parameters() {
     assert_eq!(
         pause(
@@ -377,7 +369,7 @@ fn x_ratelimit_reset_epoch_past_and_future() {
     assert_eq!(h(b"2000000060"), Some(Duration::from_secs(60)));
     assert_eq!(
         h(b"18446744073709551615"),
-        Some(tollgate_retry::MAX_RETRY_AFTER)
+        Some(tollgate_core::MAX_RETRY_AFTER)
     );
     assert_eq!(h(b"99999999999999999999999"), None);
 }

@@ -35,7 +35,7 @@ impl Ticket {
             let mut lanes = self.shared.queues.lock(self.hash);
             self.shared.queues.leave(&mut lanes, self.hash, self.id);
             drop(lanes);
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.shared.queues.waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -65,24 +65,41 @@ impl<S, R> Waiting<S, R> {
         loop {
             let until = {
                 let mut lanes = shared.queues.lock(self.ticket.hash);
-                if !Queues::is_head(&mut lanes, self.ticket.hash, self.ticket.id, cx.waker()) {
-                    return Poll::Pending;
-                }
                 let now = shared.now();
-                match shared.store.check(&self.key, now) {
-                    Ok(()) => {
+                let ahead =
+                    Queues::position(&mut lanes, self.ticket.hash, self.ticket.id, cx.waker());
+                if ahead > 0 {
+                    // Not our turn yet: woken when it is, or refused when
+                    // our own latest time comes first.
+                    if now >= self.latest {
+                        let at = shared.store.estimate(
+                            &self.key,
+                            now,
+                            u64::try_from(ahead).unwrap_or(u64::MAX),
+                        );
                         drop(lanes);
-                        self.ticket.leave();
-                        return Poll::Ready(Ok(now));
+                        return Poll::Ready(Err(self.too_long(at.max(now))));
                     }
-                    Err(at) if at > self.latest => {
-                        drop(lanes);
-                        self.ticket.leave();
-                        let needed = Duration::from_nanos(at.saturating_sub(now));
-                        let max = Duration::from_nanos(self.latest.saturating_sub(self.arrived));
-                        return Poll::Ready(Err(Box::new(WaitTooLong { needed, max })));
+                    drop(lanes);
+                    if self.latest == u64::MAX {
+                        return Poll::Pending;
                     }
-                    Err(at) => at,
+                    // Wake at our latest time: still not our turn then, and
+                    // we are refused.
+                    self.latest
+                } else {
+                    match shared.store.check(&self.key, now) {
+                        Ok(()) => {
+                            drop(lanes);
+                            self.ticket.leave();
+                            return Poll::Ready(Ok(now));
+                        }
+                        Err(at) if at > self.latest => {
+                            drop(lanes);
+                            return Poll::Ready(Err(self.too_long(at)));
+                        }
+                        Err(at) => at,
+                    }
                 }
             };
             let deadline = shared.instant(until);
@@ -94,6 +111,15 @@ impl<S, R> Waiting<S, R> {
                 ready!(sleep.as_mut().poll(cx));
             }
         }
+    }
+
+    /// Leaves the lane, refused: the permit comes at `at`, after the
+    /// caller's latest time. Both durations count from the caller's arrival.
+    fn too_long(&mut self, at: u64) -> BoxError {
+        self.ticket.leave();
+        let needed = Duration::from_nanos(at.saturating_sub(self.arrived));
+        let max = Duration::from_nanos(self.latest.saturating_sub(self.arrived));
+        Box::new(WaitTooLong { needed, max })
     }
 }
 

@@ -1,7 +1,6 @@
 //! [`RateLimitLayer`] and its settings.
 
 use std::fmt;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,20 +39,49 @@ impl fmt::Debug for KeyBy {
 }
 
 impl KeyBy {
-    /// One limiter per upstream host (`host:port`): a gateway's choice.
+    /// One limiter per upstream host: the request URI's authority, or the
+    /// `Host` header when the URI has none (a server's view), as
+    /// `host:port`, the host in lowercase and the port the scheme's default
+    /// when none is written. `api.test`, `API.test` and `api.test:80` share
+    /// one limiter.
     pub fn host() -> KeyBy {
         KeyBy(Arc::new(|r: &KeyInput<'_>| {
-            r.uri.authority().map(|a| a.as_str().to_owned())
+            let authority = match r.uri.authority() {
+                Some(a) => a.as_str().to_owned(),
+                None => r.headers.get(http::header::HOST)?.to_str().ok()?.to_owned(),
+            };
+            let authority = authority.rsplit('@').next().unwrap_or_default();
+            let default_port = match r.uri.scheme_str() {
+                Some("https") => "443",
+                _ => "80",
+            };
+            let (host, port) = match authority.rsplit_once(':') {
+                // An IPv6 literal's colons are inside its brackets.
+                Some((h, p)) if !p.contains(']') => (h, p),
+                _ => (authority, default_port),
+            };
+            Some(format!("{}:{port}", host.to_ascii_lowercase()))
         }))
     }
 
     /// One limiter per value of this header (an API key, a tenant id).
-    /// Requests without it share one limiter.
+    /// Requests without it share one limiter. Values that are not UTF-8 are
+    /// kept apart byte for byte (never merged by a lossy conversion).
     pub fn header(name: HeaderName) -> KeyBy {
         KeyBy(Arc::new(move |r: &KeyInput<'_>| {
-            r.headers
-                .get(&name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            let value = r.headers.get(&name)?;
+            Some(match std::str::from_utf8(value.as_bytes()) {
+                Ok(text) => text.to_owned(),
+                // \u{1} cannot start a header value's text, so these never
+                // meet a UTF-8 key.
+                Err(_) => {
+                    let mut key = String::from("\u{1}");
+                    for byte in value.as_bytes() {
+                        key.push_str(&format!("{byte:02x}"));
+                    }
+                    key
+                }
+            })
         }))
     }
 
@@ -86,8 +114,12 @@ pub(crate) struct Shared {
     pub(crate) max_pause: Duration,
     pub(crate) max_memory: usize,
     pub(crate) epoch: Instant,
-    pub(crate) waiting: AtomicUsize,
-    pub(crate) queues: Queues,
+    /// The lanes of waiting callers, shared by every layer derived from
+    /// one (`max_wait` and the like keep it; a new store starts anew).
+    pub(crate) queues: Arc<Queues>,
+    /// Whether `store` was given by the user (then `max_keys` and
+    /// `max_memory`, settings of the built-in store, leave it alone).
+    pub(crate) custom_store: bool,
 }
 
 impl Shared {
@@ -99,6 +131,19 @@ impl Shared {
     /// An instant as nanoseconds on the limiter's clock (0 if before it).
     pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A new built-in store for the current settings (a new limiter: its
+    /// own lanes too), unless the user gave one.
+    fn renew_store(&mut self) {
+        if !self.custom_store {
+            self.store = Arc::new(MemoryStore::with_memory(
+                &self.quota,
+                self.max_keys,
+                self.max_memory,
+            ));
+            self.queues = Arc::new(Queues::new());
+        }
     }
 
     pub(crate) fn instant(&self, at: u64) -> Instant {
@@ -145,8 +190,8 @@ impl RateLimitLayer {
                 max_pause: Duration::from_secs(60),
                 max_memory: DEFAULT_MAX_MEMORY,
                 epoch: Instant::now(),
-                waiting: AtomicUsize::new(0),
-                queues: Queues::new(),
+                queues: Arc::new(Queues::new()),
+                custom_store: false,
             }),
         }
     }
@@ -165,8 +210,8 @@ impl RateLimitLayer {
             max_pause: s.max_pause,
             max_memory: s.max_memory,
             epoch: s.epoch,
-            waiting: AtomicUsize::new(0),
-            queues: Queues::new(),
+            queues: Arc::clone(&s.queues),
+            custom_store: s.custom_store,
         };
         f(&mut next);
         RateLimitLayer {
@@ -181,7 +226,12 @@ impl RateLimitLayer {
     }
 
     /// A caller whose permit is further away than this fails at once with
-    /// [`WaitTooLong`](crate::WaitTooLong), without waiting first.
+    /// [`WaitTooLong`](crate::WaitTooLong), without waiting first; a caller
+    /// already waiting whose permit moves further away (a pause learned
+    /// meanwhile) fails as soon as that is known, and never later than its
+    /// maximum. Waits run on tokio's timer, which has a resolution of one
+    /// millisecond: a permit due within the maximum may be taken up to 1 ms
+    /// after it.
     pub fn max_wait(self, max: Duration) -> Self {
         self.with(|s| s.max_wait = Some(max))
     }
@@ -205,7 +255,7 @@ impl RateLimitLayer {
     pub fn max_keys(self, max: usize) -> Self {
         self.with(|s| {
             s.max_keys = max;
-            s.store = Arc::new(MemoryStore::with_memory(&s.quota, max, s.max_memory));
+            s.renew_store();
         })
     }
 
@@ -217,13 +267,19 @@ impl RateLimitLayer {
     pub fn max_memory(self, max_bytes: usize) -> Self {
         self.with(|s| {
             s.max_memory = max_bytes;
-            s.store = Arc::new(MemoryStore::with_memory(&s.quota, s.max_keys, max_bytes));
+            s.renew_store();
         })
     }
 
-    /// Keeps the limiter's state in `store` (a shared backend).
+    /// Keeps the limiter's state in `store` (a shared backend). Later
+    /// [`max_keys`](Self::max_keys) and [`max_memory`](Self::max_memory)
+    /// settings, which configure the built-in store, leave it alone.
     pub fn store(self, store: Arc<dyn RateLimitStore>) -> Self {
-        self.with(|s| s.store = store)
+        self.with(|s| {
+            s.store = store;
+            s.custom_store = true;
+            s.queues = Arc::new(Queues::new());
+        })
     }
 
     /// Whether upstream answers (429/503 `Retry-After`, `RateLimit`,
@@ -239,6 +295,7 @@ impl RateLimitLayer {
     /// Callers waiting for a permit right now.
     pub fn waiting(&self) -> usize {
         self.shared
+            .queues
             .waiting
             .load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -30,6 +30,8 @@ pub(crate) struct Queues {
     /// Callers in the unkeyed lane: when 0, a caller without a key may ask
     /// the store without taking a lock.
     unkeyed: AtomicUsize,
+    /// Callers in every lane (what `max_queue` bounds).
+    pub(crate) waiting: AtomicUsize,
 }
 
 impl std::fmt::Debug for Queues {
@@ -45,6 +47,7 @@ impl Queues {
             hasher: std::collections::hash_map::RandomState::new(),
             next_id: AtomicU64::new(0),
             unkeyed: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -89,22 +92,24 @@ impl Queues {
         id
     }
 
-    /// Whether `id` heads its lane; if not, keeps `waker` to be woken when
-    /// it does.
-    pub(crate) fn is_head(lanes: &mut Lanes, hash: u64, id: u64, waker: &Waker) -> bool {
+    /// How many callers are ahead of `id` in its lane (0: it is the head);
+    /// if any, keeps `waker` to be woken when it becomes the head.
+    pub(crate) fn position(lanes: &mut Lanes, hash: u64, id: u64, waker: &Waker) -> usize {
         let Some(lane) = lanes.get_mut(&hash) else {
-            return false;
+            return 0;
         };
         if lane.front().is_some_and(|s| s.id == id) {
-            return true;
+            return 0;
         }
-        if let Some(slot) = lane.iter_mut().find(|s| s.id == id) {
-            match &slot.waker {
-                Some(w) if w.will_wake(waker) => {}
-                _ => slot.waker = Some(waker.clone()),
-            }
+        let Some(at) = lane.iter().position(|s| s.id == id) else {
+            return 0;
+        };
+        let slot = &mut lane[at];
+        match &slot.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => slot.waker = Some(waker.clone()),
         }
-        false
+        at
     }
 
     /// Leaves `hash`'s lane (served or gone), waking the next head.

@@ -148,6 +148,10 @@ impl Shared {
 
     /// A permit now, a place in the lane, or a refusal.
     pub(crate) fn admit(&self, key: &str, now: u64, latest: u64) -> Admit {
+        if latest < now {
+            // The call's deadline has already passed: nothing to wait for.
+            return Admit::Refused(self.refusal(now, now, latest));
+        }
         if key.is_empty() && self.queues.unkeyed_is_empty() {
             // Nobody waits: ask the store without a lock (the common case).
             match self.store.check(key, now) {
@@ -165,7 +169,10 @@ impl Shared {
                 Err(at) if at > latest => return Admit::Refused(self.refusal(now, at, latest)),
                 Err(_) => {}
             }
-        } else {
+        } else if latest != u64::MAX {
+            // Refused at once if, even with everyone ahead served in turn,
+            // the permit would come too late. (An estimate: a waiter that
+            // turns out later than this is refused when its time is up.)
             let at = self
                 .store
                 .estimate(key, now, u64::try_from(ahead).unwrap_or(u64::MAX));
@@ -173,10 +180,10 @@ impl Shared {
                 return Admit::Refused(self.refusal(now, at, latest));
             }
         }
-        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let before = self.queues.waiting.fetch_add(1, Ordering::AcqRel);
         if let Some(max) = self.max_queue {
             if before >= max {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.queues.waiting.fetch_sub(1, Ordering::AcqRel);
                 return Admit::Refused(Box::new(QueueFull { max_queue: max }));
             }
         }

@@ -83,7 +83,7 @@ impl Algorithm {
 
     fn pause(&self, state: &mut State, now: u64, until: u64) {
         match self {
-            Algorithm::Gcra(g) => state.tat = g.pause(state.tat, until),
+            Algorithm::Gcra(g) => state.tat = g.pause(state.tat, now, until),
             Algorithm::Window(w) => w.pause(&mut state.log, now, until),
         }
     }
@@ -93,7 +93,7 @@ impl Algorithm {
     fn idle_at(&self, state: &State, period: u64) -> u64 {
         match self {
             Algorithm::Gcra(_) => state.tat,
-            Algorithm::Window(_) => state.log.last().map_or(0, |g| g.saturating_add(period)),
+            Algorithm::Window(_) => state.log.idle_at(period),
         }
     }
 }
@@ -189,7 +189,9 @@ impl MemoryStore {
         let by_memory = max_bytes / per_key.max(1);
         MemoryStore {
             algorithm,
-            period: u64::try_from(quota.period().as_nanos()).unwrap_or(u64::MAX),
+            period: u64::try_from(quota.period().as_nanos())
+                .unwrap_or(u64::MAX)
+                .min(1 << 62),
             single_tat: AtomicU64::new(0),
             single: Mutex::new(State::default()),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
@@ -282,9 +284,13 @@ impl MemoryStore {
         if self.take_room() {
             return self.insert(&mut shard, hash, now, f);
         }
-        drop(shard);
+        // The home shard stays locked while the overflow state decides: the
+        // key cannot get an entry of its own (copied from the overflow
+        // state) in between, and miss this decision.
         self.overflowed.fetch_add(1, Ordering::Relaxed);
-        f(&mut lock(&self.overflow))
+        let out = f(&mut lock(&self.overflow));
+        drop(shard);
+        out
     }
 
     /// Counts one more key if the table has room.
@@ -368,7 +374,7 @@ impl RateLimitStore for MemoryStore {
                 let _ = self
                     .single_tat
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                        Some(g.pause(tat, until))
+                        Some(g.pause(tat, now, until))
                     });
                 return;
             }
