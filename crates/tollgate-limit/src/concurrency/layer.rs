@@ -41,19 +41,11 @@ impl ConcurrencyLimitLayer {
     /// waits have no limit until [`max_pending`](Self::max_pending) and
     /// [`pending_timeout`](Self::pending_timeout) say otherwise.
     ///
-    /// # Panics
-    ///
-    /// If `max_in_flight` is zero (no request could ever run) or above
-    /// tokio's semaphore limit (`usize::MAX >> 3`).
+    /// The number is clamped, never a panic: 0 (no request could ever run)
+    /// is taken as 1, and anything above tokio's semaphore limit
+    /// (`usize::MAX >> 3`) as that limit.
     pub fn new(max_in_flight: usize) -> Self {
-        assert!(
-            max_in_flight > 0,
-            "ConcurrencyLimitLayer::new: max_in_flight must be above zero"
-        );
-        assert!(
-            max_in_flight <= Semaphore::MAX_PERMITS,
-            "ConcurrencyLimitLayer::new: max_in_flight above tokio's semaphore limit"
-        );
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         ConcurrencyLimitLayer {
             pool: Arc::new(Pool {
                 semaphore: Arc::new(Semaphore::new(max_in_flight)),
