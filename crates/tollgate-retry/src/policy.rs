@@ -16,7 +16,9 @@ pub enum RetryReason {
     Connect,
     /// The connection was reset or closed before a response arrived.
     Reset,
-    /// The attempt timed out before response headers arrived.
+    /// The attempt timed out: before its response headers arrived, or (in
+    /// the facade, which reads each attempt's body below retry) while its
+    /// body was read.
     Timeout,
     /// The custom predicate asked for a retry.
     Custom,

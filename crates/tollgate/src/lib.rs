@@ -29,7 +29,7 @@
 //! # The stack
 //!
 //! A call passes down through the layers and its response comes back up,
-//! outermost first (as [ARCHITECTURE.md] orders them); `ServiceBuilder`
+//! outermost first (as the repository's `docs/ARCHITECTURE.md` orders them); `ServiceBuilder`
 //! reads the same way, top to bottom. A layer the builder did not switch on
 //! is absent, not a no-op.
 //!
@@ -109,7 +109,6 @@
 //!   [`DEFAULT_SENSITIVE_QUERY_PARAMS`]) redacted; `Display` and `Debug` of
 //!   errors and responses never show a query string or a header value.
 //!
-//! [ARCHITECTURE.md]: https://example.invalid/tollgate/ARCHITECTURE.md
 #![deny(missing_docs)]
 
 #[cfg(feature = "batch")]
