@@ -1,5 +1,6 @@
 //! Test support for Tollgate: [`FakeApi`], a real HTTP server on loopback,
-//! and [`StubTransport`], canned answers in process with no sockets.
+//! [`FaultProxy`], a TCP proxy that breaks connections on purpose, and
+//! [`StubTransport`], canned answers in process with no sockets.
 //!
 //! `FakeApi` serves JSONPlaceholder's resources (`/posts`, `/users`,
 //! `/comments`), a batch endpoint (`/metadata?id=1&id=2..`) and an echo
@@ -8,6 +9,12 @@
 //! connection, malformed JSON, a required bearer token, and `Cache-Control` on
 //! responses. It counts the requests it received per path and keeps the last
 //! one of each, so a test can assert what reached the server.
+//!
+//! [`FaultProxy`] sits between a client and a `FakeApi` (or any address on
+//! loopback) and does what networks do: added latency, a reset after N
+//! bytes, a close before the response, trickled answers, answers that stop
+//! and never end, and a blackhole; scripted, or drawn at a seeded rate with
+//! a [`FaultMix`], with [counters](ProxyStats) of what it did.
 //!
 //! It is a real server speaking HTTP/1.1 and HTTP/2 (h2c) on `127.0.0.1`:
 //! integration tests exercise the same code path as production, with no mocks
@@ -33,11 +40,13 @@ pub mod data;
 mod fake_api;
 mod fault;
 mod logs;
+mod proxy;
 mod stub;
 
 pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
 pub use fault::Fault;
 pub use logs::CapturedLogs;
+pub use proxy::{FaultMix, FaultProxy, ProxyFault, ProxyStats};
 pub use stub::{Params, Reply, StubTransport};
 
 /// The README's example, compiled and run as a doc test so it stays true.
