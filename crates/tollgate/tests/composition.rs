@@ -199,3 +199,94 @@ async fn a_retry_waiting_out_its_backoff_holds_no_pool_slot() {
     assert_eq!(first.status(), 200);
     assert_eq!(first.summary().attempts, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cache_hit_takes_no_pool_slot() {
+    use tollgate_limit::ConcurrencyLimitLayer;
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/posts/2", Fault::latency(Duration::from_secs(10)));
+    let client = Client::builder(api.url())
+        .cache(CacheLayer::new(Duration::from_secs(60)))
+        .concurrency_limit(ConcurrencyLimitLayer::new(1))
+        .build()
+        .expect("client");
+    client.get("/posts/1").send().await.expect("stored");
+    // A slow call holds the only slot for 10 s...
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("/posts/2").send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...and a hit is answered at once all the same.
+    let started = Instant::now();
+    let hit = client.get("/posts/1").send().await.expect("a hit");
+    assert_eq!(hit.status(), 200);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(api.hits("/posts/1"), 1);
+    slow.await.expect("task").expect("the slow call ends");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_for_a_permit_holds_no_pool_slot() {
+    use http::HeaderName;
+    use tollgate_limit::{ConcurrencyLimitLayer, KeyBy};
+    let api = FakeApi::start().await.expect("start");
+    let client = Client::builder(api.url())
+        .rate_limit(
+            RateLimitLayer::new(Quota::window(1, Duration::from_secs(10)).expect("valid"))
+                .keyed_by(KeyBy::header(HeaderName::from_static("x-tenant"))),
+        )
+        .concurrency_limit(ConcurrencyLimitLayer::new(1))
+        .build()
+        .expect("client");
+    client
+        .get("/posts/1")
+        .header("x-tenant", "a")
+        .send()
+        .await
+        .expect("a's permit");
+    // a's next call waits 10 s for its permit, above the pool...
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("/posts/1").header("x-tenant", "a").send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so b's call finds the pool's only slot free.
+    let started = Instant::now();
+    let b = client
+        .get("/posts/2")
+        .header("x-tenant", "b")
+        .send()
+        .await
+        .expect("b served");
+    assert_eq!(b.summary().queue_wait, Duration::ZERO);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let a = waiting.await.expect("task").expect("a served later");
+    assert_eq!(a.summary().permit_wait, Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_gives_the_pool_slot_back() {
+    use tollgate_limit::ConcurrencyLimitLayer;
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/posts/1", Fault::latency(Duration::from_secs(3600)));
+    let client = Client::builder(api.url())
+        .attempt_timeout(Duration::from_secs(1))
+        .concurrency_limit(ConcurrencyLimitLayer::new(1))
+        .build()
+        .expect("client");
+    let hung = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("/posts/1").send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next = client.get("/posts/2").send().await.expect("served");
+    assert_eq!(next.status(), 200);
+    assert_eq!(
+        next.summary().queue_wait,
+        Duration::from_millis(900),
+        "the slot came back when the hung attempt timed out"
+    );
+    let err = hung.await.expect("task").expect_err("timed out");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+}
