@@ -290,3 +290,25 @@ async fn an_attempt_timeout_gives_the_pool_slot_back() {
     let err = hung.await.expect("task").expect_err("timed out");
     assert_eq!(err.kind(), ErrorKind::Timeout);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_attempt_timeout_does_not_count_the_wait_for_a_permit() {
+    // The attempt timeout (7) is below the rate limiter (5): a 2 s wait for
+    // a permit is not an attempt that took 2 s.
+    let api = FakeApi::start().await.expect("start");
+    let client = Client::builder(api.url())
+        .rate_limit(RateLimitLayer::new(
+            Quota::window(1, Duration::from_secs(2)).expect("valid"),
+        ))
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    client.get("/posts/1").send().await.expect("first");
+    let second = client
+        .get("/posts/2")
+        .send()
+        .await
+        .expect("waited, then served");
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.summary().permit_wait, Duration::from_secs(2));
+}
