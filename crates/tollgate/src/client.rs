@@ -86,22 +86,21 @@ pub(crate) struct ClientInner {
     pub(crate) wants_deadline: bool,
     /// Whether an auth layer is in the stack (it applies a request's own
     /// credential; without one, the request builder does).
-    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
     pub(crate) has_auth: bool,
     /// The cache layer, to answer hits before entering the stack.
     #[cfg(feature = "cache")]
     pub(crate) cache: Option<tollgate_cache::CacheLayer>,
     /// The cache partition of a client with credentials of its own.
     #[cfg(feature = "cache")]
-    pub(crate) partition: Option<tollgate_cache::Partition>,
+    pub(crate) partition: Option<tollgate_core::Partition>,
 }
 
 /// A partition no other client has.
 #[cfg(feature = "cache")]
-fn next_partition() -> tollgate_cache::Partition {
+fn next_partition() -> tollgate_core::Partition {
     static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tollgate_cache::Partition::of(&("tollgate client", n))
+    tollgate_core::Partition::of(&("tollgate client", n))
 }
 
 impl fmt::Debug for Client {

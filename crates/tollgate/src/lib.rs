@@ -132,7 +132,25 @@ pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};
 pub use request::RequestBuilder;
 pub use response::{ApiResponse, Summary};
+pub use tollgate_core::{Credential, InvalidCredential};
 pub use transport::{RequestBody, ResponseBody};
+
+#[cfg(feature = "auth")]
+pub use tollgate_auth as auth;
+#[cfg(feature = "batch")]
+pub use tollgate_batch as batch_layer;
+#[cfg(feature = "cache")]
+pub use tollgate_cache as cache;
+/// The vocabulary the layers share (`Deadline`, `NotBefore`, `Credential`,
+/// `Partition`, the server-signal parsers).
+pub use tollgate_core as shared;
+#[cfg(feature = "limit")]
+pub use tollgate_limit as limit;
+/// The layer crates, re-exported: one dependency on `tollgate` is enough to
+/// configure every layer (`tollgate::retry::RetryLayer`,
+/// `tollgate::limit::Quota`, ...). Each is there with its feature.
+#[cfg(feature = "retry")]
+pub use tollgate_retry as retry;
 
 /// Re-exports of the crates in Tollgate's public API, so users need not pin
 /// matching versions themselves.

@@ -77,8 +77,7 @@ pub struct RequestBuilder {
 /// A request's rarer settings.
 #[derive(Default)]
 struct Extras {
-    #[cfg(feature = "auth")]
-    credential: Option<tollgate_auth::Credential>,
+    credential: Option<tollgate_core::Credential>,
     /// `None`: the cache's rule; `Some(None)`: bypass; `Some(Some(ttl))`.
     #[cfg(feature = "cache")]
     cache: Option<Option<Duration>>,
@@ -154,7 +153,6 @@ impl RequestBuilder {
         }
     }
 
-    #[cfg(any(feature = "auth", feature = "cache"))]
     fn extras(&mut self) -> &mut Extras {
         self.extras.get_or_insert_with(Box::default)
     }
@@ -312,14 +310,13 @@ impl RequestBuilder {
     ///
     /// ```
     /// # async fn run(client: tollgate::Client) -> Result<(), Box<dyn std::error::Error>> {
-    /// use tollgate_auth::Credential;
+    /// use tollgate::Credential;
     ///
     /// let user_token = "token-of-user-42";
     /// let me = client.get("/me").credential(Credential::bearer(user_token)?).send().await?;
     /// # Ok(()) }
     /// ```
-    #[cfg(feature = "auth")]
-    pub fn credential(mut self, credential: tollgate_auth::Credential) -> Self {
+    pub fn credential(mut self, credential: tollgate_core::Credential) -> Self {
         self.extras().credential = Some(credential);
         self
     }
@@ -328,9 +325,8 @@ impl RequestBuilder {
     /// shortcut for [`credential`](Self::credential). An invalid token is an
     /// [`ErrorKind::InvalidRequest`](crate::ErrorKind::InvalidRequest) that
     /// does not show it.
-    #[cfg(feature = "auth")]
     pub fn bearer_auth(self, token: impl AsRef<str>) -> Self {
-        match tollgate_auth::Credential::bearer(token) {
+        match tollgate_core::Credential::bearer(token) {
             Ok(credential) => self.credential(credential),
             Err(e) => {
                 let error =
@@ -430,7 +426,6 @@ impl RequestBuilder {
             endpoint,
             extras,
         } = self;
-        #[allow(unused_variables, reason = "the auth and cache features read it")]
         let extras = extras.map(|e| *e).unwrap_or_default();
         if let Some(e) = error {
             return Err(e);
@@ -453,7 +448,7 @@ impl RequestBuilder {
             .or_else(|| endpoint.as_ref()?.timeout.map(Some))
             .unwrap_or(inner.timeout);
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
-        // The Deadline type is tollgate-retry's, which both features bring.
+        // Only retry and the rate limiter read it.
         #[cfg(any(feature = "retry", feature = "limit"))]
         if let Some(at) = deadline
             .filter(|_| inner.wants_deadline)
@@ -461,9 +456,7 @@ impl RequestBuilder {
         {
             // Retry starts no attempt, and the rate limiter grants no permit,
             // whose wait would pass this.
-            request
-                .extensions_mut()
-                .insert(tollgate_retry::Deadline(at));
+            request.extensions_mut().insert(tollgate_core::Deadline(at));
         }
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
@@ -507,7 +500,6 @@ impl RequestBuilder {
                 request.extensions_mut().insert(partition);
             }
         }
-        #[cfg(feature = "auth")]
         if let Some(credential) = extras.credential {
             // The auth layer applies it, after its origin check; without
             // one, the request is for the base URL's origin by construction.
