@@ -216,6 +216,7 @@ async fn an_absolute_url_as_a_path_stays_on_the_base_origin() {
     );
 }
 
+#[cfg(feature = "retry")]
 #[tokio::test]
 async fn every_retry_gets_the_credential() {
     let api = FakeApi::start().await.expect("fake api");

@@ -1,6 +1,6 @@
 //! Batched endpoints through the facade, over loopback to FakeApi's
 //! `/metadata?id=..` endpoint.
-#![cfg(feature = "batch")]
+#![cfg(all(feature = "batch", feature = "limit"))]
 
 use std::time::Duration;
 

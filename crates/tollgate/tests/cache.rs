@@ -1,7 +1,12 @@
 //! The cache through the facade, over loopback to FakeApi: a hit costs no
 //! attempt, no permit and no request; bursts coalesce; credentials and
 //! clients stay apart.
-#![cfg(feature = "cache")]
+#![cfg(all(
+    feature = "cache",
+    feature = "retry",
+    feature = "limit",
+    feature = "auth"
+))]
 
 use std::time::Duration;
 

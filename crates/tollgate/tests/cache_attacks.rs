@@ -1,6 +1,7 @@
 //! Attacks on the cache through the facade (issue #11), over loopback to
 //! FakeApi: clients told apart only by a secret-looking default header, and
 //! a read after a write through the same client.
+#![cfg(feature = "cache")]
 
 use std::time::Duration;
 
