@@ -312,3 +312,94 @@ async fn the_attempt_timeout_does_not_count_the_wait_for_a_permit() {
     assert_eq!(second.status(), 200);
     assert_eq!(second.summary().permit_wait, Duration::from_secs(2));
 }
+
+/// A token source that takes 2 s to answer.
+fn slow_tokens() -> tollgate_auth::FnTokenSource<
+    impl Fn() -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<tollgate_auth::Token, tower::BoxError>>
+                    + Send,
+            >,
+        > + Send
+        + Sync
+        + 'static,
+> {
+    tollgate_auth::token_fn(|| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(tollgate_auth::Token::bearer("t0k3n")?)
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_its_token_holds_no_pool_slot() {
+    use tollgate_limit::ConcurrencyLimitLayer;
+    let api = FakeApi::start().await.expect("start");
+    // Two clients share one pool of one slot; the first waits 2 s for its
+    // token above the pool, so the second finds the slot free.
+    let pool = ConcurrencyLimitLayer::new(1);
+    let authed = Client::builder(api.url())
+        .token_source(slow_tokens())
+        .concurrency_limit(pool.clone())
+        .build()
+        .expect("client");
+    let plain = Client::builder(api.url())
+        .concurrency_limit(pool)
+        .build()
+        .expect("client");
+    let waiting = tokio::spawn(async move { authed.get("/posts/1").send().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let other = plain.get("/posts/2").send().await.expect("served");
+    assert_eq!(other.summary().queue_wait, Duration::ZERO);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let res = waiting
+        .await
+        .expect("task")
+        .expect("served after its token");
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_token_fetch_is_not_cut_by_the_attempt_timeout() {
+    // Auth (6) is above the attempt timeout (7): fetching a token is not
+    // part of an attempt; the call's own deadline still bounds it.
+    let api = FakeApi::start().await.expect("start");
+    let client = Client::builder(api.url())
+        .token_source(slow_tokens())
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    let res = client.get("/posts/1").send().await.expect("served");
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_leader_shares_its_error_and_nothing_is_cached() {
+    let api = FakeApi::start().await.expect("start");
+    api.inject("/posts/1", Fault::latency(Duration::from_secs(10)).times(1));
+    let client = Client::builder(api.url())
+        .cache(CacheLayer::new(Duration::from_secs(60)))
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("/posts/1").send().await })
+        })
+        .collect();
+    for call in calls {
+        let err = call.await.expect("task").expect_err("the leader timed out");
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+    }
+    assert_eq!(api.hits("/posts/1"), 1, "one request for the three");
+    let res = client
+        .get("/posts/1")
+        .send()
+        .await
+        .expect("not a cached error");
+    assert_eq!(res.status(), 200);
+    assert_eq!(api.hits("/posts/1"), 2);
+}
