@@ -314,21 +314,10 @@ async fn the_attempt_timeout_does_not_count_the_wait_for_a_permit() {
 }
 
 /// A token source that takes 2 s to answer.
-fn slow_tokens() -> tollgate_auth::FnTokenSource<
-    impl Fn() -> std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = Result<tollgate_auth::Token, tower::BoxError>>
-                    + Send,
-            >,
-        > + Send
-        + Sync
-        + 'static,
-> {
-    tollgate_auth::token_fn(|| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            Ok(tollgate_auth::Token::bearer("t0k3n")?)
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+fn slow_tokens() -> impl tollgate_auth::TokenSource {
+    tollgate_auth::token_fn(|| async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(tollgate_auth::Token::bearer("t0k3n")?)
     })
 }
 
