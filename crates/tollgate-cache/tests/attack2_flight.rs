@@ -1,6 +1,7 @@
 //! Adversarial tests of single-flight and the cache's safety rules, over
 //! in-process upstreams with tokio's clock paused.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -318,4 +319,113 @@ async fn a_chain_of_cancelled_leaders_strands_nobody() {
         .unwrap()
         .unwrap();
     assert_eq!(body_of(last).await, "v0");
+}
+
+/// An upstream whose `Cache-Control` carries a non-ASCII byte (obs-text,
+/// legal in a field value) beside its directives.
+fn odd_cache_control(
+    value: &'static [u8],
+) -> (
+    Arc<AtomicUsize>,
+    impl Service<
+            Request<()>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+            Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+        > + Clone
+        + Send
+        + 'static,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let service = service_fn(move |_req: Request<()>| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut response = Response::new(Full::new(Bytes::from(format!("secret {n}"))));
+            response.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_bytes(value).expect("obs-text is a valid value"),
+            );
+            Ok::<_, Infallible>(response)
+        }
+    });
+    (calls, service)
+}
+
+/// `private` beside a non-ASCII byte in the same `Cache-Control` value is
+/// still `private`: never stored for a request without a credential.
+#[tokio::test(start_paused = true)]
+#[ignore = "BROKEN: a Cache-Control value with a non-ASCII byte is skipped whole, so its `private` is ignored and the response is shared"]
+async fn private_beside_a_non_ascii_byte_is_still_private() {
+    let (calls, upstream) = odd_cache_control(b"private, ext=\"caf\xc3\xa9\"");
+    let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
+    let first = service.clone().oneshot(get("/me")).await.unwrap();
+    assert_eq!(body_of(first).await, "secret 0");
+    let second = service.clone().oneshot(get("/me")).await.unwrap();
+    let s = status(&second);
+    assert_eq!(
+        body_of(second).await,
+        "secret 1",
+        "a private response was served from the cache ({s:?})"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// The same for `no-store`.
+#[tokio::test(start_paused = true)]
+#[ignore = "BROKEN: a Cache-Control value with a non-ASCII byte is skipped whole, so its `no-store` is ignored and the response is stored"]
+async fn no_store_beside_a_non_ascii_byte_is_still_no_store() {
+    let (calls, upstream) = odd_cache_control(b"no-store, ext=\"\xff\"");
+    let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
+    let _ = service.clone().oneshot(get("/n")).await.unwrap();
+    let second = service.clone().oneshot(get("/n")).await.unwrap();
+    assert_eq!(status(&second), CacheStatus::Miss);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// Whole-ASCII `private` is honoured (the control for the two above).
+#[tokio::test(start_paused = true)]
+async fn private_in_ascii_is_private() {
+    let (calls, upstream) = odd_cache_control(b"private, ext=\"cafe\"");
+    let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
+    let _ = service.clone().oneshot(get("/me")).await.unwrap();
+    let second = service.clone().oneshot(get("/me")).await.unwrap();
+    assert_eq!(body_of(second).await, "secret 1");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// `no-cache` with a validator is never served stale, whatever
+/// `stale_if_error` says, and is revalidated on every reuse.
+#[tokio::test(start_paused = true)]
+async fn no_cache_is_never_served_stale_on_error() {
+    let api = Api::default();
+    let cache = CacheLayer::builder(Freshness::Fixed(Duration::from_secs(60)))
+        .stale_if_error(Duration::from_secs(600))
+        .build();
+    let service = cache.layer(api.service(
+        Duration::from_millis(10),
+        &[("cache-control", "no-cache"), ("etag", "\"e\"")],
+    ));
+    let _ = service.clone().oneshot(get("/n")).await.unwrap();
+    api.failing.store(true, Ordering::SeqCst);
+    assert!(service.clone().oneshot(get("/n")).await.is_err());
+    assert_eq!(api.calls.load(Ordering::SeqCst), 2);
+}
+
+/// A request's `no-store` beside a non-ASCII byte still keeps its answer out
+/// of the cache.
+#[tokio::test(start_paused = true)]
+#[ignore = "BROKEN: a request Cache-Control value with a non-ASCII byte is read as empty, so its `no-store` is ignored and the answer is stored"]
+async fn a_requests_no_store_beside_a_non_ascii_byte_is_still_no_store() {
+    let api = Api::default();
+    let service =
+        CacheLayer::new(Duration::from_secs(60)).layer(api.service(Duration::from_millis(10), &[]));
+    let mut req = get("/r");
+    req.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_bytes(b"no-store, ext=\"\xff\"").unwrap(),
+    );
+    let _ = service.clone().oneshot(req).await.unwrap();
+    let second = service.clone().oneshot(get("/r")).await.unwrap();
+    assert_eq!(status(&second), CacheStatus::Miss);
 }
