@@ -43,9 +43,10 @@ async fn a_trickle_within_the_read_timeout_ends_at_the_deadline() {
         .build()
         .expect("client");
     let (result, waited) = ends(client.get("/posts/1").send()).await;
-    if let Err(e) = &result {
-        assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
-    }
+    let e = result
+        .map(|r| r.status())
+        .expect_err("outlasts the deadline");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
     assert!(waited <= Duration::from_millis(3100), "{waited:?}");
 }
 
@@ -184,11 +185,7 @@ async fn a_cut_body_is_never_stored_by_the_cache() {
             assert!(first.is_err());
         }
         let second = client.get("/posts/1").send().await.expect("whole");
-        assert_eq!(
-            second.data().expect("whole json")["id"],
-            1,
-            "retry {retry}"
-        );
+        assert_eq!(second.data().expect("whole json")["id"], 1, "retry {retry}");
         api.inject("/posts/1", Fault::stall_body().times(1));
     }
 }
@@ -219,5 +216,93 @@ async fn coalesced_waiters_on_a_stalled_body_end_with_retry_on() {
         // Two attempts of 2 s each and a backoff; never more than that
         // even for a waiter that asks again after the leader.
         assert!(waited < Duration::from_secs(10), "{waited:?}");
+    }
+}
+
+/// A body of exactly `max_response_body` bytes is whole; one byte more is
+/// too large, under retry and the cache or not.
+#[tokio::test(start_paused = true)]
+async fn the_body_limit_is_inclusive_at_its_exact_size() {
+    let api = FakeApi::start().await.expect("start");
+    let plain = Client::builder(api.url()).build().expect("client");
+    let len = plain
+        .get("/posts/1")
+        .send()
+        .await
+        .expect("ok")
+        .bytes()
+        .len();
+    for (retry, cache) in [(false, false), (true, false), (false, true), (true, true)] {
+        let build = |max: usize| {
+            let mut b = Client::builder(api.url()).max_response_body(max);
+            if retry {
+                b = b.retry(quick().max_retries(2));
+            }
+            if cache {
+                b = b.cache(CacheLayer::new(Duration::from_secs(60)));
+            }
+            b.build().expect("client")
+        };
+        let exact = build(len).get("/posts/1").send().await;
+        assert_eq!(
+            exact.expect("exactly the limit").bytes().len(),
+            len,
+            "retry {retry} cache {cache}"
+        );
+        let err = build(len - 1)
+            .get("/posts/1")
+            .send()
+            .await
+            .map(|r| r.status())
+            .expect_err("one byte over");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::BodyTooLarge,
+            "retry {retry} cache {cache}"
+        );
+    }
+}
+
+/// A HEAD declares the body's length but has none: never too large.
+#[tokio::test(start_paused = true)]
+async fn a_head_is_never_too_large() {
+    let api = FakeApi::start().await.expect("start");
+    let client = Client::builder(api.url())
+        .retry(quick().max_retries(2))
+        .max_response_body(4)
+        .build()
+        .expect("client");
+    let res = client
+        .request(http::Method::HEAD, "/posts/1")
+        .send()
+        .await
+        .expect("a HEAD has no body");
+    assert!(res.bytes().is_empty());
+}
+
+/// Without retry, with and without the cache (whose own buffering reads the
+/// body inside the stack): a trickle within the read timeout still ends at
+/// the deadline, with one outcome, a timeout.
+#[tokio::test(start_paused = true)]
+async fn a_trickle_ends_at_the_deadline_without_retry_with_or_without_cache() {
+    for cache in [false, true] {
+        let api = FakeApi::start().await.expect("start");
+        api.inject("/posts/1", Fault::trickle_body(Duration::from_millis(900)));
+        let mut b = Client::builder(api.url())
+            .read_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(3));
+        if cache {
+            b = b.cache(CacheLayer::new(Duration::from_secs(60)));
+        }
+        let client = b.build().expect("client");
+        let (result, waited) = ends(client.get("/posts/1").send()).await;
+        let e = result
+            .map(|r| r.status())
+            .expect_err("the trickle outlasts the deadline");
+        assert_eq!(e.kind(), ErrorKind::Timeout, "cache {cache}: {e:?}");
+        assert!(
+            waited <= Duration::from_millis(3100),
+            "cache {cache}: {waited:?}"
+        );
     }
 }
