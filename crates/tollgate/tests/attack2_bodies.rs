@@ -306,3 +306,36 @@ async fn a_trickle_ends_at_the_deadline_without_retry_with_or_without_cache() {
         );
     }
 }
+
+/// PUT and DELETE are idempotent: a cut body is retried. A POST with an
+/// idempotency key is retried after a stalled body too.
+#[tokio::test(start_paused = true)]
+async fn idempotent_methods_and_keyed_posts_are_retried_after_a_bad_body() {
+    let api = FakeApi::start().await.expect("start");
+    let client = Client::builder(api.url())
+        .retry(quick().max_retries(2).with_idempotency_key())
+        .read_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    for method in [http::Method::PUT, http::Method::DELETE] {
+        let before = api.hits("/posts/1");
+        api.inject("/posts/1", Fault::cut_body().times(1));
+        let res = client
+            .request(method.clone(), "/posts/1")
+            .json(&json!({"id": 1, "title": "x"}))
+            .send()
+            .await;
+        assert!(res.is_ok(), "{method}: {res:?}");
+        assert_eq!(api.hits("/posts/1") - before, 2, "{method}");
+    }
+    api.inject("/posts", Fault::stall_body().times(1));
+    let res = client
+        .post("/posts")
+        .json(&json!({"title": "x"}))
+        .send()
+        .await
+        .expect("retried after the read timeout");
+    assert_eq!(res.status(), 201);
+    assert_eq!(api.hits("/posts"), 2);
+}
