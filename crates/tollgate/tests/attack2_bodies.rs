@@ -339,3 +339,53 @@ async fn idempotent_methods_and_keyed_posts_are_retried_after_a_bad_body() {
     assert_eq!(res.status(), 201);
     assert_eq!(api.hits("/posts"), 2);
 }
+
+/// One cache shared by a client with a large body limit and one with a
+/// small one: a hit stored by the first is still too large for the second.
+#[tokio::test(start_paused = true)]
+async fn a_hit_stored_under_a_larger_limit_is_too_large_for_a_smaller_one() {
+    let api = FakeApi::start().await.expect("start");
+    let cache = CacheLayer::new(Duration::from_secs(60));
+    let large = Client::builder(api.url())
+        .cache(cache.clone())
+        .build()
+        .expect("client");
+    let small = Client::builder(api.url())
+        .cache(cache.clone())
+        .retry(quick().max_retries(2))
+        .max_response_body(16)
+        .build()
+        .expect("client");
+    large.get("/posts/1").send().await.expect("stored");
+    let err = small
+        .get("/posts/1")
+        .send()
+        .await
+        .map(|r| r.status())
+        .expect_err("too large");
+    assert_eq!(err.kind(), ErrorKind::BodyTooLarge, "{err:?}");
+    assert_eq!(api.hits("/posts/1"), 1, "never sent upstream for it");
+    eprintln!("hits counted for one refused hit: {}", cache.stats().hits);
+}
+
+/// A head slower than the read timeout: the POST reached the server, so it
+/// is sent once; a GET is retried.
+#[tokio::test(start_paused = true)]
+async fn a_slow_head_past_the_read_timeout_sends_a_post_once() {
+    let api = FakeApi::start().await.expect("start");
+    let client = Client::builder(api.url())
+        .retry(quick().max_retries(2))
+        .read_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    api.inject("/posts", Fault::latency(Duration::from_secs(10)).times(1));
+    let (result, waited) = ends(client.post("/posts").json(&json!({"t": 1})).send()).await;
+    let err = result.map(|r| r.status()).expect_err("timed out");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert_eq!(api.hits("/posts"), 1);
+    api.inject("/posts/1", Fault::latency(Duration::from_secs(10)).times(1));
+    let res = client.get("/posts/1").send().await.expect("retried");
+    assert_eq!(res.summary().attempts, 2);
+}
