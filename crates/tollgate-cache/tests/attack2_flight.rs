@@ -110,11 +110,11 @@ async fn a_get_after_a_write_does_not_join_the_flight_before_it() {
     assert_eq!(written.status(), StatusCode::OK);
     let late = tokio::spawn(service.clone().oneshot(get("/a")));
     settle().await;
-    assert_eq!(body_of(early.await.unwrap().unwrap()).await, "v0");
-    let late = late.await.unwrap().unwrap();
+    assert_eq!(body_of(early.await.expect("ok").expect("ok")).await, "v0");
+    let late = late.await.expect("ok").expect("ok");
     assert_eq!(body_of(late).await, "v1", "post-write data");
     // And nothing pre-write was stored for later requests.
-    let again = service.oneshot(get("/a")).await.unwrap();
+    let again = service.oneshot(get("/a")).await.expect("ok");
     assert_eq!(body_of(again).await, "v1");
 }
 
@@ -130,13 +130,13 @@ async fn a_get_after_a_write_never_gets_pre_write_data_even_stale() {
         .stale_if_error(Duration::from_secs(600))
         .build();
     let mut service = cache.layer(api.service(Duration::from_millis(100), &[]));
-    let first = service.clone().oneshot(get("/a")).await.unwrap();
+    let first = service.clone().oneshot(get("/a")).await.expect("ok");
     assert_eq!(body_of(first).await, "v0");
     tokio::time::advance(Duration::from_secs(2)).await; // stale now
                                                         // Issued (routed) before the write; not yet polled.
     ServiceExt::<Request<()>>::ready(&mut service)
         .await
-        .unwrap();
+        .expect("ok");
     let before = service.call(get("/a"));
     let written = service.clone().oneshot(post("/a")).await.expect("write");
     assert_eq!(written.status(), StatusCode::OK);
@@ -146,8 +146,8 @@ async fn a_get_after_a_write_never_gets_pre_write_data_even_stale() {
     // Issued after the write completed.
     let after = tokio::spawn(service.clone().oneshot(get("/a")));
     settle().await;
-    let _ = before.await.unwrap();
-    match after.await.unwrap() {
+    let _ = before.await.expect("ok");
+    match after.await.expect("ok") {
         Err(_) => {} // the upstream's failure: fine
         Ok(response) => {
             let s = status(&response);
@@ -170,7 +170,7 @@ async fn vary_star_is_shared_with_no_waiter() {
         .map(|_| tokio::spawn(service.clone().oneshot(get("/v"))))
         .collect();
     for t in tasks {
-        let r = t.await.unwrap().unwrap();
+        let r = t.await.expect("ok").expect("ok");
         assert_ne!(status(&r), CacheStatus::Coalesced);
         assert_ne!(status(&r), CacheStatus::Hit);
     }
@@ -186,15 +186,15 @@ async fn a_waiter_with_other_vary_values_asks_for_itself() {
         .layer(api.service(Duration::from_millis(100), &[("vary", "accept")]));
     let mut json = get("/v");
     json.headers_mut()
-        .insert("accept", "application/json".parse().unwrap());
+        .insert("accept", "application/json".parse().expect("ok"));
     let mut xml = get("/v");
     xml.headers_mut()
-        .insert("accept", "application/xml".parse().unwrap());
+        .insert("accept", "application/xml".parse().expect("ok"));
     let a = tokio::spawn(service.clone().oneshot(json));
     settle().await;
     let b = tokio::spawn(service.clone().oneshot(xml));
-    let _ = a.await.unwrap().unwrap();
-    let b = b.await.unwrap().unwrap();
+    let _ = a.await.expect("ok").expect("ok");
+    let b = b.await.expect("ok").expect("ok");
     assert_eq!(status(&b), CacheStatus::Miss);
     assert_eq!(api.calls.load(Ordering::SeqCst), 2);
 }
@@ -212,10 +212,10 @@ async fn private_is_never_shared_without_a_credential() {
         .map(|_| tokio::spawn(service.clone().oneshot(get("/p"))))
         .collect();
     for t in tasks {
-        let r = t.await.unwrap().unwrap();
+        let r = t.await.expect("ok").expect("ok");
         assert_eq!(status(&r), CacheStatus::Miss);
     }
-    let r = service.clone().oneshot(get("/p")).await.unwrap();
+    let r = service.clone().oneshot(get("/p")).await.expect("ok");
     assert_eq!(status(&r), CacheStatus::Miss);
     assert_eq!(api.calls.load(Ordering::SeqCst), 4);
 }
@@ -233,11 +233,11 @@ async fn no_cache_is_never_handed_to_a_waiter_unrevalidated() {
         .map(|_| tokio::spawn(service.clone().oneshot(get("/n"))))
         .collect();
     for t in tasks {
-        let r = t.await.unwrap().unwrap();
+        let r = t.await.expect("ok").expect("ok");
         assert_ne!(status(&r), CacheStatus::Coalesced);
         assert_ne!(status(&r), CacheStatus::Hit);
     }
-    let r = service.clone().oneshot(get("/n")).await.unwrap();
+    let r = service.clone().oneshot(get("/n")).await.expect("ok");
     assert_ne!(status(&r), CacheStatus::Hit);
     assert_eq!(api.calls.load(Ordering::SeqCst), 4);
 }
@@ -258,8 +258,8 @@ async fn credentials_partition_entries_and_flights() {
     ] {
         let mut r = get("/c");
         r.headers_mut().insert(
-            http::HeaderName::try_from(name).unwrap(),
-            value.parse().unwrap(),
+            http::HeaderName::try_from(name).expect("ok"),
+            value.parse().expect("ok"),
         );
         requests.push(r);
     }
@@ -273,12 +273,12 @@ async fn credentials_partition_entries_and_flights() {
         .map(|r| tokio::spawn(service.clone().oneshot(r)))
         .collect();
     for t in tasks {
-        let r = t.await.unwrap().unwrap();
+        let r = t.await.expect("ok").expect("ok");
         assert_eq!(status(&r), CacheStatus::Miss);
     }
     assert_eq!(api.calls.load(Ordering::SeqCst), n);
     // And anonymous gets only the anonymous entry.
-    let r = service.clone().oneshot(get("/c")).await.unwrap();
+    let r = service.clone().oneshot(get("/c")).await.expect("ok");
     assert_eq!(status(&r), CacheStatus::Hit);
 }
 
@@ -291,7 +291,7 @@ async fn errors_are_not_cached() {
         .layer(api.service(Duration::from_millis(100), &[]));
     assert!(service.clone().oneshot(get("/e")).await.is_err());
     api.failing.store(false, Ordering::SeqCst);
-    let r = service.clone().oneshot(get("/e")).await.unwrap();
+    let r = service.clone().oneshot(get("/e")).await.expect("ok");
     assert_eq!(status(&r), CacheStatus::Miss);
     assert_eq!(body_of(r).await, "v0");
 }
@@ -303,26 +303,24 @@ async fn a_chain_of_cancelled_leaders_strands_nobody() {
     let service = CacheLayer::new(Duration::from_secs(60))
         .layer(api.service(Duration::from_millis(100), &[]));
     let mut tasks: Vec<_> = (0..5)
-        .map(|_| {
-            let t = tokio::spawn(service.clone().oneshot(get("/k")));
-            t
-        })
+        .map(|_| tokio::spawn(service.clone().oneshot(get("/k"))))
         .collect();
     settle().await;
     for t in tasks.drain(..4) {
         t.abort();
         settle().await;
     }
-    let last = tokio::time::timeout(Duration::from_secs(5), tasks.pop().unwrap())
+    let last = tokio::time::timeout(Duration::from_secs(5), tasks.pop().expect("ok"))
         .await
         .expect("answered")
-        .unwrap()
-        .unwrap();
+        .expect("ok")
+        .expect("ok");
     assert_eq!(body_of(last).await, "v0");
 }
 
 /// An upstream whose `Cache-Control` carries a non-ASCII byte (obs-text,
 /// legal in a field value) beside its directives.
+#[allow(clippy::type_complexity, reason = "a test upstream's full type")]
 fn odd_cache_control(
     value: &'static [u8],
 ) -> (
@@ -359,9 +357,9 @@ fn odd_cache_control(
 async fn private_beside_a_non_ascii_byte_is_still_private() {
     let (calls, upstream) = odd_cache_control(b"private, ext=\"caf\xc3\xa9\"");
     let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
-    let first = service.clone().oneshot(get("/me")).await.unwrap();
+    let first = service.clone().oneshot(get("/me")).await.expect("ok");
     assert_eq!(body_of(first).await, "secret 0");
-    let second = service.clone().oneshot(get("/me")).await.unwrap();
+    let second = service.clone().oneshot(get("/me")).await.expect("ok");
     let s = status(&second);
     assert_eq!(
         body_of(second).await,
@@ -377,8 +375,8 @@ async fn private_beside_a_non_ascii_byte_is_still_private() {
 async fn no_store_beside_a_non_ascii_byte_is_still_no_store() {
     let (calls, upstream) = odd_cache_control(b"no-store, ext=\"\xff\"");
     let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
-    let _ = service.clone().oneshot(get("/n")).await.unwrap();
-    let second = service.clone().oneshot(get("/n")).await.unwrap();
+    let _ = service.clone().oneshot(get("/n")).await.expect("ok");
+    let second = service.clone().oneshot(get("/n")).await.expect("ok");
     assert_eq!(status(&second), CacheStatus::Miss);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -388,8 +386,8 @@ async fn no_store_beside_a_non_ascii_byte_is_still_no_store() {
 async fn private_in_ascii_is_private() {
     let (calls, upstream) = odd_cache_control(b"private, ext=\"cafe\"");
     let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
-    let _ = service.clone().oneshot(get("/me")).await.unwrap();
-    let second = service.clone().oneshot(get("/me")).await.unwrap();
+    let _ = service.clone().oneshot(get("/me")).await.expect("ok");
+    let second = service.clone().oneshot(get("/me")).await.expect("ok");
     assert_eq!(body_of(second).await, "secret 1");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -406,7 +404,7 @@ async fn no_cache_is_never_served_stale_on_error() {
         Duration::from_millis(10),
         &[("cache-control", "no-cache"), ("etag", "\"e\"")],
     ));
-    let _ = service.clone().oneshot(get("/n")).await.unwrap();
+    let _ = service.clone().oneshot(get("/n")).await.expect("ok");
     api.failing.store(true, Ordering::SeqCst);
     assert!(service.clone().oneshot(get("/n")).await.is_err());
     assert_eq!(api.calls.load(Ordering::SeqCst), 2);
@@ -423,10 +421,10 @@ async fn a_requests_no_store_beside_a_non_ascii_byte_is_still_no_store() {
     let mut req = get("/r");
     req.headers_mut().insert(
         http::header::CACHE_CONTROL,
-        http::HeaderValue::from_bytes(b"no-store, ext=\"\xff\"").unwrap(),
+        http::HeaderValue::from_bytes(b"no-store, ext=\"\xff\"").expect("ok"),
     );
-    let _ = service.clone().oneshot(req).await.unwrap();
-    let second = service.clone().oneshot(get("/r")).await.unwrap();
+    let _ = service.clone().oneshot(req).await.expect("ok");
+    let second = service.clone().oneshot(get("/r")).await.expect("ok");
     assert_eq!(status(&second), CacheStatus::Miss);
 }
 
@@ -443,13 +441,15 @@ async fn a_write_spelled_otherwise_still_invalidates() {
             .expect("request")
     };
     assert_eq!(
-        body_of(service.clone().oneshot(get_q()).await.unwrap()).await,
+        body_of(service.clone().oneshot(get_q()).await.expect("ok")).await,
         "v0"
     );
-    let write = Request::post("http://API.Test/a?y=2&x=1").body(()).unwrap();
-    service.clone().oneshot(write).await.unwrap();
+    let write = Request::post("http://API.Test/a?y=2&x=1")
+        .body(())
+        .expect("ok");
+    service.clone().oneshot(write).await.expect("ok");
     assert_eq!(
-        body_of(service.clone().oneshot(get_q()).await.unwrap()).await,
+        body_of(service.clone().oneshot(get_q()).await.expect("ok")).await,
         "v1"
     );
 }
@@ -463,13 +463,13 @@ async fn a_write_with_the_default_port_invalidates_the_same_resource() {
     let service =
         CacheLayer::new(Duration::from_secs(60)).layer(api.service(Duration::from_millis(10), &[]));
     assert_eq!(
-        body_of(service.clone().oneshot(get("/a")).await.unwrap()).await,
+        body_of(service.clone().oneshot(get("/a")).await.expect("ok")).await,
         "v0"
     );
-    let write = Request::post("http://api.test:80/a").body(()).unwrap();
-    service.clone().oneshot(write).await.unwrap();
+    let write = Request::post("http://api.test:80/a").body(()).expect("ok");
+    service.clone().oneshot(write).await.expect("ok");
     assert_eq!(
-        body_of(service.clone().oneshot(get("/a")).await.unwrap()).await,
+        body_of(service.clone().oneshot(get("/a")).await.expect("ok")).await,
         "v1",
         "pre-write data after a completed write"
     );
