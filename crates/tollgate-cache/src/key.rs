@@ -25,8 +25,26 @@ pub fn normalize_uri(uri: &Uri) -> String {
         out.push_str("://");
     }
     if let Some(authority) = uri.authority() {
+        // Userinfo is kept as written (a password's case matters); the host
+        // is lowercased and the scheme's default port dropped, so
+        // `API.test:80` and `api.test` name one resource.
+        let text = authority.as_str();
+        let (userinfo, hostport) = match text.rfind('@') {
+            Some(at) => (&text[..=at], &text[at + 1..]),
+            None => ("", text),
+        };
+        out.push_str(userinfo);
+        let default_port = match uri.scheme_str() {
+            Some("http") => Some("80"),
+            Some("https") => Some("443"),
+            _ => None,
+        };
+        let hostport = match (hostport.rsplit_once(':'), default_port) {
+            (Some((host, port)), Some(default)) if port == default && !port.contains(']') => host,
+            _ => hostport,
+        };
         let start = out.len();
-        out.push_str(authority.as_str());
+        out.push_str(hostport);
         out[start..].make_ascii_lowercase();
     }
     let path = uri.path();

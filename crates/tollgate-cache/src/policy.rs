@@ -64,8 +64,12 @@ pub(crate) fn directives(
     headers
         .get_all(CACHE_CONTROL)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        // Lossy, not strict: a value with one non-ASCII byte (a quoted
+        // extension) must not hide the `private` or `no-store` beside it.
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
         .filter_map(|d| {
             let d = d.trim();
             if d.is_empty() {

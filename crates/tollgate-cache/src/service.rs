@@ -106,7 +106,8 @@ fn scan(headers: &HeaderMap, credential_headers: &[http::HeaderName]) -> Scan {
         {
             out.bypass = true;
         } else if name == CACHE_CONTROL {
-            let text = value.to_str().unwrap_or("").to_ascii_lowercase();
+            // Lossy: one non-ASCII byte must not hide `no-store`.
+            let text = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
             for directive in text.split(',').map(str::trim) {
                 out.bypass |= directive == "no-store";
                 out.no_cache |= directive == "no-cache" || directive == "max-age=0";
@@ -565,6 +566,16 @@ where
     ResB::Error: Into<BoxError>,
 {
     let config = &store.config;
+    // The entry was looked up when the call was made, before this fetch's
+    // ticket was taken: a write may have come in between and invalidated
+    // it. Only an entry the store still holds may be revalidated or served
+    // stale, so pre-write data never reaches a request made after the
+    // write.
+    let found = found.filter(|f| {
+        store
+            .lookup(&key.uri, req.method(), key.identity, req.headers())
+            .is_some_and(|now| Arc::ptr_eq(&now, f))
+    });
     // A request with no credential is answered as by a shared cache.
     let shared = key.identity == 0;
     let unshared_for = config.unshared_for;

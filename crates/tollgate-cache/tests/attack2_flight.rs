@@ -123,7 +123,6 @@ async fn a_get_after_a_write_does_not_join_the_flight_before_it() {
 /// after the completed write joins that flight, and when the upstream
 /// fails it is handed the pre-write entry as `Stale`.
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a GET after a completed write is served the pre-write entry stale via a flight led by a request routed before the write"]
 async fn a_get_after_a_write_never_gets_pre_write_data_even_stale() {
     let api = Api::default();
     let cache = CacheLayer::builder(Freshness::Fixed(Duration::from_secs(1)))
@@ -353,7 +352,6 @@ fn odd_cache_control(
 /// `private` beside a non-ASCII byte in the same `Cache-Control` value is
 /// still `private`: never stored for a request without a credential.
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a Cache-Control value with a non-ASCII byte is skipped whole, so its `private` is ignored and the response is shared"]
 async fn private_beside_a_non_ascii_byte_is_still_private() {
     let (calls, upstream) = odd_cache_control(b"private, ext=\"caf\xc3\xa9\"");
     let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
@@ -371,7 +369,6 @@ async fn private_beside_a_non_ascii_byte_is_still_private() {
 
 /// The same for `no-store`.
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a Cache-Control value with a non-ASCII byte is skipped whole, so its `no-store` is ignored and the response is stored"]
 async fn no_store_beside_a_non_ascii_byte_is_still_no_store() {
     let (calls, upstream) = odd_cache_control(b"no-store, ext=\"\xff\"");
     let service = CacheLayer::new(Duration::from_secs(60)).layer(upstream);
@@ -413,7 +410,6 @@ async fn no_cache_is_never_served_stale_on_error() {
 /// A request's `no-store` beside a non-ASCII byte still keeps its answer out
 /// of the cache.
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a request Cache-Control value with a non-ASCII byte is read as empty, so its `no-store` is ignored and the answer is stored"]
 async fn a_requests_no_store_beside_a_non_ascii_byte_is_still_no_store() {
     let api = Api::default();
     let service =
@@ -457,7 +453,6 @@ async fn a_write_spelled_otherwise_still_invalidates() {
 /// The default port is the same origin: a write to `http://api.test:80/a`
 /// is a write to `http://api.test/a`.
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: normalize_uri keeps an explicit default port, so a write to http://h:80/a leaves http://h/a's pre-write entry in place"]
 async fn a_write_with_the_default_port_invalidates_the_same_resource() {
     let api = Api::default();
     let service =
@@ -478,7 +473,6 @@ async fn a_write_with_the_default_port_invalidates_the_same_resource() {
 /// Credentials in the URI's userinfo differ by case (passwords are case
 /// sensitive): two users must not share an entry.
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: normalize_uri lowercases the whole authority, userinfo included, so user:Secret and user:secret share entries"]
 async fn userinfo_credentials_differing_in_case_never_share() {
     let upstream = service_fn(|req: Request<()>| async move {
         let who = req.uri().authority().map_or("-", |a| a.as_str()).to_owned();
@@ -504,7 +498,6 @@ async fn userinfo_credentials_differing_in_case_never_share() {
 
 /// `no-cache` on the request beside a non-ASCII byte still revalidates.
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a request Cache-Control value with a non-ASCII byte is read as empty, so its `no-cache` is ignored and a stored response is served unrevalidated"]
 async fn a_requests_no_cache_beside_a_non_ascii_byte_still_revalidates() {
     let api = Api::default();
     let service =
