@@ -61,28 +61,29 @@ pub(crate) struct Decision {
 pub(crate) fn directives(
     headers: &HeaderMap,
 ) -> impl Iterator<Item = (String, Option<String>)> + '_ {
-    headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        // Lossy, not strict: a value with one non-ASCII byte (a quoted
-        // extension) must not hide the `private` or `no-store` beside it.
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flat_map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
-        .filter_map(|d| {
-            let d = d.trim();
-            if d.is_empty() {
-                return None;
-            }
-            Some(match d.split_once('=') {
-                Some((name, value)) => (
-                    name.trim().to_ascii_lowercase(),
-                    Some(value.trim().trim_matches('"').to_owned()),
-                ),
-                None => (d.to_ascii_lowercase(), None),
-            })
-        })
+    // Lossy, not strict: a value with one non-ASCII byte (a quoted
+    // extension) must not hide the `private` or `no-store` beside it.
+    headers.get_all(CACHE_CONTROL).iter().flat_map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .filter_map(directive)
+            .collect::<Vec<_>>()
+    })
+}
+
+/// One directive, its name lowercased and its value unquoted.
+fn directive(text: &str) -> Option<(String, Option<String>)> {
+    let d = text.trim();
+    if d.is_empty() {
+        return None;
+    }
+    Some(match d.split_once('=') {
+        Some((name, value)) => (
+            name.trim().to_ascii_lowercase(),
+            Some(value.trim().trim_matches('"').to_owned()),
+        ),
+        None => (d.to_ascii_lowercase(), None),
+    })
 }
 
 pub(crate) fn has_directive(headers: &HeaderMap, name: &str) -> bool {

@@ -73,11 +73,6 @@ impl Gcra {
 }
 
 impl Gcra {
-    /// The burst tolerance `τ = T · (burst − 1)`, in nanoseconds.
-    pub fn tolerance(&self) -> u64 {
-        self.tolerance
-    }
-
     /// The state after the upstream asked for no permit before `until`: the
     /// first permit conforms at `until`, and the next ones follow at the
     /// steady rate, with no burst (a burst released at the end of a pause is
@@ -101,12 +96,6 @@ impl Gcra {
             .saturating_add(ahead.saturating_mul(self.interval))
             .saturating_sub(self.tolerance)
             .max(now)
-    }
-
-    /// Whether the state no longer constrains anything at `now` (forgetting
-    /// it changes no decision).
-    pub fn is_idle(&self, tat: u64, now: u64) -> bool {
-        tat <= now
     }
 }
 

@@ -38,18 +38,6 @@ pub struct WindowLog {
     ramp_next: u64,
 }
 
-impl WindowLog {
-    /// From when the log no longer constrains anything (its latest grant
-    /// has left the window and any pause is over).
-    pub fn idle_at(&self, period: u64) -> u64 {
-        self.grants
-            .back()
-            .map_or(0, |g| g.saturating_add(period))
-            .max(self.paused_until)
-            .max(self.ramp_end)
-    }
-}
-
 impl SlidingWindow {
     /// The window for a quota (its count and period). A period beyond
     /// 2^62 ns (146 years) is taken as that, so no sum of times saturates.
@@ -65,9 +53,15 @@ impl SlidingWindow {
         }
     }
 
-    /// The window's length in nanoseconds.
-    pub fn period(&self) -> u64 {
-        self.period
+    /// From when `log` no longer constrains anything (its latest grant has
+    /// left the window and any pause is over): forgetting it then changes
+    /// no decision.
+    pub fn idle_at(&self, log: &WindowLog) -> u64 {
+        log.grants
+            .back()
+            .map_or(0, |g| g.saturating_add(self.period))
+            .max(log.paused_until)
+            .max(log.ramp_end)
     }
 
     /// Decides one permit at `now` (nanoseconds, non-decreasing): `Ok` and
@@ -150,16 +144,6 @@ impl SlidingWindow {
             }
         }
         t.saturating_add((ahead - simulated).saturating_mul(self.step))
-    }
-
-    /// Whether the log no longer constrains anything at `now`.
-    pub fn is_idle(&self, log: &WindowLog, now: u64) -> bool {
-        log.idle_at(self.period) <= now
-    }
-
-    /// Grants held: the memory a log costs is this many `u64`s.
-    pub fn len(log: &WindowLog) -> usize {
-        log.grants.len()
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`RateLimitLayer`] and its settings.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +77,7 @@ impl KeyBy {
                 Err(_) => {
                     let mut key = String::from("\u{1}");
                     for byte in value.as_bytes() {
-                        key.push_str(&format!("{byte:02x}"));
+                        let _ = write!(key, "{byte:02x}");
                     }
                     key
                 }

@@ -90,10 +90,10 @@ impl Algorithm {
 
     /// From when the state no longer constrains anything (forgetting it
     /// then changes no decision). Never decreases for one state.
-    fn idle_at(&self, state: &State, period: u64) -> u64 {
+    fn idle_at(&self, state: &State) -> u64 {
         match self {
             Algorithm::Gcra(_) => state.tat,
-            Algorithm::Window(_) => state.log.idle_at(period),
+            Algorithm::Window(w) => w.idle_at(&state.log),
         }
     }
 }
@@ -133,7 +133,6 @@ pub const DEFAULT_MAX_MEMORY: usize = 64 << 20;
 ///   what it took there still counts.
 pub struct MemoryStore {
     algorithm: Algorithm,
-    period: u64,
     /// The unkeyed smooth quota's TAT, lock-free.
     single_tat: AtomicU64,
     /// The unkeyed window log (a window needs its log under a lock).
@@ -189,9 +188,6 @@ impl MemoryStore {
         let by_memory = max_bytes / per_key.max(1);
         MemoryStore {
             algorithm,
-            period: u64::try_from(quota.period().as_nanos())
-                .unwrap_or(u64::MAX)
-                .min(1 << 62),
             single_tat: AtomicU64::new(0),
             single: Mutex::new(State::default()),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
@@ -236,7 +232,7 @@ impl MemoryStore {
                 shard.idle.pop();
                 continue;
             };
-            let real = self.algorithm.idle_at(state, self.period);
+            let real = self.algorithm.idle_at(state);
             if real > now {
                 if real == recorded {
                     // The earliest idle time is still to come: every other
@@ -313,14 +309,14 @@ impl MemoryStore {
         // took there while the table was full still counts.
         let mut state = {
             let overflow = lock(&self.overflow);
-            if self.algorithm.idle_at(&overflow, self.period) > now {
+            if self.algorithm.idle_at(&overflow) > now {
                 overflow.clone()
             } else {
                 State::default()
             }
         };
         let out = f(&mut state);
-        let idle = self.algorithm.idle_at(&state, self.period);
+        let idle = self.algorithm.idle_at(&state);
         shard.states.insert(hash, state);
         shard.idle.push(Reverse((idle, hash)));
         out
