@@ -1,7 +1,9 @@
 //! Rate limiter costs on the uncontended path (no call ever waits).
 //!
-//! - `check`: the decision alone. Our `MemoryStore::check` (unkeyed, the
-//!   permit taken) against governor's direct limiter `check()`.
+//! - `check`: the decision alone. Our `MemoryStore::check_sync` (unkeyed,
+//!   the permit taken), the same through the `RateLimitStore` trait object
+//!   as the layer asks it (a ready `StoreFuture`, no allocation, on the
+//!   absolute time base), against governor's direct limiter `check()`.
 //! - `layer`: a whole call through the layer over an in-process
 //!   `service_fn`, against the bare function and `tower::limit::RateLimit`.
 //! - `keyed`: reserving for 100,000 distinct keys in turn.
@@ -32,7 +34,19 @@ fn limit(c: &mut Criterion) {
     group.bench_function("tollgate_memory_store", |b| {
         b.iter(|| {
             let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            black_box(store.check("", now))
+            black_box(store.check_sync("", now))
+        });
+    });
+    // The same decision through the store trait, as the layer takes it: a
+    // `dyn RateLimitStore` whose ready answer is read without polling.
+    let dyn_store: std::sync::Arc<dyn RateLimitStore> =
+        std::sync::Arc::new(MemoryStore::new(&huge(), 16));
+    let unix_epoch = 1_800_000_000_000_000_000u64;
+    group.bench_function("tollgate_store_trait", |b| {
+        b.iter(|| {
+            let now = unix_epoch
+                .saturating_add(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            black_box(dyn_store.check("", now).now_or_later().is_ok())
         });
     });
     let governor = governor::RateLimiter::direct(governor::Quota::per_second(

@@ -38,9 +38,10 @@ impl Gcra {
     /// The algorithm for a quota (its rate and burst).
     pub fn new(quota: &Quota) -> Gcra {
         // A quota's interval is at most 2^62 ns and its burst refills within
-        // 2^63 ns (checked when it is built), so with times below 2^62 (146
-        // years from the limiter's start) no sum here saturates: a saturated
-        // TAT would admit everything.
+        // 2^63 ns (checked when it is built), so with times below 2^62 (the
+        // year 2116 on the UNIX time base the layer uses) no sum here
+        // saturates. Beyond, a TAT that would overflow refuses (`check`):
+        // a saturated TAT would otherwise admit everything.
         let interval = quota.emission_interval_nanos();
         let tolerance = interval
             .saturating_mul(u64::from(quota.burst()) - 1)
@@ -57,12 +58,15 @@ impl Gcra {
     }
 
     /// Decides one permit at `now`, given the stored TAT (0 for a fresh
-    /// limiter). Never panics: sums saturate.
+    /// limiter). Never panics. A permit whose new TAT would pass the end of
+    /// `u64` is refused (`until` then `u64::MAX`): saturating it would
+    /// admit every later caller.
     pub fn check(&self, tat: u64, now: u64) -> Decision {
         let start = tat.max(now);
         if start - now <= self.tolerance {
-            Decision::Allow {
-                tat: start.saturating_add(self.interval),
+            match start.checked_add(self.interval) {
+                Some(tat) => Decision::Allow { tat },
+                None => Decision::Wait { until: u64::MAX },
             }
         } else {
             Decision::Wait {
@@ -160,7 +164,17 @@ mod tests {
             gcra.check(u64::MAX, u64::MAX),
             Decision::Allow { .. } | Decision::Wait { .. }
         ));
-        assert!(matches!(gcra.check(0, u64::MAX), Decision::Allow { .. }));
+        // A permit whose TAT would pass the end of u64 is refused: a
+        // saturated TAT would admit every later caller.
+        assert_eq!(gcra.check(0, u64::MAX), Decision::Wait { until: u64::MAX });
+        let small = Gcra::new(&Quota::per_second(1).expect("valid"));
+        let Decision::Allow { tat } = small.check(0, u64::MAX - 2_000_000_000) else {
+            panic!("two seconds before the end, a permit conforms");
+        };
+        assert!(matches!(
+            small.check(tat, u64::MAX - 1),
+            Decision::Wait { .. }
+        ));
     }
 
     #[test]

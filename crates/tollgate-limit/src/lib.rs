@@ -25,6 +25,8 @@
 
 mod call;
 pub mod concurrency;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 pub mod gcra;
 mod quota;
@@ -34,7 +36,10 @@ pub mod window;
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer, PermitBody, QueueWait};
 pub use error::{PendingTimeout, QueueFull, RateLimited, TooManyPending, WaitTooLong};
 pub use quota::{InvalidQuota, Quota, QuotaKind};
-pub use rate::{KeyBy, MemoryStore, PermitWait, RateLimit, RateLimitLayer, RateLimitStore};
+pub use rate::{
+    KeyBy, MemoryStore, PermitWait, RateLimit, RateLimitLayer, RateLimitStore, StoreError,
+    StoreFuture, UnixNanos,
+};
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]

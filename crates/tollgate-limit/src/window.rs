@@ -72,6 +72,12 @@ impl SlidingWindow {
         if at > now {
             return Err(at);
         }
+        if now == u64::MAX && log.grants.len() >= self.count {
+            // At the very end of the time base a full window's oldest grant
+            // never leaves it (its end is past `u64`): refused, never
+            // admitted by saturation.
+            return Err(u64::MAX);
+        }
         log.grants.push_back(now);
         if now < log.ramp_end {
             log.ramp_next = log.ramp_next.max(now).saturating_add(self.step);
@@ -84,7 +90,7 @@ impl SlidingWindow {
         while log
             .grants
             .front()
-            .is_some_and(|&g| g.saturating_add(self.period) <= now)
+            .is_some_and(|&g| g.checked_add(self.period).is_some_and(|end| end <= now))
         {
             log.grants.pop_front();
         }
@@ -140,6 +146,8 @@ impl SlidingWindow {
             match self.check(&mut probe, t) {
                 Ok(()) if taken == simulated => break,
                 Ok(()) => taken += 1,
+                // No time after the end of `u64`.
+                Err(at) if at <= t => return u64::MAX,
                 Err(at) => t = at,
             }
         }

@@ -171,7 +171,7 @@ fn a_million_keys_stay_under_the_cap() {
         for i in 0..1_000_000u64 {
             key.clear();
             write!(key, "key-{i}").expect("write");
-            let _ = store.check(&key, i * spacing);
+            let _ = store.check_sync(&key, i * spacing);
             if i % 4096 == 0 {
                 assert!(store.keys() <= 1_000, "{} keys at {i}", store.keys());
             }
@@ -184,7 +184,7 @@ fn a_million_keys_stay_under_the_cap() {
     assert!(store.max_keys() <= (1 << 20) / 8_000);
     for i in 0..20_000u64 {
         for _ in 0..3 {
-            let _ = store.check(&format!("k{i}"), i);
+            let _ = store.check_sync(&format!("k{i}"), i);
         }
         assert!(store.keys() <= store.max_keys());
     }

@@ -22,7 +22,7 @@ fn concurrent_callers_never_take_more_than_the_burst() {
         let threads: Vec<_> = (0..3)
             .map(|_| {
                 let store = Arc::clone(&store);
-                thread::spawn(move || usize::from(store.check("", 0).is_ok()))
+                thread::spawn(move || usize::from(store.check_sync("", 0).is_ok()))
             })
             .collect();
         let granted: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
@@ -37,15 +37,15 @@ fn a_pause_racing_a_caller_is_never_lost() {
         let store = Arc::new(MemoryStore::new(&quota, 1));
         let pauser = {
             let store = Arc::clone(&store);
-            thread::spawn(move || store.pause("", 0, 10_000_000_000))
+            thread::spawn(move || store.pause_sync("", 0, 10_000_000_000))
         };
         let caller = {
             let store = Arc::clone(&store);
-            thread::spawn(move || store.check("", 0).is_ok())
+            thread::spawn(move || store.check_sync("", 0).is_ok())
         };
         pauser.join().expect("thread");
         let _ = caller.join().expect("thread");
         // Whatever the order, the pause holds from then on.
-        assert_eq!(store.check("", 1), Err(10_000_000_000));
+        assert_eq!(store.check_sync("", 1), Err(10_000_000_000));
     });
 }

@@ -15,6 +15,8 @@ use tower::{BoxError, Service};
 
 use super::layer::Shared;
 use super::queue::Queues;
+use super::service::Place;
+use super::store::{StoreFuture, UnixNanos};
 use super::PermitWait;
 use crate::call::{take_error, Call, Stage, StageProj};
 use crate::error::WaitTooLong;
@@ -48,6 +50,9 @@ impl Drop for Ticket {
 
 struct Waiting<S, R> {
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The store's answer this caller (the head of its lane) waits for,
+    /// when the store answers later.
+    asking: Option<StoreFuture<Result<(), UnixNanos>>>,
     service: Option<S>,
     request: Option<R>,
     key: String,
@@ -63,7 +68,26 @@ impl<S, R> Waiting<S, R> {
     fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, BoxError>> {
         let shared = Arc::clone(&self.ticket.shared);
         loop {
-            let until = {
+            let until = if let Some(asking) = &mut self.asking {
+                // Still the head of the lane (a head only leaves when served
+                // or gone): nobody behind overtakes it while it waits.
+                let answer = ready!(Pin::new(asking).poll(cx));
+                self.asking = None;
+                match answer {
+                    Ok(Ok(())) => {
+                        self.ticket.leave();
+                        return Poll::Ready(Ok(shared.now()));
+                    }
+                    Ok(Err(at)) if at > self.latest => {
+                        return Poll::Ready(Err(self.too_long(at)));
+                    }
+                    Ok(Err(at)) => at,
+                    Err(e) => {
+                        self.ticket.leave();
+                        return Poll::Ready(Err(Box::new(e)));
+                    }
+                }
+            } else {
                 let mut lanes = shared.queues.lock(self.ticket.hash);
                 let now = shared.now();
                 let ahead =
@@ -78,7 +102,7 @@ impl<S, R> Waiting<S, R> {
                             u64::try_from(ahead).unwrap_or(u64::MAX),
                         );
                         drop(lanes);
-                        return Poll::Ready(Err(self.too_long(at.max(now))));
+                        return Poll::Ready(Err(self.too_long(at.unwrap_or(now).max(now))));
                     }
                     drop(lanes);
                     if self.latest == u64::MAX {
@@ -88,17 +112,28 @@ impl<S, R> Waiting<S, R> {
                     // we are refused.
                     self.latest
                 } else {
-                    match shared.store.check(&self.key, now) {
-                        Ok(()) => {
+                    match shared.store.check(&self.key, now).now_or_later() {
+                        Ok(Ok(Ok(()))) => {
                             drop(lanes);
                             self.ticket.leave();
                             return Poll::Ready(Ok(now));
                         }
-                        Err(at) if at > self.latest => {
+                        Ok(Ok(Err(at))) if at > self.latest => {
                             drop(lanes);
                             return Poll::Ready(Err(self.too_long(at)));
                         }
-                        Err(at) => at,
+                        Ok(Ok(Err(at))) => at,
+                        Ok(Err(e)) => {
+                            drop(lanes);
+                            self.ticket.leave();
+                            return Poll::Ready(Err(Box::new(e)));
+                        }
+                        Err(later) => {
+                            // Asked; wait for the answer outside the lock.
+                            drop(lanes);
+                            self.asking = Some(later);
+                            continue;
+                        }
                     }
                 }
             };
@@ -182,8 +217,7 @@ where
     pub(crate) fn waiting(
         shared: Arc<Shared>,
         key: String,
-        hash: u64,
-        id: u64,
+        place: Place,
         latest: u64,
         arrived: u64,
         service: S,
@@ -193,6 +227,7 @@ where
             state: Stage::Waiting {
                 waiting: Box::new(Waiting {
                     sleep: None,
+                    asking: place.asking,
                     service: Some(service),
                     request: Some(request),
                     key: key.clone(),
@@ -200,8 +235,8 @@ where
                     arrived,
                     ticket: Ticket {
                         shared: Arc::clone(&shared),
-                        hash,
-                        id,
+                        hash: place.hash,
+                        id: place.id,
                         queued: true,
                     },
                 }),
@@ -267,7 +302,22 @@ fn learn<B>(shared: &Shared, key: &str, response: &mut Response<B>) {
     let pause = asked.min(shared.max_pause);
     let now = shared.now();
     let until = now.saturating_add(u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX));
-    shared.store.pause(key, now, until);
+    match shared.store.pause(key, now, until).now_or_later() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the learned pause could not be stored"),
+        // A store that answers later records the pause in the background:
+        // the response is not held back by it.
+        Err(later) => match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = later.await {
+                        tracing::warn!(error = %e, "the learned pause could not be stored");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!("no tokio runtime to store the learned pause with"),
+        },
+    }
     // The key may be a credential (an API key header): the logs get a short
     // keyed hash of it, never its text.
     tracing::debug!(

@@ -10,7 +10,7 @@ use tower::Layer;
 
 use super::queue::Queues;
 use super::service::RateLimit;
-use super::store::{MemoryStore, RateLimitStore, DEFAULT_MAX_MEMORY};
+use super::store::{MemoryStore, RateLimitStore, UnixNanos, DEFAULT_MAX_MEMORY};
 use crate::quota::Quota;
 
 /// What a key extractor sees of a request.
@@ -114,6 +114,9 @@ pub(crate) struct Shared {
     pub(crate) max_pause: Duration,
     pub(crate) max_memory: usize,
     pub(crate) epoch: Instant,
+    /// `epoch` on the absolute time base ([`UnixNanos`]): the system clock
+    /// read once, when the limiter was built.
+    pub(crate) epoch_unix: UnixNanos,
     /// The lanes of waiting callers, shared by every layer derived from
     /// one (`max_wait` and the like keep it; a new store starts anew).
     pub(crate) queues: Arc<Queues>,
@@ -123,14 +126,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Nanoseconds since the limiter was built, on tokio's clock.
-    pub(crate) fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    /// Now, on the absolute time base: the system clock when the limiter was
+    /// built plus tokio's monotonic time since (so a stepped system clock
+    /// never moves a limiter, and paused time in tests does).
+    pub(crate) fn now(&self) -> UnixNanos {
+        self.nanos_at(Instant::now())
     }
 
-    /// An instant as nanoseconds on the limiter's clock (0 if before it).
-    pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    /// An instant on the absolute time base (the limiter's start if before
+    /// it).
+    pub(crate) fn nanos_at(&self, at: Instant) -> UnixNanos {
+        let since =
+            u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        self.epoch_unix.saturating_add(since)
     }
 
     /// A new built-in store for the current settings (a new limiter: its
@@ -146,9 +154,21 @@ impl Shared {
         }
     }
 
-    pub(crate) fn instant(&self, at: u64) -> Instant {
-        self.epoch + Duration::from_nanos(at)
+    /// The instant of a time on the absolute base (the limiter's start if
+    /// before it; about 30 years on if beyond what an instant can hold).
+    pub(crate) fn instant(&self, at: UnixNanos) -> Instant {
+        let after = Duration::from_nanos(at.saturating_sub(self.epoch_unix));
+        self.epoch
+            .checked_add(after)
+            .unwrap_or_else(|| self.epoch + Duration::from_secs(30 * 365 * 86_400))
     }
+}
+
+/// The system clock as [`UnixNanos`] (0 if it reads before 1970).
+fn unix_now() -> UnixNanos {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl fmt::Debug for RateLimitLayer {
@@ -190,6 +210,7 @@ impl RateLimitLayer {
                 max_pause: Duration::from_secs(60),
                 max_memory: DEFAULT_MAX_MEMORY,
                 epoch: Instant::now(),
+                epoch_unix: unix_now(),
                 queues: Arc::new(Queues::new()),
                 custom_store: false,
             }),
@@ -210,6 +231,7 @@ impl RateLimitLayer {
             max_pause: s.max_pause,
             max_memory: s.max_memory,
             epoch: s.epoch,
+            epoch_unix: s.epoch_unix,
             queues: Arc::clone(&s.queues),
             custom_store: s.custom_store,
         };
@@ -271,7 +293,11 @@ impl RateLimitLayer {
         })
     }
 
-    /// Keeps the limiter's state in `store` (a shared backend). Later
+    /// Keeps the limiter's state in `store` (a shared backend; see
+    /// [`RateLimitStore`] for what it must do, and the `conformance` suite
+    /// for how that is checked). A store that answers later costs each
+    /// waiting caller one boxed future per decision; a store failure fails
+    /// the caller with [`StoreError`](crate::StoreError). Later
     /// [`max_keys`](Self::max_keys) and [`max_memory`](Self::max_memory)
     /// settings, which configure the built-in store, leave it alone.
     pub fn store(self, store: Arc<dyn RateLimitStore>) -> Self {

@@ -73,7 +73,16 @@
 //! - **Honest readiness**: `poll_ready` is the inner service's; the wait is in
 //!   the response future, which polls the inner service ready only once its
 //!   permit's time has come.
-//! - **State behind a trait**: [`RateLimitStore`]; [`MemoryStore`] in process.
+//! - **State behind a trait**: [`RateLimitStore`], asynchronous (a shared
+//!   store is a network round trip away) with a synchronous fast path: each
+//!   operation answers a [`StoreFuture`], ready at once (no allocation, no
+//!   await) or later. [`MemoryStore`] in process is always ready. Times are
+//!   [`UnixNanos`], absolute, so processes sharing a store can compare them.
+//!   Every store passes the same conformance suite (`conformance`, feature
+//!   `conformance`). A store that answers later is asked by the head of a
+//!   lane, which keeps its place while it waits, so callers stay first come
+//!   first served within a process; a store failure is a [`StoreError`] for
+//!   that caller.
 
 mod future;
 mod layer;
@@ -84,7 +93,9 @@ mod store;
 pub use future::ResponseFuture;
 pub use layer::{KeyBy, KeyInput, RateLimitLayer, DEFAULT_MAX_KEYS};
 pub use service::RateLimit;
-pub use store::{MemoryStore, RateLimitStore, DEFAULT_MAX_MEMORY};
+pub use store::{
+    MemoryStore, RateLimitStore, StoreError, StoreFuture, UnixNanos, DEFAULT_MAX_MEMORY,
+};
 pub use tollgate_core::upstream_pause;
 
 /// The time a call waited for its rate-limit permit, in the response's

@@ -12,6 +12,7 @@ use tower::{BoxError, Service};
 use super::future::ResponseFuture;
 use super::layer::{KeyInput, RateLimitLayer, Shared};
 use super::queue::Queues;
+use super::store::{StoreFuture, UnixNanos};
 use crate::error::{QueueFull, RateLimited, WaitTooLong};
 
 /// Rate limits the inner service; made by [`RateLimitLayer`].
@@ -113,19 +114,38 @@ where
             Admit::Refused(error) => ResponseFuture::failed(error),
             // Wait in the response future with a fresh clone, polled ready
             // only once the permit is taken.
-            Admit::Queued { hash, id } => {
-                ResponseFuture::waiting(shared, key, hash, id, latest, now, self.inner.clone(), req)
-            }
+            Admit::Queued { hash, id, asking } => ResponseFuture::waiting(
+                shared,
+                key,
+                Place { hash, id, asking },
+                latest,
+                now,
+                self.inner.clone(),
+                req,
+            ),
         }
     }
+}
+
+/// A queued caller's place: its lane, its id, and the store's answer it
+/// is waiting for, if it asked a store that answers later.
+pub(crate) struct Place {
+    pub(crate) hash: u64,
+    pub(crate) id: u64,
+    pub(crate) asking: Option<StoreFuture<Result<(), UnixNanos>>>,
 }
 
 /// What a caller gets on arrival.
 pub(crate) enum Admit {
     /// A permit, taken.
     Now,
-    /// A place in its key's lane.
-    Queued { hash: u64, id: u64 },
+    /// A place in its key's lane (at its head, with the store's answer to
+    /// wait for, when the store answers later).
+    Queued {
+        hash: u64,
+        id: u64,
+        asking: Option<StoreFuture<Result<(), UnixNanos>>>,
+    },
     /// Refused at once.
     Refused(BoxError),
 }
@@ -154,20 +174,32 @@ impl Shared {
         }
         if key.is_empty() && self.queues.unkeyed_is_empty() {
             // Nobody waits: ask the store without a lock (the common case).
-            match self.store.check(key, now) {
-                Ok(()) => return Admit::Now,
-                Err(at) if at > latest => return Admit::Refused(self.refusal(now, at, latest)),
-                Err(_) => {}
+            // A store that answers later is asked again from the lane.
+            if let Ok(answer) = self.store.check(key, now).now_or_later() {
+                match answer {
+                    Ok(Ok(())) => return Admit::Now,
+                    Ok(Err(at)) if at > latest => {
+                        return Admit::Refused(self.refusal(now, at, latest))
+                    }
+                    Ok(Err(_)) => {}
+                    Err(e) => return Admit::Refused(Box::new(e)),
+                }
             }
         }
         let hash = self.queues.hash(key);
         let mut lanes = self.queues.lock(hash);
         let ahead = Queues::len(&lanes, hash);
+        let mut asking = None;
         if ahead == 0 {
-            match self.store.check(key, now) {
-                Ok(()) => return Admit::Now,
-                Err(at) if at > latest => return Admit::Refused(self.refusal(now, at, latest)),
-                Err(_) => {}
+            match self.store.check(key, now).now_or_later() {
+                Ok(Ok(Ok(()))) => return Admit::Now,
+                Ok(Ok(Err(at))) if at > latest => {
+                    return Admit::Refused(self.refusal(now, at, latest))
+                }
+                Ok(Ok(Err(_))) => {}
+                Ok(Err(e)) => return Admit::Refused(Box::new(e)),
+                // The head of the lane, waiting for the store's answer.
+                Err(later) => asking = Some(later),
             }
         } else if latest != u64::MAX {
             // Refused at once if, even with everyone ahead served in turn,
@@ -176,7 +208,7 @@ impl Shared {
             let at = self
                 .store
                 .estimate(key, now, u64::try_from(ahead).unwrap_or(u64::MAX));
-            if at > latest {
+            if let Some(at) = at.filter(|&at| at > latest) {
                 return Admit::Refused(self.refusal(now, at, latest));
             }
         }
@@ -188,6 +220,6 @@ impl Shared {
             }
         }
         let id = self.queues.join(&mut lanes, hash);
-        Admit::Queued { hash, id }
+        Admit::Queued { hash, id, asking }
     }
 }

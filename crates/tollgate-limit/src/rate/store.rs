@@ -14,38 +14,178 @@ use loom::sync::atomic::AtomicU64;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 #[cfg(not(tollgate_loom))]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 
 use crate::gcra::{Decision, Gcra};
 use crate::quota::{Quota, QuotaKind};
 use crate::window::{SlidingWindow, WindowLog};
 
+/// A point in time for a store: nanoseconds since the UNIX epoch.
+///
+/// Absolute, so that separate processes sharing one store can compare their
+/// times. The layer derives it from tokio's clock (one reading of the system
+/// clock when the limiter is built, then tokio's monotonic time: paused time
+/// in tests moves it too). A `u64` of nanoseconds lasts until the year 2554.
+pub type UnixNanos = u64;
+
 /// The rate limiter's state, behind a small interface so that a shared
-/// backend can replace the in-process one without touching the layer. Times
-/// are nanoseconds on the limiter's clock; the empty key is the limiter of
+/// backend (a network round trip away) can replace the in-process one
+/// without touching the layer.
+///
+/// Every operation answers with a [`StoreFuture`]: a store that can answer
+/// at once (the in-process [`MemoryStore`]) returns a ready one, which the
+/// layer takes on its synchronous path with no allocation and no await; a
+/// remote store returns a boxed future, which the waiting caller polls. The
+/// layer keeps callers in FIFO lanes in process either way, and only the
+/// head of a lane asks the store.
+///
+/// Times are [`UnixNanos`] on the caller's clock. A store that keeps its own
+/// clock (a server's time) uses it for its decisions and answers in the
+/// caller's clock (`now` plus the delay it computed), so the caller's waits
+/// never depend on two clocks agreeing. The empty key is the limiter of
 /// requests without a key.
+///
+/// Every implementation must pass the shared conformance suite,
+/// `tollgate_limit::conformance` (feature `conformance`).
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Takes one permit for `key` at `now` if one conforms.
     ///
-    /// # Errors
-    ///
-    /// `Err(at)`: no permit conforms before `at` (later than `now`); nothing
-    /// was taken.
-    fn check(&self, key: &str, now: u64) -> Result<(), u64>;
+    /// The future's output: `Ok(Ok(()))`, a permit taken; `Ok(Err(at))`, no
+    /// permit conforms before `at` (later than `now`) and nothing was taken;
+    /// `Err(_)`, the store could not decide (the caller is refused with the
+    /// error; nothing may have been taken then either, or the error says
+    /// so).
+    fn check(&self, key: &str, now: UnixNanos) -> StoreFuture<Result<(), UnixNanos>>;
 
     /// When the permit of a caller with `ahead` callers before it would
-    /// conform, if each of them takes one in turn and nothing else changes.
-    /// Used to refuse at once a caller that would wait too long; it takes
-    /// nothing.
-    fn estimate(&self, key: &str, now: u64, ahead: u64) -> u64;
+    /// conform, if each of them takes one in turn and nothing else changes,
+    /// as far as the store can tell without a round trip (`None`: it cannot
+    /// tell). Used to refuse at once a caller that would wait too long; it
+    /// takes nothing.
+    fn estimate(&self, key: &str, now: UnixNanos, ahead: u64) -> Option<UnixNanos>;
 
     /// Grants nothing for `key` before `until` (the upstream said so), and
-    /// after it resumes at the quota's rate without a burst.
-    fn pause(&self, key: &str, now: u64, until: u64);
+    /// after it resumes at the quota's rate without a burst. Never shortens a
+    /// pause already in force.
+    fn pause(&self, key: &str, now: UnixNanos, until: UnixNanos) -> StoreFuture<()>;
+}
+
+/// A store could not decide (a remote store unreachable or too slow).
+#[derive(Debug)]
+pub struct StoreError {
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    /// Wraps the store's own error (it must not hold secrets: it reaches the
+    /// caller and the logs).
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        StoreError {
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate-limit store could not decide: {}", self.source)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+type BoxStoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// What a [`RateLimitStore`] answers: ready at once, or later.
+///
+/// A ready answer costs no allocation; [`now_or_later`](Self::now_or_later)
+/// hands it to a synchronous caller without polling.
+#[must_use = "a store's answer does nothing unless it is read or polled"]
+pub struct StoreFuture<T> {
+    inner: Answer<T>,
+}
+
+enum Answer<T> {
+    Ready(Option<Result<T, StoreError>>),
+    Later(BoxStoreFuture<T>),
+}
+
+// Nothing in a `StoreFuture` is pinned structurally: the boxed future is
+// pinned in its box, and a ready value is only moved out.
+impl<T> Unpin for StoreFuture<T> {}
+
+impl<T> fmt::Debug for StoreFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.inner {
+            Answer::Ready(_) => "StoreFuture(ready)",
+            Answer::Later(_) => "StoreFuture(later)",
+        })
+    }
+}
+
+impl<T> StoreFuture<T> {
+    /// An answer known now.
+    pub fn ready(value: T) -> StoreFuture<T> {
+        StoreFuture {
+            inner: Answer::Ready(Some(Ok(value))),
+        }
+    }
+
+    /// A failure known now.
+    pub fn failed(error: StoreError) -> StoreFuture<T> {
+        StoreFuture {
+            inner: Answer::Ready(Some(Err(error))),
+        }
+    }
+
+    /// An answer that needs to be waited for.
+    pub fn later<F>(future: F) -> StoreFuture<T>
+    where
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        StoreFuture {
+            inner: Answer::Later(Box::pin(future)),
+        }
+    }
+
+    /// The answer if it is known now, else the future to wait on.
+    ///
+    /// # Errors
+    ///
+    /// `Err(self)` when the answer needs to be waited for.
+    pub fn now_or_later(self) -> Result<Result<T, StoreError>, StoreFuture<T>> {
+        match self.inner {
+            Answer::Ready(Some(answer)) => Ok(answer),
+            Answer::Ready(None) => Ok(Err(StoreError::new("store answer read twice"))),
+            Answer::Later(_) => Err(self),
+        }
+    }
+}
+
+impl<T> Future for StoreFuture<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().inner {
+            Answer::Ready(answer) => Poll::Ready(
+                answer
+                    .take()
+                    .unwrap_or_else(|| Err(StoreError::new("store answer read twice"))),
+            ),
+            Answer::Later(future) => future.as_mut().poll(cx),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -324,7 +464,29 @@ impl MemoryStore {
 }
 
 impl RateLimitStore for MemoryStore {
-    fn check(&self, key: &str, now: u64) -> Result<(), u64> {
+    fn check(&self, key: &str, now: UnixNanos) -> StoreFuture<Result<(), UnixNanos>> {
+        StoreFuture::ready(self.check_sync(key, now))
+    }
+
+    fn estimate(&self, key: &str, now: UnixNanos, ahead: u64) -> Option<UnixNanos> {
+        Some(self.estimate_sync(key, now, ahead))
+    }
+
+    fn pause(&self, key: &str, now: UnixNanos, until: UnixNanos) -> StoreFuture<()> {
+        self.pause_sync(key, now, until);
+        StoreFuture::ready(())
+    }
+}
+
+/// The store's answers without a future: what the trait's ready answers
+/// are made of, for callers that hold a `MemoryStore` itself.
+impl MemoryStore {
+    /// [`RateLimitStore::check`], answered at once.
+    ///
+    /// # Errors
+    ///
+    /// `Err(at)`: no permit conforms before `at`; nothing was taken.
+    pub fn check_sync(&self, key: &str, now: UnixNanos) -> Result<(), UnixNanos> {
         if key.is_empty() {
             if let Algorithm::Gcra(g) = self.algorithm {
                 // No two callers can take the same permit: the swap only
@@ -353,7 +515,8 @@ impl RateLimitStore for MemoryStore {
         self.with_key(key, now, |s| algorithm.check(s, now))
     }
 
-    fn estimate(&self, key: &str, now: u64, ahead: u64) -> u64 {
+    /// [`RateLimitStore::estimate`], always known in process.
+    pub fn estimate_sync(&self, key: &str, now: UnixNanos, ahead: u64) -> UnixNanos {
         if key.is_empty() {
             if let Algorithm::Gcra(g) = self.algorithm {
                 return g.estimate(self.single_tat.load(Ordering::Acquire), now, ahead);
@@ -364,7 +527,8 @@ impl RateLimitStore for MemoryStore {
         self.with_key(key, now, |s| algorithm.estimate(s, now, ahead))
     }
 
-    fn pause(&self, key: &str, now: u64, until: u64) {
+    /// [`RateLimitStore::pause`], done at once.
+    pub fn pause_sync(&self, key: &str, now: UnixNanos, until: UnixNanos) {
         if key.is_empty() {
             if let Algorithm::Gcra(g) = self.algorithm {
                 let _ = self
@@ -402,16 +566,19 @@ mod tests {
     #[test]
     fn keys_are_isolated() {
         let s = store(1, 1, 10);
-        assert!(s.check("a", 0).is_ok());
-        assert_eq!(s.check("a", 0), Err(1000 * MS));
-        assert!(s.check("b", 0).is_ok(), "exhausting a leaves b untouched");
+        assert!(s.check_sync("a", 0).is_ok());
+        assert_eq!(s.check_sync("a", 0), Err(1000 * MS));
+        assert!(
+            s.check_sync("b", 0).is_ok(),
+            "exhausting a leaves b untouched"
+        );
     }
 
     #[test]
     fn the_key_table_is_bounded() {
         let s = store(1, 1, 100);
         for i in 0..200_000u64 {
-            let _ = s.check(&i.to_string(), i * 10 * MS);
+            let _ = s.check_sync(&i.to_string(), i * 10 * MS);
             assert!(s.keys() <= 100);
         }
     }
@@ -424,19 +591,19 @@ mod tests {
             &Quota::window(1, Duration::from_secs(60)).expect("valid"),
             2,
         );
-        assert!(s.check("a", 0).is_ok());
-        assert!(s.check("b", 0).is_ok());
+        assert!(s.check_sync("a", 0).is_ok());
+        assert!(s.check_sync("b", 0).is_ok());
         for (i, k) in ["c", "d", "e", "f", "g"].iter().enumerate() {
-            let r = s.check(k, 1 + i as u64);
+            let r = s.check_sync(k, 1 + i as u64);
             assert_eq!(r.is_ok(), i == 0, "{k}: the overflow state is shared");
-            assert!(s.check("a", 10).is_err(), "a was never reset");
-            assert!(s.check("b", 10).is_err(), "b was never reset");
+            assert!(s.check_sync("a", 10).is_err(), "a was never reset");
+            assert!(s.check_sync("b", 10).is_err(), "b was never reset");
         }
         assert_eq!(s.keys(), 2);
         assert!(s.overflowed() >= 5);
         // A minute on, a is idle and its room goes to a new key, which
         // starts from the overflow state.
-        assert!(s.check("h", 60_000 * MS + 5).is_ok());
+        assert!(s.check_sync("h", 60_000 * MS + 5).is_ok());
     }
 
     #[test]
@@ -456,12 +623,12 @@ mod tests {
             &Quota::window(100, Duration::from_secs(1)).expect("valid"),
             10,
         );
-        s.pause("", 0, 5000 * MS);
-        assert_eq!(s.check("", 0), Err(5000 * MS));
-        assert_eq!(s.estimate("", 0, 0), 5000 * MS);
-        assert!(s.check("", 5000 * MS).is_ok());
+        s.pause_sync("", 0, 5000 * MS);
+        assert_eq!(s.check_sync("", 0), Err(5000 * MS));
+        assert_eq!(s.estimate_sync("", 0, 0), 5000 * MS);
+        assert!(s.check_sync("", 5000 * MS).is_ok());
         assert_eq!(
-            s.check("", 5000 * MS),
+            s.check_sync("", 5000 * MS),
             Err(5010 * MS),
             "no burst after a pause"
         );
