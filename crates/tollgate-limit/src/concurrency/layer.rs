@@ -167,7 +167,11 @@ mod tests {
         let queued = tokio::spawn(pool.clone().oneshot(Request::new(())));
         tokio::task::yield_now().await;
         assert_eq!(layer.waiting(), 1);
-        let refused = pool.clone().oneshot(Request::new(())).await.unwrap_err();
+        let refused = pool
+            .clone()
+            .oneshot(Request::new(()))
+            .await
+            .expect_err("refused");
         assert_eq!(
             refused
                 .downcast_ref::<PoolQueueFull>()
@@ -185,7 +189,11 @@ mod tests {
         let pool = slow_pool(&layer);
         let running = tokio::spawn(pool.clone().oneshot(Request::new(())));
         tokio::task::yield_now().await;
-        let err = pool.clone().oneshot(Request::new(())).await.unwrap_err();
+        let err = pool
+            .clone()
+            .oneshot(Request::new(()))
+            .await
+            .expect_err("timed out");
         assert_eq!(
             err.downcast_ref::<PoolQueueTimeout>(),
             Some(&PoolQueueTimeout {
@@ -207,7 +215,11 @@ mod tests {
         let running = tokio::spawn(pool.clone().oneshot(Request::new(())));
         tokio::task::yield_now().await;
         assert_eq!(layer.pending(), 0);
-        let refused = pool.clone().oneshot(Request::new(())).await.unwrap_err();
+        let refused = pool
+            .clone()
+            .oneshot(Request::new(()))
+            .await
+            .expect_err("refused");
         // The old type names are aliases: a downcast by either finds it.
         assert!(refused.is::<crate::concurrency::TooManyPending>());
         assert!(refused.is::<PoolQueueFull>());
