@@ -157,6 +157,13 @@ impl<K, V> BatchLayer<K, V> {
     /// waiting for an in-flight slot (default 10 000, at least 1). A call
     /// beyond it fails at once with [`BatchError::TooManyPending`]. Below
     /// `max_batch`, batches go by delay only.
+    ///
+    /// Named `max_pending`, not `max_queue` as the limiters' bound: the
+    /// limiters' queue holds callers refused capacity for now, in line for
+    /// it, and is empty while capacity lasts; a batcher's pending callers
+    /// are mostly gathering, waiting by design for their batch to fill, and
+    /// are there even when nothing is scarce. It bounds the batcher's
+    /// buffer, not a line.
     pub fn max_pending(mut self, n: usize) -> Self {
         self.max_pending = n.max(1);
         self

@@ -3,14 +3,21 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The pool's queue is full: the call was refused at once.
+/// The pool's queue is full
+/// ([`ConcurrencyLimitLayer::max_queue`](crate::ConcurrencyLimitLayer::max_queue)
+/// callers already wait for a slot): the call was refused at once.
+///
+/// A type of its own, not the rate limiter's [`QueueFull`], so that a
+/// caller can tell which queue refused it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TooManyPending {
-    /// The queue limit that was reached.
+pub struct PoolQueueFull {
+    /// The queue limit (`max_queue`) that was reached. The field keeps its
+    /// old name: Rust has no field aliases, and renaming it would break
+    /// every pattern and literal written against `TooManyPending`.
     pub max_pending: usize,
 }
 
-impl fmt::Display for TooManyPending {
+impl fmt::Display for PoolQueueFull {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -20,16 +27,24 @@ impl fmt::Display for TooManyPending {
     }
 }
 
-impl std::error::Error for TooManyPending {}
+impl std::error::Error for PoolQueueFull {}
 
-/// A call waited in the pool's queue longer than allowed.
+/// The old name of [`PoolQueueFull`]; prefer the new one.
+///
+/// Not marked `#[deprecated]` yet: the crate root re-exports it, and a
+/// re-export of a deprecated item warns in this crate itself.
+pub type TooManyPending = PoolQueueFull;
+
+/// A call waited in the pool's queue longer than
+/// [`ConcurrencyLimitLayer::queue_timeout`](crate::ConcurrencyLimitLayer::queue_timeout)
+/// allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PendingTimeout {
+pub struct PoolQueueTimeout {
     /// How long it waited.
     pub waited: Duration,
 }
 
-impl fmt::Display for PendingTimeout {
+impl fmt::Display for PoolQueueTimeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -39,7 +54,11 @@ impl fmt::Display for PendingTimeout {
     }
 }
 
-impl std::error::Error for PendingTimeout {}
+impl std::error::Error for PoolQueueTimeout {}
+
+/// The old name of [`PoolQueueTimeout`]; prefer the new one (not marked
+/// `#[deprecated]` yet, as [`TooManyPending`]).
+pub type PendingTimeout = PoolQueueTimeout;
 
 /// Over the limit in reject mode: the request was refused at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,16 +17,16 @@ use super::body::PermitBody;
 use super::layer::Pool;
 use super::QueueWait;
 use crate::call::{take_error, Call, Stage, StageProj};
-use crate::error::PendingTimeout;
+use crate::error::PoolQueueTimeout;
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
-/// Counts a call as pending until dropped, whatever ends the wait.
-struct PendingGuard(Arc<Pool>);
+/// Counts a call as waiting until dropped, whatever ends the wait.
+struct WaitingGuard(Arc<Pool>);
 
-impl Drop for PendingGuard {
+impl Drop for WaitingGuard {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -39,7 +39,7 @@ struct Waiting<S, R> {
     started: Instant,
     service: Option<S>,
     request: Option<R>,
-    _pending: PendingGuard,
+    _waiting: WaitingGuard,
 }
 
 pin_project! {
@@ -91,12 +91,10 @@ where
         }
     }
 
-    /// A queued call; the caller has counted it in `pool.pending`.
+    /// A queued call; the caller has counted it in `pool.waiting`.
     pub(crate) fn waiting(pool: Arc<Pool>, service: S, request: R) -> Self {
         let semaphore = Arc::clone(&pool.semaphore);
-        let timeout = pool
-            .pending_timeout
-            .map(|t| Box::pin(tokio::time::sleep(t)));
+        let timeout = pool.queue_timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         // Take the place in the semaphore's FIFO queue now, at call time:
         // tokio's acquire joins the queue only when first polled, and a call
         // made later but polled first would otherwise overtake this one.
@@ -117,7 +115,7 @@ where
                     started: Instant::now(),
                     service: Some(service),
                     request: Some(request),
-                    _pending: PendingGuard(pool),
+                    _waiting: WaitingGuard(pool),
                 }),
             },
             permit: None,
@@ -149,7 +147,7 @@ where
                             if let Some(timeout) = &mut waiting.timeout {
                                 if timeout.as_mut().poll(cx).is_ready() {
                                     let waited = waiting.started.elapsed();
-                                    return Poll::Ready(Err(Box::new(PendingTimeout { waited })));
+                                    return Poll::Ready(Err(Box::new(PoolQueueTimeout { waited })));
                                 }
                             }
                             return Poll::Pending;

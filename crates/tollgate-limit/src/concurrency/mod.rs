@@ -16,8 +16,8 @@
 //! let client = ServiceBuilder::new()
 //!     .layer(
 //!         ConcurrencyLimitLayer::new(2)
-//!             .max_pending(100)
-//!             .pending_timeout(Duration::from_secs(5)),
+//!             .max_queue(100)
+//!             .queue_timeout(Duration::from_secs(5)),
 //!     )
 //!     .service(upstream);
 //!
@@ -46,11 +46,11 @@
 //!   connection upstream. The permit travels in the body ([`PermitBody`]).
 //! - **Fair**: waiters are served first come, first served (tokio's semaphore
 //!   is FIFO); a new call never overtakes a queued one.
-//! - **Bounded**: beyond [`max_pending`](ConcurrencyLimitLayer::max_pending)
-//!   waiters a call fails at once with [`TooManyPending`](crate::TooManyPending);
-//!   a waiter that has not got a slot after
-//!   [`pending_timeout`](ConcurrencyLimitLayer::pending_timeout) fails with
-//!   [`PendingTimeout`](crate::PendingTimeout).
+//! - **Bounded**: beyond [`max_queue`](ConcurrencyLimitLayer::max_queue)
+//!   waiters a call fails at once with [`PoolQueueFull`]; a waiter that has
+//!   not got a slot after
+//!   [`queue_timeout`](ConcurrencyLimitLayer::queue_timeout) fails with
+//!   [`PoolQueueTimeout`].
 //! - **Honest readiness**: `poll_ready` is the inner service's; the wait
 //!   happens in the response future, and the inner service is polled ready
 //!   again only once a slot is held, so a waiting call reserves nothing below.
@@ -59,6 +59,16 @@
 //! - **Recorded**: every response carries [`QueueWait`], the time spent
 //!   waiting for a slot (zero when one was free).
 //! - **Shared**: clones of the layer and of its services share one pool.
+//!
+//! # Names
+//!
+//! The pool says what the rate limiter says for the same idea: `max_queue`
+//! (how many callers may wait), `waiting()` (how many do). Its errors are
+//! [`PoolQueueFull`] and [`PoolQueueTimeout`], distinct types from the rate
+//! limiter's [`QueueFull`](crate::QueueFull), so a caller can tell which
+//! queue refused it. The old names (`max_pending`, `pending_timeout`,
+//! `pending()`, `TooManyPending`, `PendingTimeout`) still work: the
+//! methods deprecated, the error types as aliases of the new ones.
 
 mod body;
 mod future;
@@ -69,6 +79,8 @@ pub use body::PermitBody;
 pub use future::ResponseFuture;
 pub use layer::ConcurrencyLimitLayer;
 pub use service::ConcurrencyLimit;
+
+pub use crate::error::{PendingTimeout, PoolQueueFull, PoolQueueTimeout, TooManyPending};
 
 /// The time a call waited in the pool's queue, in the response's
 /// extensions.

@@ -10,7 +10,7 @@ use tower::{BoxError, Service};
 
 use super::future::ResponseFuture;
 use super::layer::{ConcurrencyLimitLayer, Pool};
-use crate::error::TooManyPending;
+use crate::error::PoolQueueFull;
 
 /// Bounds the requests in flight through the inner service; made by
 /// [`ConcurrencyLimitLayer`].
@@ -89,11 +89,11 @@ where
         // ready stays here for the next call; the waiter takes a fresh clone
         // and polls it ready once it holds a slot, so it reserves nothing
         // below while it waits.
-        let before = pool.pending.fetch_add(1, Ordering::AcqRel);
-        if let Some(max) = pool.max_pending {
+        let before = pool.waiting.fetch_add(1, Ordering::AcqRel);
+        if let Some(max) = pool.max_queue {
             if before >= max {
-                pool.pending.fetch_sub(1, Ordering::AcqRel);
-                return ResponseFuture::failed(Box::new(TooManyPending { max_pending: max }));
+                pool.waiting.fetch_sub(1, Ordering::AcqRel);
+                return ResponseFuture::failed(Box::new(PoolQueueFull { max_pending: max }));
             }
         }
         ResponseFuture::waiting(Arc::clone(pool), self.inner.clone(), req)
