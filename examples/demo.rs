@@ -325,7 +325,7 @@ async fn run(base_url: Option<String>) -> Result<(), Failure> {
         section("Concurrency pool: 6 calls through 2 slots (FakeApi takes 200 ms each)");
         api.inject("/comments/*", Fault::latency(Duration::from_millis(200)));
         let pooled = Client::builder(api.url())
-            .concurrency_limit(ConcurrencyLimitLayer::new(2).max_pending(8))
+            .concurrency_limit(ConcurrencyLimitLayer::new(2).max_queue(8))
             .build()?;
         let started = Instant::now();
         let calls: Vec<_> = (1..=6)

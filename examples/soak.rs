@@ -171,7 +171,7 @@ async fn throttle(api: Arc<FakeApi>, stop: Arc<AtomicBool>) {
 async fn one_call(client: &Client, i: u64, posts: (u64, u64), tally: &mut Tally) {
     let (post_every, posts_until) = posts;
     let call = async {
-        if post_every > 0 && i % post_every == 0 && i < posts_until {
+        if post_every > 0 && i.is_multiple_of(post_every) && i < posts_until {
             tally.posts.push(i);
             client
                 .post(format!("/anything/soak-{i}"))

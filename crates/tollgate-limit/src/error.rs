@@ -11,10 +11,8 @@ use std::time::Duration;
 /// caller can tell which queue refused it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolQueueFull {
-    /// The queue limit (`max_queue`) that was reached. The field keeps its
-    /// old name: Rust has no field aliases, and renaming it would break
-    /// every pattern and literal written against `TooManyPending`.
-    pub max_pending: usize,
+    /// The queue limit (`max_queue`) that was reached.
+    pub max_queue: usize,
 }
 
 impl fmt::Display for PoolQueueFull {
@@ -22,17 +20,15 @@ impl fmt::Display for PoolQueueFull {
         write!(
             f,
             "too many requests waiting for the pool (limit {})",
-            self.max_pending
+            self.max_queue
         )
     }
 }
 
 impl std::error::Error for PoolQueueFull {}
 
-/// The old name of [`PoolQueueFull`]; prefer the new one.
-///
-/// Not marked `#[deprecated]` yet: the crate root re-exports it, and a
-/// re-export of a deprecated item warns in this crate itself.
+/// The old name of [`PoolQueueFull`].
+#[deprecated(note = "renamed PoolQueueFull (the pool says max_queue, as the rate limiter does)")]
 pub type TooManyPending = PoolQueueFull;
 
 /// A call waited in the pool's queue longer than
@@ -56,8 +52,8 @@ impl fmt::Display for PoolQueueTimeout {
 
 impl std::error::Error for PoolQueueTimeout {}
 
-/// The old name of [`PoolQueueTimeout`]; prefer the new one (not marked
-/// `#[deprecated]` yet, as [`TooManyPending`]).
+/// The old name of [`PoolQueueTimeout`].
+#[deprecated(note = "renamed PoolQueueTimeout (the pool says queue_timeout)")]
 pub type PendingTimeout = PoolQueueTimeout;
 
 /// Over the limit in reject mode: the request was refused at once.

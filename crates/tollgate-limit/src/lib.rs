@@ -34,7 +34,10 @@ pub mod rate;
 pub mod window;
 
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer, PermitBody, QueueWait};
-pub use error::{PendingTimeout, QueueFull, RateLimited, TooManyPending, WaitTooLong};
+/// The pool's errors under their old names.
+#[allow(deprecated)]
+pub use error::{PendingTimeout, TooManyPending};
+pub use error::{PoolQueueFull, PoolQueueTimeout, QueueFull, RateLimited, WaitTooLong};
 pub use quota::{InvalidQuota, Quota, QuotaKind};
 pub use rate::{
     KeyBy, MemoryStore, PermitWait, RateLimit, RateLimitLayer, RateLimitStore, StoreError,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
-use tollgate_limit::{ConcurrencyLimitLayer, PendingTimeout, QueueWait, TooManyPending};
+use tollgate_limit::{ConcurrencyLimitLayer, PoolQueueFull, PoolQueueTimeout, QueueWait};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 type Body = http_body_util::Full<bytes::Bytes>;
@@ -101,7 +101,7 @@ async fn never_more_than_the_limit_in_flight_and_served_in_order() {
 async fn a_full_queue_refuses_at_once() {
     let probe = Probe::default();
     let svc = ConcurrencyLimitLayer::new(1)
-        .max_pending(1)
+        .max_queue(1)
         .layer(probe.service(Duration::from_secs(1)));
     let first = tokio::spawn(svc.clone().oneshot(req(0)));
     tokio::task::yield_now().await;
@@ -111,8 +111,8 @@ async fn a_full_queue_refuses_at_once() {
     let err = svc.clone().oneshot(req(2)).await.expect_err("queue full");
     assert_eq!(started.elapsed(), Duration::ZERO, "refused without waiting");
     assert_eq!(
-        err.downcast_ref::<TooManyPending>(),
-        Some(&TooManyPending { max_pending: 1 })
+        err.downcast_ref::<PoolQueueFull>(),
+        Some(&PoolQueueFull { max_queue: 1 })
     );
     assert!(first.await.expect("task").is_ok());
     assert!(second.await.expect("task").is_ok());
@@ -122,14 +122,14 @@ async fn a_full_queue_refuses_at_once() {
 async fn a_queued_call_times_out_and_the_call_in_flight_goes_on() {
     let probe = Probe::default();
     let svc = ConcurrencyLimitLayer::new(1)
-        .pending_timeout(Duration::from_millis(250))
+        .queue_timeout(Duration::from_millis(250))
         .layer(probe.service(Duration::from_secs(1)));
     let first = tokio::spawn(svc.clone().oneshot(req(0)));
     tokio::task::yield_now().await;
     let err = svc.clone().oneshot(req(1)).await.expect_err("times out");
     let timeout = err
-        .downcast_ref::<PendingTimeout>()
-        .expect("PendingTimeout");
+        .downcast_ref::<PoolQueueTimeout>()
+        .expect("PoolQueueTimeout");
     assert_eq!(timeout.waited, Duration::from_millis(250));
     assert!(first.await.expect("task").is_ok());
     assert_eq!(
@@ -142,17 +142,17 @@ async fn a_queued_call_times_out_and_the_call_in_flight_goes_on() {
 #[tokio::test(start_paused = true)]
 async fn dropping_a_waiting_call_frees_its_place() {
     let probe = Probe::default();
-    let layer = ConcurrencyLimitLayer::new(1).max_pending(1);
+    let layer = ConcurrencyLimitLayer::new(1).max_queue(1);
     let svc = layer.layer(probe.service(Duration::from_secs(1)));
     // Each task drops its response (and so its slot) as soon as it has it.
     let first = tokio::spawn(succeeded(svc.clone().oneshot(req(0))));
     tokio::task::yield_now().await;
     let waiting = tokio::spawn(succeeded(svc.clone().oneshot(req(1))));
     tokio::task::yield_now().await;
-    assert_eq!(layer.pending(), 1);
+    assert_eq!(layer.waiting(), 1);
     waiting.abort();
     let _ = waiting.await;
-    assert_eq!(layer.pending(), 0, "the dropped waiter left the queue");
+    assert_eq!(layer.waiting(), 0, "the dropped waiter left the queue");
     // Its place is free: another call may queue, and it is served next.
     let third = svc
         .clone()

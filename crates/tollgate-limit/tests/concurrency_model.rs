@@ -18,7 +18,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tollgate_limit::{ConcurrencyLimitLayer, PendingTimeout, PermitBody, TooManyPending};
+use tollgate_limit::{ConcurrencyLimitLayer, PermitBody, PoolQueueFull, PoolQueueTimeout};
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 
 type Call = Pin<Box<dyn Future<Output = Result<Response<PermitBody<()>>, BoxError>> + Send>>;
@@ -141,9 +141,9 @@ fn poll_all(real: &mut [Real], grants: &mut Vec<usize>, timeouts: &mut Vec<(usiz
                 };
             }
             Poll::Ready(Err(e)) => {
-                if let Some(t) = e.downcast_ref::<PendingTimeout>() {
+                if let Some(t) = e.downcast_ref::<PoolQueueTimeout>() {
                     timeouts.push((id, t.waited));
-                } else if e.is::<TooManyPending>() {
+                } else if e.is::<PoolQueueFull>() {
                     timeouts.push((id, Duration::MAX));
                 } else {
                     panic!("caller {id}: unexpected error {e}");
@@ -168,10 +168,10 @@ fn check(
     rt.block_on(async {
         let mut layer = ConcurrencyLimitLayer::new(limit);
         if let Some(max) = max_pending {
-            layer = layer.max_pending(max);
+            layer = layer.max_queue(max);
         }
         if let Some(t) = pending_timeout {
-            layer = layer.pending_timeout(t);
+            layer = layer.queue_timeout(t);
         }
         let upstream = service_fn(|_req: Request<()>| async {
             Ok::<_, std::convert::Infallible>(Response::new(()))
@@ -234,13 +234,13 @@ fn check(
             prop_assert_eq!(in_flight, model.holders, "in flight, after {:?}", op);
             if let Some(max) = max_pending {
                 prop_assert!(
-                    layer.pending() <= max,
+                    layer.waiting() <= max,
                     "pending {} > {max}",
-                    layer.pending()
+                    layer.waiting()
                 );
             }
             prop_assert_eq!(
-                layer.pending(),
+                layer.waiting(),
                 model.queue.len(),
                 "pending, after {:?}",
                 op
@@ -309,7 +309,7 @@ async fn a_queued_call_not_yet_polled_is_not_overtaken() {
     let holder = holder.expect("slot");
     // Queued behind the holder: counted as pending, not yet polled.
     let older = service.ready().await.expect("ready").call(Request::new(2));
-    assert_eq!(layer.pending(), 1);
+    assert_eq!(layer.waiting(), 1);
     drop(holder);
     let newer = service.ready().await.expect("ready").call(Request::new(3));
     let mut cx = Context::from_waker(Waker::noop());

@@ -142,7 +142,7 @@ impl RetryBudget {
 
     /// Records one request (an original call, not a retry).
     pub fn deposit(&self) {
-        if (self.pending.fetch_add(1, Ordering::Relaxed) + 1) % FOLD_EVERY == 0 {
+        if (self.pending.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(FOLD_EVERY) {
             self.with_window(|_| ());
         }
     }

@@ -446,8 +446,8 @@ async fn layer_numbers_at_zero_one_and_max() {
             Box::new(move |b| b.concurrency_limit(ConcurrencyLimitLayer::new(n))),
         ));
         cases.push((
-            format!("max_pending({n})"),
-            Box::new(move |b| b.concurrency_limit(ConcurrencyLimitLayer::new(1).max_pending(n))),
+            format!("max_queue({n})"),
+            Box::new(move |b| b.concurrency_limit(ConcurrencyLimitLayer::new(1).max_queue(n))),
         ));
         cases.push((
             format!("max_queue({n})"),
@@ -466,10 +466,8 @@ async fn layer_numbers_at_zero_one_and_max() {
     }
     for d in durations {
         cases.push((
-            format!("pending_timeout({d:?})"),
-            Box::new(move |b| {
-                b.concurrency_limit(ConcurrencyLimitLayer::new(1).pending_timeout(d))
-            }),
+            format!("queue_timeout({d:?})"),
+            Box::new(move |b| b.concurrency_limit(ConcurrencyLimitLayer::new(1).queue_timeout(d))),
         ));
         cases.push((
             format!("max_wait({d:?})"),

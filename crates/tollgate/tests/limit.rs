@@ -52,8 +52,8 @@ async fn a_full_queue_and_a_queue_timeout_are_typed_errors() {
     let client = Client::builder(api.url())
         .concurrency_limit(
             ConcurrencyLimitLayer::new(1)
-                .max_pending(1)
-                .pending_timeout(Duration::from_millis(500)),
+                .max_queue(1)
+                .queue_timeout(Duration::from_millis(500)),
         )
         .build()
         .expect("client");

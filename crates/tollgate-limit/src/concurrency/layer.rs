@@ -173,9 +173,7 @@ mod tests {
             .await
             .expect_err("refused");
         assert_eq!(
-            refused
-                .downcast_ref::<PoolQueueFull>()
-                .map(|e| e.max_pending),
+            refused.downcast_ref::<PoolQueueFull>().map(|e| e.max_queue),
             Some(1)
         );
         assert!(running.await.is_ok_and(|r| r.is_ok()));

@@ -80,7 +80,9 @@ pub use future::ResponseFuture;
 pub use layer::ConcurrencyLimitLayer;
 pub use service::ConcurrencyLimit;
 
-pub use crate::error::{PendingTimeout, PoolQueueFull, PoolQueueTimeout, TooManyPending};
+#[allow(deprecated)]
+pub use crate::error::{PendingTimeout, TooManyPending};
+pub use crate::error::{PoolQueueFull, PoolQueueTimeout};
 
 /// The time a call waited in the pool's queue, in the response's
 /// extensions.

@@ -93,7 +93,7 @@ where
         if let Some(max) = pool.max_queue {
             if before >= max {
                 pool.waiting.fetch_sub(1, Ordering::AcqRel);
-                return ResponseFuture::failed(Box::new(PoolQueueFull { max_pending: max }));
+                return ResponseFuture::failed(Box::new(PoolQueueFull { max_queue: max }));
             }
         }
         ResponseFuture::waiting(Arc::clone(pool), self.inner.clone(), req)
