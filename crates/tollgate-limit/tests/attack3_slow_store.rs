@@ -783,3 +783,54 @@ async fn a_refused_waiter_polled_again_never_calls_the_upstream() {
         again.map(|r| r.map(|res| res.status()).map_err(|e| e.to_string()))
     );
 }
+
+/// Panics in `check` itself (not in its future) on the asks listed.
+struct PanicsOnAsk {
+    memory: MemoryStore,
+    asked: AtomicUsize,
+    panic_on: &'static [usize],
+}
+
+impl RateLimitStore for PanicsOnAsk {
+    fn check(&self, key: &str, now: UnixNanos) -> StoreFuture<Result<(), UnixNanos>> {
+        let n = self.asked.fetch_add(1, Ordering::SeqCst);
+        assert!(!self.panic_on.contains(&n), "the store panics (its bug)");
+        StoreFuture::ready(self.memory.check_sync(key, now))
+    }
+    fn estimate(&self, _key: &str, _now: UnixNanos, _ahead: u64) -> Option<UnixNanos> {
+        None
+    }
+    fn pause(&self, key: &str, now: UnixNanos, until: UnixNanos) -> StoreFuture<()> {
+        self.memory.pause_sync(key, now, until);
+        StoreFuture::ready(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_panicking_under_the_lane_lock_leaves_the_lane_usable() {
+    // Keyed (no lock-free path): ask 0 serves a; ask 1 (b's arrival) says
+    // wait; ask 2 (b as the head, under the lane's lock) panics; ask 3 (c's
+    // arrival, under the lock too) panics; d is served in its turn.
+    let quota = window(1, Duration::from_secs(1));
+    let layer = RateLimitLayer::new(quota)
+        .store(Arc::new(PanicsOnAsk {
+            memory: MemoryStore::new(&quota, 10),
+            asked: AtomicUsize::new(0),
+            panic_on: &[2, 3],
+        }))
+        .keyed_by(tollgate_limit::KeyBy::host());
+    let log = Log::default();
+    let svc = layer.clone().layer(upstream(Arc::clone(&log), false));
+    svc.clone().oneshot(get()).await.expect("a");
+    let b = tokio::spawn(svc.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(b.await.is_err(), "b's task panicked with the store");
+    let c = tokio::spawn(svc.clone().oneshot(get()));
+    assert!(c.await.is_err(), "c's call panicked with the store");
+    let d = tokio::time::timeout(Duration::from_secs(5), svc.clone().oneshot(get()))
+        .await
+        .expect("d is not stuck behind the panics");
+    d.expect("d");
+    assert_eq!(layer.waiting(), 0);
+    assert_eq!(log.lock().expect("lock").len(), 2);
+}
