@@ -867,3 +867,56 @@ async fn a_pause_write_that_never_answers_does_not_leak_a_task_per_429() {
         - before;
     assert!(alive <= 1, "{alive} pause writes still alive an hour later");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_many_threads_callers_are_served_in_the_order_they_called() {
+    // 1000 a second without a burst: 40 callers take 40 ms of real time.
+    for later in [false, true] {
+        for keyed in [false, true] {
+            let quota = Quota::per_second(1_000)
+                .expect("valid")
+                .with_burst(1)
+                .expect("valid");
+            let mut layer = RateLimitLayer::new(quota);
+            if later {
+                layer = layer.store(Arc::new(Scripted::new(&quota)));
+            }
+            if keyed {
+                layer = layer.keyed_by(tollgate_limit::KeyBy::host());
+            }
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let inner = {
+                let order = Arc::clone(&order);
+                service_fn(move |req: Request<()>| {
+                    let id: usize = req.headers()["x-id"]
+                        .to_str()
+                        .expect("id")
+                        .parse()
+                        .expect("n");
+                    order.lock().expect("lock").push(id);
+                    async { Ok::<_, std::convert::Infallible>(Response::new(())) }
+                })
+            };
+            let mut svc = layer.layer(inner);
+            // Called in order here; polled on any thread.
+            let mut futures = Vec::new();
+            for i in 0..40usize {
+                let req = Request::get("http://api.test/x")
+                    .header("x-id", i.to_string())
+                    .body(())
+                    .expect("request");
+                svc.ready().await.expect("ready");
+                futures.push(tokio::spawn(svc.call(req)));
+            }
+            for f in futures {
+                f.await.expect("task").expect("served");
+            }
+            let order = order.lock().expect("lock").clone();
+            assert_eq!(
+                order,
+                (0..40).collect::<Vec<_>>(),
+                "later {later}, keyed {keyed}"
+            );
+        }
+    }
+}
