@@ -67,7 +67,10 @@ where
 type StoreMade<'a> = Pin<Box<dyn Future<Output = Arc<dyn RateLimitStore>> + 'a>>;
 type Maker<'a> = dyn FnMut(Quota) -> StoreMade<'a> + 'a;
 
-/// Per-run key names, so a store shared between runs starts clean.
+/// Per-run key names, so a store shared between runs starts clean. Keys
+/// take the shapes real keys have (a host, a token, text that is not
+/// ASCII, a long one), chosen from a random per-run number, so a store
+/// cannot tell the suite's keys from real ones.
 struct Run {
     tag: u64,
 }
@@ -80,9 +83,20 @@ impl Run {
     }
 
     fn key(&self, check: &str, name: &str) -> String {
-        format!("conformance-{:016x}-{check}-{name}", self.tag)
+        let id = RandomState::new().hash_one((self.tag, check, name));
+        match id % 5 {
+            0 => format!("api-{id:x}.example.com:443"),
+            1 => format!("sk_live_{id:016x}{:016x}", self.tag),
+            2 => format!("клиент-{id}"),
+            3 => format!("{id:x}").repeat(40),
+            _ => format!("{id:x}"),
+        }
     }
 }
+
+/// How long the suite waits for one answer of the store's before failing
+/// the check by name (a store that never answers must not hang the suite).
+pub const ANSWER_BOUND: Duration = Duration::from_secs(10);
 
 fn quota(result: Result<Quota, crate::InvalidQuota>) -> Quota {
     match result {
@@ -92,15 +106,18 @@ fn quota(result: Result<Quota, crate::InvalidQuota>) -> Quota {
 }
 
 async fn check(store: &dyn RateLimitStore, name: &str, key: &str, now: u64) -> Result<(), u64> {
-    match store.check(key, now).await {
-        Ok(answer) => answer,
-        Err(e) => panic!("conformance {name}: check({now}) failed: {e}"),
+    match tokio::time::timeout(ANSWER_BOUND, store.check(key, now)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => panic!("conformance {name}: check({now}) failed: {e}"),
+        Err(_) => panic!("conformance {name}: check({now}): no answer within {ANSWER_BOUND:?}"),
     }
 }
 
 async fn pause(store: &dyn RateLimitStore, name: &str, key: &str, now: u64, until: u64) {
-    if let Err(e) = store.pause(key, now, until).await {
-        panic!("conformance {name}: pause failed: {e}");
+    match tokio::time::timeout(ANSWER_BOUND, store.pause(key, now, until)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("conformance {name}: pause failed: {e}"),
+        Err(_) => panic!("conformance {name}: pause: no answer within {ANSWER_BOUND:?}"),
     }
 }
 
@@ -108,29 +125,32 @@ async fn pause(store: &dyn RateLimitStore, name: &str, key: &str, now: u64, unti
 /// each at exactly the time the refusal named.
 async fn smooth_burst_then_one_per_interval(run: &Run, make: &mut Maker<'_>) {
     const NAME: &str = "smooth_burst_then_one_per_interval";
-    let store = make(quota(quota(Quota::per_second(10)).with_burst(3))).await;
-    let key = run.key(NAME, "a");
-    for i in 0..3 {
-        assert_eq!(
-            check(&*store, NAME, &key, T0).await,
-            Ok(()),
-            "conformance {NAME}: permit {i} of the burst"
-        );
-    }
-    let mut now = T0;
-    for i in 0..5 {
-        let at = check(&*store, NAME, &key, now).await;
-        assert_eq!(
-            at,
-            Err(now + 100 * MS),
-            "conformance {NAME}: after the burst, refusal {i} names the next interval"
-        );
-        now += 100 * MS;
-        assert_eq!(
-            check(&*store, NAME, &key, now).await,
-            Ok(()),
-            "conformance {NAME}: the named time conforms"
-        );
+    // Near 0 too: the layer's time when the system clock reads 1970.
+    for base in [T0, 0, 1] {
+        let store = make(quota(quota(Quota::per_second(10)).with_burst(3))).await;
+        let key = run.key(NAME, &format!("a{base}"));
+        for i in 0..3 {
+            assert_eq!(
+                check(&*store, NAME, &key, base).await,
+                Ok(()),
+                "conformance {NAME}: permit {i} of the burst at {base}"
+            );
+        }
+        let mut now = base;
+        for i in 0..5 {
+            let at = check(&*store, NAME, &key, now).await;
+            assert_eq!(
+                at,
+                Err(now + 100 * MS),
+                "conformance {NAME}: after the burst, refusal {i} names the next interval"
+            );
+            now += 100 * MS;
+            assert_eq!(
+                check(&*store, NAME, &key, now).await,
+                Ok(()),
+                "conformance {NAME}: the named time conforms"
+            );
+        }
     }
 }
 
@@ -159,31 +179,33 @@ async fn a_refusal_takes_nothing(run: &Run, make: &mut Maker<'_>) {
 /// oldest permit's slot frees exactly one period after it.
 async fn a_window_holds_its_count_in_any_period(run: &Run, make: &mut Maker<'_>) {
     const NAME: &str = "a_window_holds_its_count_in_any_period";
-    let store = make(quota(Quota::window(3, Duration::from_secs(1)))).await;
-    let key = run.key(NAME, "a");
-    for i in 0..3 {
+    for t0 in [T0, 0] {
+        let store = make(quota(Quota::window(3, Duration::from_secs(1)))).await;
+        let key = run.key(NAME, &format!("a{t0}"));
+        for i in 0..3 {
+            assert_eq!(
+                check(&*store, NAME, &key, t0 + i * 10 * MS).await,
+                Ok(()),
+                "conformance {NAME}: permit {i}"
+            );
+        }
         assert_eq!(
-            check(&*store, NAME, &key, T0 + i * 10 * MS).await,
-            Ok(()),
-            "conformance {NAME}: permit {i}"
+            check(&*store, NAME, &key, t0 + 30 * MS).await,
+            Err(t0 + SEC),
+            "conformance {NAME}: a fourth within the period"
+        );
+        assert_eq!(
+            check(&*store, NAME, &key, t0 + SEC - 1).await,
+            Err(t0 + SEC),
+            "conformance {NAME}: one nanosecond early"
+        );
+        assert_eq!(check(&*store, NAME, &key, t0 + SEC).await, Ok(()));
+        assert_eq!(
+            check(&*store, NAME, &key, t0 + SEC).await,
+            Err(t0 + SEC + 10 * MS),
+            "conformance {NAME}: the second slot frees one period after its permit"
         );
     }
-    assert_eq!(
-        check(&*store, NAME, &key, T0 + 30 * MS).await,
-        Err(T0 + SEC),
-        "conformance {NAME}: a fourth within the period"
-    );
-    assert_eq!(
-        check(&*store, NAME, &key, T0 + SEC - 1).await,
-        Err(T0 + SEC),
-        "conformance {NAME}: one nanosecond early"
-    );
-    assert_eq!(check(&*store, NAME, &key, T0 + SEC).await, Ok(()));
-    assert_eq!(
-        check(&*store, NAME, &key, T0 + SEC).await,
-        Err(T0 + SEC + 10 * MS),
-        "conformance {NAME}: the second slot frees one period after its permit"
-    );
 }
 
 /// Exhausting one key leaves every other key, and the empty key, alone.
@@ -214,30 +236,31 @@ async fn a_pause_holds_back_then_resumes_without_a_burst(run: &Run, make: &mut M
         quota(quota(Quota::per_second(10)).with_burst(5)),
         quota(Quota::window(10, Duration::from_secs(1))),
     ] {
-        let store = make(q).await;
-        let key = run.key(NAME, &q.to_string());
-        let until = T0 + 5 * SEC;
-        pause(&*store, NAME, &key, T0, until).await;
-        for now in [T0, T0 + SEC, until - 1] {
-            match check(&*store, NAME, &key, now).await {
-                Err(at) if at >= until => {}
+        for key in [run.key(NAME, &q.to_string()), String::new()] {
+            let store = make(q).await;
+            let until = T0 + 5 * SEC;
+            pause(&*store, NAME, &key, T0, until).await;
+            for now in [T0, T0 + SEC, until - 1] {
+                match check(&*store, NAME, &key, now).await {
+                    Err(at) if at >= until => {}
+                    other => panic!(
+                        "conformance {NAME} ({q}): {} ns into a pause: {other:?}",
+                        now - T0
+                    ),
+                }
+            }
+            assert_eq!(
+                check(&*store, NAME, &key, until).await,
+                Ok(()),
+                "conformance {NAME} ({q}): the pause's end conforms"
+            );
+            match check(&*store, NAME, &key, until).await {
+                Err(at) if at >= until + 100 * MS => {}
                 other => panic!(
-                    "conformance {NAME} ({q}): {} ns into a pause: {other:?}",
-                    now - T0
+                    "conformance {NAME} ({q}, key {key:?}): a second permit at the pause's end: \
+                 {other:?} (wanted a refusal until one interval later)"
                 ),
             }
-        }
-        assert_eq!(
-            check(&*store, NAME, &key, until).await,
-            Ok(()),
-            "conformance {NAME} ({q}): the pause's end conforms"
-        );
-        match check(&*store, NAME, &key, until).await {
-            Err(at) if at >= until + 100 * MS => {}
-            other => panic!(
-                "conformance {NAME} ({q}): a second permit at the pause's end: {other:?} \
-                 (wanted a refusal until one interval later)"
-            ),
         }
     }
 }
@@ -266,38 +289,43 @@ async fn a_pause_is_never_shortened(run: &Run, make: &mut Maker<'_>) {
 async fn an_estimate_never_refuses_a_caller_served_in_time(run: &Run, make: &mut Maker<'_>) {
     const NAME: &str = "an_estimate_never_refuses_a_caller_served_in_time";
     for q in [
-        quota(quota(Quota::per_second(10)).with_burst(2)),
+        quota(quota(Quota::per_second(10)).with_burst(5)),
         quota(Quota::window(3, Duration::from_secs(1))),
     ] {
-        for ahead in [0u64, 1, 4] {
-            let store = make(q).await;
-            let key = run.key(NAME, &format!("{q}-{ahead}"));
-            pause(&*store, NAME, &key, T0, T0 + 2 * SEC).await;
-            let Some(estimate) = store.estimate(&key, T0, ahead) else {
-                continue;
-            };
-            // Everyone ahead, then this caller, each at its first chance.
-            let mut now = T0;
-            let mut served = 0;
-            let mut at = T0;
-            while served <= ahead {
-                match check(&*store, NAME, &key, now).await {
-                    Ok(()) => {
-                        at = now;
-                        served += 1;
-                    }
-                    Err(next) => {
-                        assert!(next > now, "conformance {NAME}: a refusal named the past");
-                        now = next;
+        for ahead in [0u64, 1, 3, 6] {
+            for paused in [true, false] {
+                let store = make(q).await;
+                let key = run.key(NAME, &format!("{q}-{ahead}-{paused}"));
+                if paused {
+                    pause(&*store, NAME, &key, T0, T0 + 2 * SEC).await;
+                }
+                let Some(estimate) = store.estimate(&key, T0, ahead) else {
+                    continue;
+                };
+                // Everyone ahead, then this caller, each at its first chance.
+                let mut now = T0;
+                let mut served = 0;
+                let mut at = T0;
+                while served <= ahead {
+                    match check(&*store, NAME, &key, now).await {
+                        Ok(()) => {
+                            at = now;
+                            served += 1;
+                        }
+                        Err(next) => {
+                            assert!(next > now, "conformance {NAME}: a refusal named the past");
+                            now = next;
+                        }
                     }
                 }
+                assert!(
+                    estimate <= at,
+                    "conformance {NAME} ({q}, {ahead} ahead, paused {paused}): estimated {} ns, \
+                 served at {} ns",
+                    estimate - T0,
+                    at - T0
+                );
             }
-            assert!(
-                estimate <= at,
-                "conformance {NAME} ({q}, {ahead} ahead): estimated {} ns, served at {} ns",
-                estimate - T0,
-                at - T0
-            );
         }
     }
 }

@@ -41,7 +41,7 @@ pub use error::{PoolQueueFull, PoolQueueTimeout, QueueFull, RateLimited, WaitToo
 pub use quota::{InvalidQuota, Quota, QuotaKind};
 pub use rate::{
     KeyBy, MemoryStore, PermitWait, RateLimit, RateLimitLayer, RateLimitStore, StoreError,
-    StoreFuture, UnixNanos,
+    StoreFuture, StoreTimedOut, UnixNanos,
 };
 
 /// The README's example, compiled and run as a doc test so it stays true.

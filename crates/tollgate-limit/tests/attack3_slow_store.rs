@@ -176,14 +176,15 @@ where
 // ---------------------------------------------------------------- bounds
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a head waiting on a store future that never answers ignores its max_wait and hangs"]
 async fn a_store_that_never_answers_is_cut_off_at_max_wait() {
     let quota = window(10, Duration::from_secs(1));
     let store =
         Scripted::new(&quota).check(|_, _, _, _| StoreFuture::later(std::future::pending()));
     let log = Log::default();
+    // No store timeout: the caller's own bound must still hold.
     let svc = RateLimitLayer::new(quota)
         .store(Arc::new(store))
+        .store_timeout(Duration::MAX)
         .max_wait(Duration::from_secs(1))
         .layer(upstream(Arc::clone(&log), false));
     let start = Instant::now();
@@ -199,7 +200,6 @@ async fn a_store_that_never_answers_is_cut_off_at_max_wait() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a head waiting on a store future that never answers ignores the request's Deadline and hangs"]
 async fn a_store_that_never_answers_is_cut_off_at_the_deadline() {
     let quota = window(10, Duration::from_secs(1));
     let store =
@@ -222,7 +222,6 @@ async fn a_store_that_never_answers_is_cut_off_at_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a yes that the store gives after the caller's max_wait is used: the caller waited 5 s under max_wait 1 s"]
 async fn a_yes_that_comes_after_max_wait_does_not_make_the_caller_wait_longer() {
     let quota = window(10, Duration::from_secs(1));
     let store = Scripted::new(&quota)
@@ -245,7 +244,6 @@ async fn a_yes_that_comes_after_max_wait_does_not_make_the_caller_wait_longer() 
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a store naming a time in the past makes the head re-ask in a loop inside one poll, past its max_wait"]
 async fn a_refusal_naming_the_past_neither_spins_nor_outlives_max_wait() {
     let quota = window(10, Duration::from_secs(1));
     // A store (with its own, slow clock, say) whose every refusal names a
@@ -275,7 +273,6 @@ async fn a_refusal_naming_the_past_neither_spins_nor_outlives_max_wait() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a later store naming `now` over and over keeps the head re-asking at once; paused time never moves and max_wait never comes"]
 async fn a_later_refusal_naming_now_does_not_spin_the_head() {
     let quota = window(10, Duration::from_secs(1));
     let store = Scripted::new(&quota).check(|_, _, now, _| {
@@ -330,6 +327,7 @@ async fn a_caller_behind_a_hanging_head_is_refused_at_its_max_wait() {
         Scripted::new(&quota).check(|_, _, _, _| StoreFuture::later(std::future::pending()));
     let svc = RateLimitLayer::new(quota)
         .store(Arc::new(store))
+        .store_timeout(Duration::MAX)
         .max_wait(Duration::from_secs(1))
         .layer(upstream(Log::default(), false));
     let head = tokio::spawn(svc.clone().oneshot(get()));
@@ -347,7 +345,6 @@ async fn a_caller_behind_a_hanging_head_is_refused_at_its_max_wait() {
 // ------------------------------------------------------------ refusals
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: reject mode over a later store refuses with WaitTooLong, not RateLimited (Waiting::too_long)"]
 async fn reject_mode_over_a_later_store_refuses_with_rate_limited() {
     let quota = window(1, Duration::from_secs(60));
     let svc = RateLimitLayer::new(quota)
@@ -370,7 +367,6 @@ async fn reject_mode_over_a_later_store_refuses_with_rate_limited() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: reject mode over a later store refuses concurrent callers while permits are free (only one per round trip passes)"]
 async fn reject_mode_over_a_later_store_serves_concurrent_callers_with_free_permits() {
     let quota = window(100, Duration::from_secs(1));
     let log = Log::default();
@@ -398,7 +394,6 @@ async fn reject_mode_over_a_later_store_serves_concurrent_callers_with_free_perm
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: max_queue(0) over a later store refuses every call with QueueFull, free permits or not (the head asking counts as waiting)"]
 async fn max_queue_zero_over_a_later_store_serves_a_caller_with_a_free_permit() {
     let quota = window(100, Duration::from_secs(1));
     let svc = RateLimitLayer::new(quota)
@@ -432,7 +427,6 @@ fn eager_check(
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: the unkeyed fast path asks an eager store, drops its answer and asks again: two permits per call (service.rs admit)"]
 async fn an_eager_store_is_charged_one_permit_per_unkeyed_call() {
     let quota = window(2, Duration::from_secs(60));
     let log = Log::default();
@@ -455,7 +449,6 @@ async fn an_eager_store_is_charged_one_permit_per_unkeyed_call() {
 // ------------------------------------------------------------ pauses
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: while a later store writes a learned pause, the next caller is served at once (the pause is only in the spawned write)"]
 async fn a_429_holds_back_the_next_call_while_the_pause_is_being_stored() {
     let quota = Quota::per_second(100).expect("valid");
     let store = Scripted::new(&quota).pause(|m, key, now, until| {
@@ -628,7 +621,6 @@ async fn a_failing_store_fails_every_waiter_in_turn_and_never_hangs() {
 // ------------------------------------------------- order and the bound
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a yes that comes back 900 ms late is used late: the upstream sees 2 calls 100 ms apart under a window of 1 per second"]
 async fn a_late_yes_from_a_slow_store_does_not_crowd_the_upstream() {
     let quota = window(1, Duration::from_secs(1));
     // The first round trip takes 900 ms, the others a yield.
@@ -649,13 +641,44 @@ async fn a_late_yes_from_a_slow_store_does_not_crowd_the_upstream() {
     let a = tokio::spawn(svc.clone().oneshot(get()));
     tokio::time::sleep(Duration::from_millis(10)).await;
     let b = tokio::spawn(svc.clone().oneshot(get()));
-    a.await.expect("task").expect("a");
+    // The late yes is not used: a fails at the store timeout (50 ms).
+    let a = a
+        .await
+        .expect("task")
+        .expect_err("a's yes came 900 ms late");
+    let timed_out = a
+        .downcast_ref::<StoreError>()
+        .and_then(|e| std::error::Error::source(e))
+        .and_then(|e| e.downcast_ref::<tollgate_limit::StoreTimedOut>());
+    assert!(timed_out.is_some(), "{a}");
     b.await.expect("task").expect("b");
     let log = log.lock().expect("lock").clone();
-    assert!(
-        log[1] - log[0] >= Duration::from_secs(1),
-        "the upstream saw two calls {:?} apart under 1 per second",
-        log[1] - log[0]
+    for pair in log.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(950),
+            "the upstream saw two calls {:?} apart under 1 per second (store timeout 50 ms)",
+            pair[1] - pair[0]
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_never_answers_fails_the_caller_at_the_store_timeout() {
+    let quota = window(10, Duration::from_secs(1));
+    let store =
+        Scripted::new(&quota).check(|_, _, _, _| StoreFuture::later(std::future::pending()));
+    let svc = RateLimitLayer::new(quota)
+        .store(Arc::new(store))
+        .layer(upstream(Log::default(), false));
+    let start = Instant::now();
+    let err = run_bounded(svc, get(), Duration::from_secs(60))
+        .await
+        .expect("ended")
+        .expect_err("no answer");
+    assert!(err.downcast_ref::<StoreError>().is_some(), "{err}");
+    assert_eq!(
+        Instant::now() - start,
+        tollgate_limit::rate::DEFAULT_STORE_TIMEOUT
     );
 }
 
@@ -754,7 +777,6 @@ async fn racing_tasks_over_a_later_store_never_share_a_permit() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a waiter refused with WaitTooLong, polled again later, asks the store from outside its lane and calls the upstream"]
 async fn a_refused_waiter_polled_again_never_calls_the_upstream() {
     let quota = window(1, Duration::from_secs(60));
     let log = Log::default();
@@ -836,7 +858,6 @@ async fn a_store_panicking_under_the_lane_lock_leaves_the_lane_usable() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a learned pause whose write never answers stays on a spawned task forever: one leaked task per 429, never cut off"]
 async fn a_pause_write_that_never_answers_does_not_leak_a_task_per_429() {
     let quota = Quota::per_second(1_000).expect("valid");
     let store = Scripted::new(&quota)

@@ -10,16 +10,16 @@ use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Service};
 
 use super::layer::Shared;
 use super::queue::Queues;
 use super::service::Place;
-use super::store::{StoreFuture, UnixNanos};
+use super::store::{StoreError, StoreFuture, StoreTimedOut, UnixNanos};
 use super::PermitWait;
 use crate::call::{take_error, Call, Stage, StageProj};
-use crate::error::WaitTooLong;
+use crate::error::{QueueFull, RateLimited, WaitTooLong};
 use tollgate_core::upstream_pause;
 
 /// A waiting caller's place in its lane; dropping it (the caller left)
@@ -28,7 +28,11 @@ struct Ticket {
     shared: Arc<Shared>,
     hash: u64,
     id: u64,
+    /// In a lane (reject mode asks without one).
     queued: bool,
+    /// Counted in `waiting` (what `max_queue` bounds): a head that only
+    /// waits for the store's answer is not, until it has to wait for time.
+    counted: bool,
 }
 
 impl Ticket {
@@ -36,9 +40,25 @@ impl Ticket {
         if std::mem::take(&mut self.queued) {
             let mut lanes = self.shared.queues.lock(self.hash);
             self.shared.queues.leave(&mut lanes, self.hash, self.id);
-            drop(lanes);
+        }
+        if std::mem::take(&mut self.counted) {
             self.shared.queues.waiting.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Counts the caller in `waiting`, unless `max_queue` callers already
+    /// wait: then `false`.
+    fn count(&mut self) -> bool {
+        if self.counted {
+            return true;
+        }
+        let before = self.shared.queues.waiting.fetch_add(1, Ordering::AcqRel);
+        if self.shared.max_queue.is_some_and(|max| before >= max) {
+            self.shared.queues.waiting.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        self.counted = true;
+        true
     }
 }
 
@@ -48,11 +68,16 @@ impl Drop for Ticket {
     }
 }
 
+/// The shortest wait before asking a store again that named a time not
+/// after now (a store's bug, or the end of the time base): tokio's timer
+/// resolution, so that nothing spins.
+const MIN_RETRY: Duration = Duration::from_millis(1);
+
 struct Waiting<S, R> {
     sleep: Option<Pin<Box<Sleep>>>,
-    /// The store's answer this caller (the head of its lane) waits for,
-    /// when the store answers later.
-    asking: Option<StoreFuture<Result<(), UnixNanos>>>,
+    /// The store's answer this caller waits for, when the store answers
+    /// later, and when it was asked.
+    asking: Option<(StoreFuture<Result<(), UnixNanos>>, Instant)>,
     service: Option<S>,
     request: Option<R>,
     key: String,
@@ -61,31 +86,29 @@ struct Waiting<S, R> {
     ticket: Ticket,
 }
 
+/// What a waiting caller does next.
+enum Next {
+    /// Sleep until this instant, then look again.
+    Sleep(Instant),
+    /// Look again now (a store's answer is to be waited for).
+    Again,
+    /// Served: the permit was taken at this time.
+    Served(UnixNanos),
+}
+
 impl<S, R> Waiting<S, R> {
     /// Waits for this caller's turn, then for its permit's time, then takes
     /// the permit: `Ok(granted_at)`, or a refusal when the permit turns out
-    /// to come after the caller's latest time (a pause learned meanwhile).
+    /// to come after the caller's latest time (a pause learned meanwhile), or
+    /// the store's failure.
     fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, BoxError>> {
         let shared = Arc::clone(&self.ticket.shared);
         loop {
-            let until = if let Some(asking) = &mut self.asking {
-                // Still the head of the lane (a head only leaves when served
-                // or gone): nobody behind overtakes it while it waits.
-                let answer = ready!(Pin::new(asking).poll(cx));
-                self.asking = None;
-                match answer {
-                    Ok(Ok(())) => {
-                        self.ticket.leave();
-                        return Poll::Ready(Ok(shared.now()));
-                    }
-                    Ok(Err(at)) if at > self.latest => {
-                        return Poll::Ready(Err(self.too_long(at)));
-                    }
-                    Ok(Err(at)) => at,
-                    Err(e) => {
-                        self.ticket.leave();
-                        return Poll::Ready(Err(Box::new(e)));
-                    }
+            let next = if self.asking.is_some() {
+                match self.poll_asking(&shared, cx) {
+                    Poll::Ready(Ok(next)) => next,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
                 }
             } else {
                 let mut lanes = shared.queues.lock(self.ticket.hash);
@@ -110,40 +133,125 @@ impl<S, R> Waiting<S, R> {
                     }
                     // Wake at our latest time: still not our turn then, and
                     // we are refused.
-                    self.latest
+                    Next::Sleep(shared.instant(self.latest))
                 } else {
-                    match shared.store.check(&self.key, now).now_or_later() {
-                        Ok(Ok(Ok(()))) => {
-                            drop(lanes);
-                            self.ticket.leave();
-                            return Poll::Ready(Ok(now));
-                        }
-                        Ok(Ok(Err(at))) if at > self.latest => {
-                            drop(lanes);
-                            return Poll::Ready(Err(self.too_long(at)));
-                        }
-                        Ok(Ok(Err(at))) => at,
-                        Ok(Err(e)) => {
-                            drop(lanes);
-                            self.ticket.leave();
-                            return Poll::Ready(Err(Box::new(e)));
-                        }
+                    let local = shared.paused_until(self.ticket.hash, now);
+                    let answer = match local {
+                        Some(until) => Ok(Ok(Err(until))),
+                        None => shared.store.check(&self.key, now).now_or_later(),
+                    };
+                    drop(lanes);
+                    match answer {
+                        Ok(answer) => match self.decided(&shared, answer, now) {
+                            Ok(next) => next,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        },
                         Err(later) => {
                             // Asked; wait for the answer outside the lock.
-                            drop(lanes);
-                            self.asking = Some(later);
-                            continue;
+                            self.asking = Some((later, Instant::now()));
+                            Next::Again
                         }
                     }
                 }
             };
-            let deadline = shared.instant(until);
-            match &mut self.sleep {
-                Some(sleep) => sleep.as_mut().reset(deadline),
-                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            match next {
+                Next::Served(at) => return Poll::Ready(Ok(at)),
+                Next::Again => {}
+                Next::Sleep(deadline) => {
+                    match &mut self.sleep {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    if let Some(sleep) = &mut self.sleep {
+                        ready!(sleep.as_mut().poll(cx));
+                    }
+                }
             }
-            if let Some(sleep) = &mut self.sleep {
-                ready!(sleep.as_mut().poll(cx));
+        }
+    }
+
+    /// Waits for the store's answer, bounded by the store timeout and by
+    /// the caller's latest time. `Ok(next)` for what to do next.
+    fn poll_asking(
+        &mut self,
+        shared: &Shared,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Next, BoxError>> {
+        let Some((asking, asked)) = &mut self.asking else {
+            return Poll::Ready(Ok(Next::Again));
+        };
+        let asked = *asked;
+        if let Poll::Ready(answer) = Pin::new(asking).poll(cx) {
+            self.asking = None;
+            let now = shared.now();
+            if now > self.latest && !shared.reject {
+                // Too late to be used, even a yes: the caller's bound holds
+                // (a permit taken is wasted, which never loosens the limit).
+                return Poll::Ready(Err(self.too_long(now)));
+            }
+            return Poll::Ready(self.decided(shared, answer, now));
+        }
+        // Not yet: wake at the store timeout or the caller's latest time,
+        // whichever comes first (in reject mode the round trip is not a wait
+        // for a permit: only the store timeout bounds it).
+        let timeout = asked.checked_add(shared.store_timeout);
+        let latest =
+            (self.latest != u64::MAX && !shared.reject).then(|| shared.instant(self.latest));
+        let Some(deadline) = [timeout, latest].into_iter().flatten().min() else {
+            return Poll::Pending;
+        };
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        if let Some(sleep) = &mut self.sleep {
+            ready!(sleep.as_mut().poll(cx));
+        }
+        self.asking = None;
+        let now = shared.now();
+        if now >= self.latest && !shared.reject {
+            return Poll::Ready(Err(self.too_long(now)));
+        }
+        self.ticket.leave();
+        Poll::Ready(Err(Box::new(StoreError::new(StoreTimedOut(
+            shared.store_timeout,
+        )))))
+    }
+
+    /// Acts on a store's answer at `now`: served (the permit is taken and
+    /// the lane left), a time to sleep until, or the refusal.
+    fn decided(
+        &mut self,
+        shared: &Shared,
+        answer: Result<Result<(), UnixNanos>, StoreError>,
+        now: UnixNanos,
+    ) -> Result<Next, BoxError> {
+        match answer {
+            Ok(Ok(())) => {
+                self.ticket.leave();
+                Ok(Next::Served(now))
+            }
+            Ok(Err(at)) if at > self.latest => Err(self.too_long(at)),
+            // A store naming the present or the past at the caller's latest
+            // time (a store's bug, or the end of the time base): refused,
+            // never asked again in a loop.
+            Ok(Err(_)) if now >= self.latest && !shared.reject => Err(self.too_long(now)),
+            Ok(Err(at)) => {
+                if !self.ticket.count() {
+                    let max = shared.max_queue.unwrap_or(usize::MAX);
+                    self.ticket.leave();
+                    return Err(Box::new(QueueFull { max_queue: max }));
+                }
+                Ok(Next::Sleep(if at > now {
+                    shared.instant(at)
+                } else {
+                    // The store named the present or the past.
+                    Instant::now() + MIN_RETRY
+                }))
+            }
+            Err(e) => {
+                self.ticket.leave();
+                Err(Box::new(e))
             }
         }
     }
@@ -153,6 +261,11 @@ impl<S, R> Waiting<S, R> {
     fn too_long(&mut self, at: u64) -> BoxError {
         self.ticket.leave();
         let needed = Duration::from_nanos(at.saturating_sub(self.arrived));
+        if self.ticket.shared.reject {
+            return Box::new(RateLimited {
+                retry_after: needed,
+            });
+        }
         let max = Duration::from_nanos(self.latest.saturating_sub(self.arrived));
         Box::new(WaitTooLong { needed, max })
     }
@@ -237,7 +350,8 @@ where
                         shared: Arc::clone(&shared),
                         hash: place.hash,
                         id: place.id,
-                        queued: true,
+                        queued: place.queued,
+                        counted: place.counted,
                     },
                 }),
             },
@@ -261,7 +375,12 @@ where
                 StageProj::Waiting { waiting } => {
                     let granted = match ready!(waiting.poll_permit(cx)) {
                         Ok(at) => at,
-                        Err(e) => return Poll::Ready(Err(e)),
+                        Err(e) => {
+                            // Done: a later poll gets an error, never a
+                            // second try at a permit.
+                            this.state.set(Stage::Failed { error: None });
+                            return Poll::Ready(Err(e));
+                        }
                     };
                     *this.waited = Duration::from_nanos(granted.saturating_sub(waiting.arrived));
                     let (Some(service), Some(request)) =
@@ -305,18 +424,34 @@ fn learn<B>(shared: &Shared, key: &str, response: &mut Response<B>) {
     match shared.store.pause(key, now, until).now_or_later() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the learned pause could not be stored"),
-        // A store that answers later records the pause in the background:
-        // the response is not held back by it.
-        Err(later) => match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(e) = later.await {
-                        tracing::warn!(error = %e, "the learned pause could not be stored");
-                    }
-                });
+        // A store that answers later records the pause in the background,
+        // so the response is not held back by it; meanwhile the layer holds
+        // the pause itself, and the write is bounded by the store timeout.
+        Err(later) => {
+            shared.learned.insert(shared.queues.hash(key), now, until);
+            let timeout = shared.store_timeout;
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let outcome = if timeout == Duration::MAX {
+                            Ok(later.await)
+                        } else {
+                            tokio::time::timeout(timeout, later).await
+                        };
+                        match outcome {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "the learned pause could not be stored");
+                            }
+                            Err(_) => tracing::warn!(
+                                "the learned pause was not stored within the store timeout"
+                            ),
+                        }
+                    });
+                }
+                Err(_) => tracing::warn!("no tokio runtime to store the learned pause with"),
             }
-            Err(_) => tracing::warn!("no tokio runtime to store the learned pause with"),
-        },
+        }
     }
     // The key may be a credential (an API key header): the logs get a short
     // keyed hash of it, never its text.

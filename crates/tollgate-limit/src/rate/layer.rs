@@ -120,6 +120,11 @@ pub(crate) struct Shared {
     /// The lanes of waiting callers, shared by every layer derived from
     /// one (`max_wait` and the like keep it; a new store starts anew).
     pub(crate) queues: Arc<Queues>,
+    /// How long a store's answer may take (for a store that answers later).
+    pub(crate) store_timeout: Duration,
+    /// Pauses learned from the upstream that a store answering later is
+    /// still writing: they hold callers back meanwhile.
+    pub(crate) learned: Arc<LearnedPauses>,
     /// Whether `store` was given by the user (then `max_keys` and
     /// `max_memory`, settings of the built-in store, leave it alone).
     pub(crate) custom_store: bool,
@@ -133,12 +138,20 @@ impl Shared {
         self.nanos_at(Instant::now())
     }
 
-    /// An instant on the absolute time base (the limiter's start if before
-    /// it).
+    /// An instant on the absolute time base (saturating at both ends).
     pub(crate) fn nanos_at(&self, at: Instant) -> UnixNanos {
-        let since =
-            u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
-        self.epoch_unix.saturating_add(since)
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if at >= self.epoch {
+            self.epoch_unix.saturating_add(nanos(at - self.epoch))
+        } else {
+            self.epoch_unix.saturating_sub(nanos(self.epoch - at))
+        }
+    }
+
+    /// A learned pause still being written to the store, for the lane
+    /// `hash`, if it holds at `now`.
+    pub(crate) fn paused_until(&self, hash: u64, now: UnixNanos) -> Option<UnixNanos> {
+        self.learned.until(hash, now)
     }
 
     /// A new built-in store for the current settings (a new limiter: its
@@ -188,6 +201,55 @@ impl fmt::Debug for RateLimitLayer {
 /// The default bound of the key table.
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
+/// The default bound on a store's answer
+/// ([`RateLimitLayer::store_timeout`]).
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Pauses learned from the upstream while a store that answers later is
+/// still recording them, per lane: a caller arriving meanwhile must not be
+/// served by the store's older state. Bounded: past `MAX` lanes, expired
+/// ones are dropped, then the new one is not kept (the store still gets
+/// it).
+#[derive(Debug, Default)]
+pub(crate) struct LearnedPauses {
+    /// The latest end of any pause kept: callers skip the lock once it has
+    /// passed (the common case).
+    latest: std::sync::atomic::AtomicU64,
+    pauses: std::sync::Mutex<std::collections::HashMap<u64, UnixNanos>>,
+}
+
+impl LearnedPauses {
+    const MAX: usize = 4_096;
+
+    pub(crate) fn until(&self, hash: u64, now: UnixNanos) -> Option<UnixNanos> {
+        if self.latest.load(std::sync::atomic::Ordering::Acquire) <= now {
+            return None;
+        }
+        let pauses = self
+            .pauses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pauses.get(&hash).copied().filter(|&until| until > now)
+    }
+
+    pub(crate) fn insert(&self, hash: u64, now: UnixNanos, until: UnixNanos) {
+        let mut pauses = self
+            .pauses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pauses.len() >= Self::MAX {
+            pauses.retain(|_, &mut end| end > now);
+            if pauses.len() >= Self::MAX {
+                return;
+            }
+        }
+        let end = pauses.entry(hash).or_insert(until);
+        *end = (*end).max(until);
+        self.latest
+            .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl RateLimitLayer {
     /// Callers wait for a permit of `quota` (a client's behaviour), without
     /// a bound on the wait or the queue until set; the limiter learns pauses
@@ -212,6 +274,8 @@ impl RateLimitLayer {
                 epoch: Instant::now(),
                 epoch_unix: unix_now(),
                 queues: Arc::new(Queues::new()),
+                store_timeout: DEFAULT_STORE_TIMEOUT,
+                learned: Arc::new(LearnedPauses::default()),
                 custom_store: false,
             }),
         }
@@ -233,6 +297,8 @@ impl RateLimitLayer {
             epoch: s.epoch,
             epoch_unix: s.epoch_unix,
             queues: Arc::clone(&s.queues),
+            store_timeout: s.store_timeout,
+            learned: Arc::clone(&s.learned),
             custom_store: s.custom_store,
         };
         f(&mut next);
@@ -306,6 +372,19 @@ impl RateLimitLayer {
             s.custom_store = true;
             s.queues = Arc::new(Queues::new());
         })
+    }
+
+    /// How long a store that answers later (a shared store, a network round
+    /// trip away) may take to answer (default 50 ms; `Duration::MAX`: no
+    /// bound). A caller whose answer takes longer fails with a
+    /// [`StoreError`](crate::StoreError), and a late answer is never used:
+    /// a yes used late lets the upstream see two calls closer than the
+    /// quota allows, by the lateness. So the upstream sees the quota's
+    /// spacing less at most this timeout. The in-process store always
+    /// answers at once and is not affected. A learned pause written to such
+    /// a store is bounded by it too.
+    pub fn store_timeout(self, timeout: Duration) -> Self {
+        self.with(|s| s.store_timeout = timeout)
     }
 
     /// Whether upstream answers (429/503 `Retry-After`, `RateLimit`,

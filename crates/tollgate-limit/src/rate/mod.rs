@@ -82,7 +82,18 @@
 //!   `conformance`). A store that answers later is asked by the head of a
 //!   lane, which keeps its place while it waits, so callers stay first come
 //!   first served within a process; a store failure is a [`StoreError`] for
-//!   that caller.
+//!   that caller. Its answers are bounded by
+//!   [`store_timeout`](RateLimitLayer::store_timeout) (50 ms by default) and
+//!   by the caller's own `max_wait` and deadline; a yes that comes later is
+//!   never used. A pause learned from the upstream is held by the layer
+//!   itself while such a store records it. In reject mode callers ask such a
+//!   store concurrently, outside any lane; a caller that only waits for the
+//!   store's answer does not count against `max_queue`.
+//! - **Order with a pool**: the bound holds where permits are taken. Below
+//!   the limiter, anything that queues (a concurrency pool at its limit)
+//!   delays some calls after their permit and so moves calls closer
+//!   together at the upstream. Put a pool *above* the limiter, as the
+//!   facade does, so that a permit is taken just before the call leaves.
 
 mod future;
 mod layer;
@@ -91,10 +102,11 @@ mod service;
 mod store;
 
 pub use future::ResponseFuture;
-pub use layer::{KeyBy, KeyInput, RateLimitLayer, DEFAULT_MAX_KEYS};
+pub use layer::{KeyBy, KeyInput, RateLimitLayer, DEFAULT_MAX_KEYS, DEFAULT_STORE_TIMEOUT};
 pub use service::RateLimit;
 pub use store::{
-    MemoryStore, RateLimitStore, StoreError, StoreFuture, UnixNanos, DEFAULT_MAX_MEMORY,
+    MemoryStore, RateLimitStore, StoreError, StoreFuture, StoreTimedOut, UnixNanos,
+    DEFAULT_MAX_MEMORY,
 };
 pub use tollgate_core::upstream_pause;
 

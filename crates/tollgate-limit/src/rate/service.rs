@@ -14,6 +14,7 @@ use super::layer::{KeyInput, RateLimitLayer, Shared};
 use super::queue::Queues;
 use super::store::{StoreFuture, UnixNanos};
 use crate::error::{QueueFull, RateLimited, WaitTooLong};
+use tokio::time::Instant;
 
 /// Rate limits the inner service; made by [`RateLimitLayer`].
 ///
@@ -114,38 +115,31 @@ where
             Admit::Refused(error) => ResponseFuture::failed(error),
             // Wait in the response future with a fresh clone, polled ready
             // only once the permit is taken.
-            Admit::Queued { hash, id, asking } => ResponseFuture::waiting(
-                shared,
-                key,
-                Place { hash, id, asking },
-                latest,
-                now,
-                self.inner.clone(),
-                req,
-            ),
+            Admit::Queued(place) => {
+                ResponseFuture::waiting(shared, key, place, latest, now, self.inner.clone(), req)
+            }
         }
     }
 }
 
-/// A queued caller's place: its lane, its id, and the store's answer it
-/// is waiting for, if it asked a store that answers later.
+/// A waiting caller's place: its lane, its id, and the store's answer it
+/// is waiting for (and since when), if it asked a store that answers later.
 pub(crate) struct Place {
     pub(crate) hash: u64,
     pub(crate) id: u64,
-    pub(crate) asking: Option<StoreFuture<Result<(), UnixNanos>>>,
+    pub(crate) asking: Option<(StoreFuture<Result<(), UnixNanos>>, Instant)>,
+    /// In the lane (reject mode asks without one).
+    pub(crate) queued: bool,
+    /// Counted in `waiting`.
+    pub(crate) counted: bool,
 }
 
 /// What a caller gets on arrival.
 pub(crate) enum Admit {
     /// A permit, taken.
     Now,
-    /// A place in its key's lane (at its head, with the store's answer to
-    /// wait for, when the store answers later).
-    Queued {
-        hash: u64,
-        id: u64,
-        asking: Option<StoreFuture<Result<(), UnixNanos>>>,
-    },
+    /// A place in its key's lane, or the store's answer to wait for.
+    Queued(Place),
     /// Refused at once.
     Refused(BoxError),
 }
@@ -166,32 +160,59 @@ impl Shared {
         }
     }
 
+    /// Asks the store for `key` at `now`, unless a pause learned from the
+    /// upstream is still being written to it: then that pause answers.
+    fn ask(&self, hash: u64, key: &str, now: u64) -> StoreFuture<Result<(), UnixNanos>> {
+        match self.paused_until(hash, now) {
+            Some(until) => StoreFuture::ready(Err(until)),
+            None => self.store.check(key, now),
+        }
+    }
+
     /// A permit now, a place in the lane, or a refusal.
     pub(crate) fn admit(&self, key: &str, now: u64, latest: u64) -> Admit {
         if latest < now {
             // The call's deadline has already passed: nothing to wait for.
             return Admit::Refused(self.refusal(now, now, latest));
         }
-        if key.is_empty() && self.queues.unkeyed_is_empty() {
-            // Nobody waits: ask the store without a lock (the common case).
-            // A store that answers later is asked again from the lane.
-            if let Ok(answer) = self.store.check(key, now).now_or_later() {
-                match answer {
-                    Ok(Ok(())) => return Admit::Now,
-                    Ok(Err(at)) if at > latest => {
-                        return Admit::Refused(self.refusal(now, at, latest))
-                    }
-                    Ok(Err(_)) => {}
-                    Err(e) => return Admit::Refused(Box::new(e)),
+        let mut asking = None;
+        if self.reject || (key.is_empty() && self.queues.unkeyed_is_empty()) {
+            // Nobody waits (in reject mode nobody ever does): ask the store
+            // without a lock (the common case).
+            let hash = if key.is_empty() {
+                0
+            } else {
+                self.queues.hash(key)
+            };
+            match self.ask(hash, key, now).now_or_later() {
+                Ok(Ok(Ok(()))) => return Admit::Now,
+                Ok(Ok(Err(at))) if at > latest => {
+                    return Admit::Refused(self.refusal(now, at, latest))
                 }
+                Ok(Ok(Err(_))) => {}
+                Ok(Err(e)) => return Admit::Refused(Box::new(e)),
+                Err(later) if self.reject => {
+                    // Reject mode waits for the store's answer only, out of
+                    // any lane: concurrent callers ask concurrently.
+                    return Admit::Queued(Place {
+                        hash,
+                        id: u64::MAX,
+                        asking: Some((later, Instant::now())),
+                        queued: false,
+                        counted: false,
+                    });
+                }
+                // Asked already (a store may start its work when asked):
+                // the answer goes with the caller into the lane, never
+                // asked for twice.
+                Err(later) => asking = Some((later, Instant::now())),
             }
         }
         let hash = self.queues.hash(key);
         let mut lanes = self.queues.lock(hash);
         let ahead = Queues::len(&lanes, hash);
-        let mut asking = None;
-        if ahead == 0 {
-            match self.store.check(key, now).now_or_later() {
+        if ahead == 0 && asking.is_none() {
+            match self.ask(hash, key, now).now_or_later() {
                 Ok(Ok(Ok(()))) => return Admit::Now,
                 Ok(Ok(Err(at))) if at > latest => {
                     return Admit::Refused(self.refusal(now, at, latest))
@@ -199,9 +220,9 @@ impl Shared {
                 Ok(Ok(Err(_))) => {}
                 Ok(Err(e)) => return Admit::Refused(Box::new(e)),
                 // The head of the lane, waiting for the store's answer.
-                Err(later) => asking = Some(later),
+                Err(later) => asking = Some((later, Instant::now())),
             }
-        } else if latest != u64::MAX {
+        } else if ahead > 0 && latest != u64::MAX {
             // Refused at once if, even with everyone ahead served in turn,
             // the permit would come too late. (An estimate: a waiter that
             // turns out later than this is refused when its time is up.)
@@ -212,14 +233,25 @@ impl Shared {
                 return Admit::Refused(self.refusal(now, at, latest));
             }
         }
-        let before = self.queues.waiting.fetch_add(1, Ordering::AcqRel);
-        if let Some(max) = self.max_queue {
-            if before >= max {
-                self.queues.waiting.fetch_sub(1, Ordering::AcqRel);
-                return Admit::Refused(Box::new(QueueFull { max_queue: max }));
+        // A caller waiting only for the store's answer is not counted in
+        // `waiting` (what `max_queue` bounds) until it has to wait for time.
+        let counted = asking.is_none();
+        if counted {
+            let before = self.queues.waiting.fetch_add(1, Ordering::AcqRel);
+            if let Some(max) = self.max_queue {
+                if before >= max {
+                    self.queues.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Admit::Refused(Box::new(QueueFull { max_queue: max }));
+                }
             }
         }
         let id = self.queues.join(&mut lanes, hash);
-        Admit::Queued { hash, id, asking }
+        Admit::Queued(Place {
+            hash,
+            id,
+            asking,
+            queued: true,
+            counted,
+        })
     }
 }

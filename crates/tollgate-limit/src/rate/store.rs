@@ -93,6 +93,20 @@ impl StoreError {
     }
 }
 
+/// A store that answered later did not answer within the layer's
+/// [`store_timeout`](crate::RateLimitLayer::store_timeout): the source of
+/// the [`StoreError`] then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreTimedOut(pub std::time::Duration);
+
+impl fmt::Display for StoreTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no answer within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for StoreTimedOut {}
+
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "rate-limit store could not decide: {}", self.source)
