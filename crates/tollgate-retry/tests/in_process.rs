@@ -463,3 +463,12 @@ async fn a_body_still_arriving_is_read_first_then_replayed() {
         vec![bytes::Bytes::from("late"); 2]
     );
 }
+
+#[test]
+fn the_service_offers_its_layer_and_inner_accessors() {
+    let layer = tollgate_retry::Retry::<()>::layer().max_retries(1);
+    let mut retry = layer.layer(7u8);
+    *retry.get_mut() += 1;
+    assert_eq!(*retry.get_ref(), 8);
+    assert_eq!(retry.into_inner(), 8);
+}
