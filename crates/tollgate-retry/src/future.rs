@@ -268,7 +268,7 @@ where
                     };
                     let history = this.history.get_or_insert_with(Box::default);
                     let retries = u32::try_from(history.retries.len()).unwrap_or(u32::MAX);
-                    if this.replay.is_none() {
+                    if this.replay.is_none() && retries < this.config.max_retries {
                         // A retry was wanted, but the body streamed: it
                         // cannot be sent again, so the outcome is final.
                         tracing::debug!(

@@ -472,3 +472,19 @@ fn the_service_offers_its_layer_and_inner_accessors() {
     assert_eq!(*retry.get_ref(), 8);
     assert_eq!(retry.into_inner(), 8);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_no_retries_allowed_a_streamed_body_stops_at_the_maximum() {
+    use http_body_util::{BodyExt, Full};
+
+    let svc = RetryLayer::new()
+        .max_retries(0)
+        .max_replay_body(0)
+        .layer(always_503(Arc::default()));
+    let req = Request::put("/upload")
+        .body(Full::new(bytes::Bytes::from("data")).boxed_unsync())
+        .expect("request");
+    let res = svc.oneshot(req).await.expect("the 503");
+    let record = res.extensions().get::<RetryRecord>().expect("record");
+    assert_eq!(record.stopped, Some(Stopped::MaxRetries));
+}
