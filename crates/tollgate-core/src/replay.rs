@@ -717,4 +717,28 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("len: 13"), "{shown}");
     }
+
+    #[tokio::test]
+    async fn a_buffered_body_keeps_its_trailers_on_every_copy() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("checksum", http::HeaderValue::from_static("abc"));
+        let body = Full::new(Bytes::from("data"))
+            .with_trailers(std::future::ready(Some(Ok::<_, std::convert::Infallible>(
+                trailers,
+            ))))
+            .boxed_unsync();
+        // Declares 4 bytes; its trailers come after.
+        let body = ReplayableBody::buffer(body, 4).await.expect("read");
+        for _ in 0..2 {
+            let copy = body.try_clone().expect("replayable");
+            let collected = copy.collect().await.expect("read");
+            let got = collected
+                .trailers()
+                .and_then(|t| t.get("checksum"))
+                .cloned();
+            assert_eq!(got.as_ref().map(|v| v.as_bytes()), Some(&b"abc"[..]));
+            assert_eq!(collected.to_bytes(), "data");
+        }
+        assert!(body.into_bytes().is_err(), "trailers are not bytes alone");
+    }
 }
