@@ -50,7 +50,11 @@ fn retry(c: &mut Criterion) {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
     });
     let tower_retry = tower::retry::RetryLayer::new(NeverRetry).layer(upstream);
-    let ours = tollgate_retry::RetryLayer::new().layer(upstream);
+    // The retry layer hands its inner service a `ReplayableBody`.
+    let replayed = service_fn(|_req: Request<tollgate_retry::ReplayableBody>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    });
+    let ours = tollgate_retry::RetryLayer::new().layer(replayed);
 
     let mut group = c.benchmark_group("retry_overhead");
     group.bench_function("bare_service_fn", |b| {

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tollgate_core::ReplayBody;
 use tower::{BoxError, Service};
 
 use crate::error::AuthError;
@@ -104,8 +103,11 @@ where
 }
 
 /// Puts the token on `request` and keeps a copy for a 401, if the body can
-/// be replayed.
-fn prepare<S: Clone, B: ReplayBody>(
+/// be replayed: one whole in memory, recognised by its type
+/// ([`try_clone_request_any`](tollgate_core::try_clone_request_any)). Any
+/// other body is sent once, and its 401 returned as it is: never resent
+/// empty.
+fn prepare<S: Clone, B: 'static>(
     service: &S,
     request: &mut Request<B>,
     current: &Current,
@@ -117,7 +119,7 @@ fn prepare<S: Clone, B: ReplayBody>(
     }
     Some(Box::new(Replay {
         service: service.clone(),
-        request: tollgate_core::try_clone_request(request)?,
+        request: tollgate_core::try_clone_request_any(request)?,
         generation: current.generation,
         ctx: ctx.clone(),
     }))
@@ -127,7 +129,7 @@ impl<S, B, ResB> ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
-    B: ReplayBody,
+    B: 'static,
 {
     /// Called already; nothing to replay.
     pub(crate) fn called(future: S::Future) -> Self {
@@ -169,7 +171,7 @@ impl<S, B, ResB> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
-    B: ReplayBody,
+    B: 'static,
 {
     type Output = Result<Response<ResB>, BoxError>;
 

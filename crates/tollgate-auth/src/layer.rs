@@ -74,9 +74,9 @@ pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
 ///   so long that it leaves the clock's range means never.
 ///
 /// A 401 answered to a token invalidates it: one refresh, and the request
-/// is replayed once with the new token if its body can be replayed
-/// ([`ReplayBody`](tollgate_core::ReplayBody)). A second 401 is returned
-/// as it is.
+/// is replayed once with the new token if its body is whole in memory (see
+/// [`Auth`](crate::Auth)); a request whose body streamed gets its 401
+/// back as it is. A second 401 is returned as it is.
 ///
 /// # Example
 ///

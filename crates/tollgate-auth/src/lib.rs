@@ -13,7 +13,8 @@
 //! | the caller decides | an explicit header is kept unless [`overwrite`](AuthLayer::overwrite); a [`Credential`] in the request's extensions replaces the layer's own |
 //! | refresh is single-flight, early and bounded | within the skew (10 s) of expiry; one refresh however many requests wait; a timeout (10 s); a failure is an [`AuthError`] shared by the waiting requests |
 //! | no refresh storms | a token is used for at least half its lifetime and at least 1 s; a failed refresh is backed off (1 s, doubling, at most 30 s), during which a token not yet expired is still used, or else the last error comes back at once |
-//! | a 401 is answered once | the refused token is invalidated, refreshed once, and the request replayed once if its body can be; a second 401 is returned |
+//! | a 401 is answered once | the refused token is invalidated, refreshed once, and the request replayed once if its body is whole in memory; a second 401 is returned |
+//! | any request body | a static credential works over any body (`Full<Bytes>`, axum's `Body`, hyper's `Incoming`, ...); with tokens, a body whole in memory (`Full<Bytes>`, `Bytes`, `String`, a buffered [`ReplayableBody`](tollgate_core::ReplayableBody), as the retry layer above hands down) is replayed after a 401, and any other is sent once: its 401 is returned, never resent with an empty body |
 //!
 //! # Readiness
 //!

@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
-use tollgate_core::ReplayBody;
 use tower::{BoxError, Service};
 
 use crate::future::{ResponseFuture, TokenCtx};
@@ -15,10 +14,16 @@ use tollgate_core::Credential;
 
 /// Attaches credentials to requests; made by [`AuthLayer`].
 ///
-/// Request bodies must implement [`ReplayBody`] (`Full<Bytes>`, `Bytes`,
-/// `String`, `()` and the like, or your own): that is how a request is
-/// replayed after a 401. Streaming bodies (`Incoming`, boxed bodies) say
-/// they cannot be, and such a request's 401 is returned as it is.
+/// Request bodies may be of any type (`Full<Bytes>`, axum's `Body`,
+/// hyper's `Incoming`, ...): a static credential needs no replay at all.
+/// With a token source, a request is replayed after a 401 when its body is
+/// whole in memory: a [`ReplayableBody`](tollgate_core::ReplayableBody)
+/// that was buffered (what the retry layer above hands down), or
+/// `Full<Bytes>`, `Bytes`, `String`, `Empty<Bytes>`. Any other body
+/// streams once, and such a request's 401 is returned as it is, never
+/// resent with an empty body. To replay other bodies, put the retry layer
+/// above, or make them a buffered `ReplayableBody` first
+/// ([`ReplayableBody::buffer`](tollgate_core::ReplayableBody::buffer)).
 ///
 /// `poll_ready` is the inner service's. A request that needs a token
 /// refresh waits for it inside its response future, so an idle clone holds
@@ -38,20 +43,14 @@ impl<S> Auth<S> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// A layer attaching `credential` ([`AuthLayer::new`]); the other
+    /// constructors ([`AuthLayer::bearer`], [`AuthLayer::token_source`],
+    /// ...) are on the layer.
+    pub fn layer(credential: Credential) -> AuthLayer {
+        AuthLayer::new(credential)
     }
 
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tollgate_core::inner_accessors!();
 }
 
 impl<S: fmt::Debug> fmt::Debug for Auth<S> {
@@ -67,7 +66,7 @@ impl<S, B, ResB> Service<Request<B>> for Auth<S>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
-    B: ReplayBody + Send + 'static,
+    B: 'static,
 {
     type Response = Response<ResB>;
     type Error = BoxError;

@@ -160,3 +160,13 @@ async fn concurrent_401s_to_one_token_cause_one_refresh() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(*refused.lock().expect("lock"), 1);
 }
+
+#[test]
+fn the_service_offers_its_layer_and_inner_accessors() {
+    let credential = tollgate_auth::Credential::bearer("t").expect("valid");
+    let layer = tollgate_auth::Auth::<()>::layer(credential);
+    let mut auth = layer.layer(7u8);
+    *auth.get_mut() += 1;
+    assert_eq!(*auth.get_ref(), 8);
+    assert_eq!(auth.into_inner(), 8);
+}

@@ -343,10 +343,14 @@ impl<S: fmt::Debug, K, V> fmt::Debug for Batch<S, K, V> {
 }
 
 impl<S, K, V> Batch<S, K, V> {
-    /// The service of batches.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// A layer sending batches of up to `max_batch` keys, after at most
+    /// `max_delay` ([`BatchLayer::new`]).
+    pub fn layer(max_batch: usize, max_delay: Duration) -> BatchLayer<K, V> {
+        BatchLayer::new(max_batch, max_delay)
     }
+
+    // The inner service is the service of batches.
+    tollgate_core::inner_accessors!();
 
     /// Keys waiting for the next flush (keys whose callers all left may be
     /// counted until the batch is pruned or sent).

@@ -228,3 +228,13 @@ proptest! {
         });
     }
 }
+
+#[test]
+fn the_service_offers_its_layer_and_inner_accessors() {
+    use tollgate_batch::Batch;
+    let layer = Batch::<(), u32, u32>::layer(4, Duration::from_millis(5));
+    let mut batch = layer.layer(7u8);
+    *batch.get_mut() += 1;
+    assert_eq!(*batch.get_ref(), 8);
+    assert_eq!(batch.into_inner(), 8);
+}

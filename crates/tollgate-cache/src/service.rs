@@ -48,20 +48,12 @@ impl<S> Cache<S> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// A layer caching for `ttl` ([`CacheLayer::new`]).
+    pub fn layer(ttl: std::time::Duration) -> CacheLayer {
+        CacheLayer::new(ttl)
     }
 
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tollgate_core::inner_accessors!();
 }
 
 impl<S: fmt::Debug> fmt::Debug for Cache<S> {

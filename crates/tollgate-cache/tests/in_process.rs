@@ -341,3 +341,13 @@ proptest! {
         });
     }
 }
+
+#[test]
+fn the_service_offers_its_layer_and_inner_accessors() {
+    use tollgate_cache::Cache;
+    let layer = Cache::<()>::layer(Duration::from_secs(1));
+    let mut cache = layer.layer(7u8);
+    *cache.get_mut() += 1;
+    assert_eq!(*cache.get_ref(), 8);
+    assert_eq!(cache.into_inner(), 8);
+}

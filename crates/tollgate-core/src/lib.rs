@@ -10,7 +10,8 @@
 //! | [`Credential`] (request) | you, or the facade's per-request credential | auth (sends it instead of the layer's), the cache (partitions by it) |
 //! | [`Partition`] (request) | you, or the facade for a client with its own credentials | the cache (keeps partitions apart) |
 //! | [`parse_retry_after`], [`upstream_pause`] | | retry and the rate limiter read the server's signals with the same parsers |
-//! | [`ReplayBody`], [`try_clone_request`], [`buffer_request`] | | retry and auth replay request bodies the same way |
+//! | [`ReplayableBody`], [`try_clone_request_any`] (and the older [`ReplayBody`], [`try_clone_request`], [`buffer_request`]) | retry (its inner service gets a `ReplayableBody`) | retry and auth replay request bodies by one rule: a body whole in memory, or of exact size within a limit, is buffered and sent again; any other is sent once |
+//! | [`inner_accessors!`] | | every service: `get_ref`, `get_mut`, `into_inner` written once |
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -31,6 +32,7 @@
 
 mod credential;
 mod extensions;
+mod macros;
 mod ratelimit;
 mod replay;
 mod retry_after;
@@ -38,5 +40,8 @@ mod retry_after;
 pub use credential::{Credential, InvalidCredential};
 pub use extensions::{Deadline, NotBefore, Partition};
 pub use ratelimit::{may_signal, upstream_pause};
-pub use replay::{buffer_request, try_clone_request, BodyTooLarge, ReplayBody};
+pub use replay::{
+    buffer_request, try_clone_body, try_clone_request, try_clone_request_any, BodyTooLarge,
+    BufferBody, ReplayBody, ReplayableBody, DEFAULT_MAX_REPLAY_BODY,
+};
 pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER};

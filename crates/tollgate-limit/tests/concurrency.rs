@@ -216,3 +216,13 @@ async fn readiness_is_the_inner_services() {
     handle.allow(1);
     assert!(svc.poll_ready(&mut cx).is_ready());
 }
+
+#[test]
+fn the_service_offers_its_layer_and_inner_accessors() {
+    use tollgate_limit::ConcurrencyLimit;
+    let layer = ConcurrencyLimit::<()>::layer(2);
+    let mut pool = layer.layer(7u8);
+    *pool.get_mut() += 1;
+    assert_eq!(*pool.get_ref(), 8);
+    assert_eq!(pool.into_inner(), 8);
+}

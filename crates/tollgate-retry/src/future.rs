@@ -6,6 +6,7 @@ use std::sync::{Arc, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -15,23 +16,23 @@ use crate::layer::Config;
 use crate::record::{RetryError, RetryEvent, RetryRecord, Stopped};
 use tollgate_core::parse_retry_after;
 use tollgate_core::NotBefore;
-use tollgate_core::{try_clone_request, ReplayBody};
+use tollgate_core::{try_clone_request, BufferBody, ReplayableBody};
 
 pin_project! {
     /// The response future of [`Retry`](crate::Retry).
     ///
     /// Dropping it at any point cancels the attempt in flight or the wait;
     /// it holds no permit of its own.
-    pub struct ResponseFuture<S, B>
+    pub struct ResponseFuture<S>
     where
-        S: Service<Request<B>>,
+        S: Service<Request<ReplayableBody>>,
     {
         #[pin]
         state: State<S::Future>,
         service: S,
         // The request for the next attempt; None when its body cannot be
         // sent again, and then nothing is retried.
-        replay: Option<Request<B>>,
+        replay: Option<Request<ReplayableBody>>,
         method: http::Method,
         config: Arc<Config>,
         attempts: u32,
@@ -45,15 +46,20 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
+        // Reading the request's body into memory before the first attempt
+        // (boxed: rare, and the common future stays small).
+        Buffering { pending: Box<(Option<Parts>, BufferBody)> },
+        // Reading the body failed: nothing was sent.
+        Failed { error: Option<BoxError> },
         Calling { #[pin] future: F },
         Waiting { sleep: Pin<Box<Sleep>> },
         Readying,
     }
 }
 
-impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+impl<S> std::fmt::Debug for ResponseFuture<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayableBody>>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
@@ -63,14 +69,14 @@ where
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S> ResponseFuture<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<ReplayableBody>>,
 {
     pub(crate) fn new(
         future: S::Future,
         service: S,
-        replay: Option<Request<B>>,
+        replay: Option<Request<ReplayableBody>>,
         method: http::Method,
         config: Arc<Config>,
         deadline: Option<Instant>,
@@ -84,6 +90,48 @@ where
             attempts: 1,
             history: None,
             deadline,
+        }
+    }
+
+    /// The body must be read first; `service` was polled ready.
+    pub(crate) fn buffering(
+        parts: Parts,
+        body: BufferBody,
+        service: S,
+        method: http::Method,
+        config: Arc<Config>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Buffering {
+                pending: Box::new((Some(parts), body)),
+            },
+            service,
+            replay: None,
+            method,
+            config,
+            attempts: 0,
+            history: None,
+            deadline,
+        }
+    }
+
+    /// Reading the body failed at once.
+    pub(crate) fn failed(
+        error: BoxError,
+        service: S,
+        method: http::Method,
+        config: Arc<Config>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+            service,
+            replay: None,
+            method,
+            config,
+            attempts: 0,
+            history: None,
+            deadline: None,
         }
     }
 }
@@ -139,11 +187,10 @@ fn decide(
     Next::Retry(delay, from_header)
 }
 
-impl<S, B, ResB> Future for ResponseFuture<S, B>
+impl<S, ResB> Future for ResponseFuture<S>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<ReplayableBody>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    B: ReplayBody,
 {
     type Output = Result<Response<ResB>, BoxError>;
 
@@ -151,11 +198,28 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
+                StateProj::Buffering { pending } => {
+                    let (parts, buffering) = &mut **pending;
+                    let body = match ready!(Pin::new(buffering).poll(cx)) {
+                        Ok(body) => body,
+                        // The caller's body failed: nothing was sent.
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    let Some(parts) = parts.take() else {
+                        return Poll::Ready(Err(POLLED_AFTER_DONE.into()));
+                    };
+                    // The service was polled ready in `call`; asking again
+                    // is harmless, and the attempt is made as any other.
+                    *this.replay = Some(Request::from_parts(parts, body));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| POLLED_AFTER_DONE.into())));
+                }
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    if this.replay.is_none() {
-                        return Poll::Ready(finish(result, *this.attempts, this.history.take()));
-                    }
                     let method = &*this.method;
                     let (reason, retry_after) = match &result {
                         Ok(res) => {
@@ -204,6 +268,18 @@ where
                     };
                     let history = this.history.get_or_insert_with(Box::default);
                     let retries = u32::try_from(history.retries.len()).unwrap_or(u32::MAX);
+                    if this.replay.is_none() && retries < this.config.max_retries {
+                        // A retry was wanted, but the body streamed: it
+                        // cannot be sent again, so the outcome is final.
+                        tracing::debug!(
+                            "http.request.resend_count" = retries,
+                            reason = %reason,
+                            stopped = %Stopped::BodyNotReplayable,
+                            "not retrying"
+                        );
+                        history.stopped = Some(Stopped::BodyNotReplayable);
+                        return Poll::Ready(finish(result, *this.attempts, this.history.take()));
+                    }
                     match decide(this.config, retries, *this.deadline, retry_after) {
                         Next::Stop(stopped) => {
                             tracing::debug!(
@@ -256,16 +332,15 @@ where
                             this.history.take(),
                         ));
                     }
-                    // A body that will not copy again is sent itself, as the
-                    // last attempt: its result is then returned as it is.
+                    // A body that will not copy again (one that streams) is
+                    // sent itself, once: its outcome is then final.
                     let request = match this.replay.as_ref().and_then(try_clone_request) {
                         Some(copy) => copy,
                         None => match this.replay.take() {
                             Some(last) => last,
                             None => {
-                                let e: BoxError = "retry: the request to replay is gone".into();
                                 return Poll::Ready(finish(
-                                    Err(e),
+                                    Err(POLLED_AFTER_DONE.into()),
                                     *this.attempts,
                                     this.history.take(),
                                 ));
@@ -280,6 +355,8 @@ where
         }
     }
 }
+
+const POLLED_AFTER_DONE: &str = "retry: response future polled after completion";
 
 /// Returns the result with the record: in the response's extensions, or
 /// around the error when a retry happened.

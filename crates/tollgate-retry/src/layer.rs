@@ -33,6 +33,7 @@ pub(crate) struct Config {
     pub(crate) max_total: Option<Duration>,
     pub(crate) budget: Option<Arc<RetryBudget>>,
     pub(crate) idempotency_key: bool,
+    pub(crate) max_replay_body: usize,
     pub(crate) rng: Arc<Mutex<fastrand::Rng>>,
 }
 
@@ -47,6 +48,7 @@ impl fmt::Debug for RetryLayer {
             .field("budget", &c.budget)
             .field("classifier", &c.classifier)
             .field("idempotency_key", &c.idempotency_key)
+            .field("max_replay_body", &c.max_replay_body)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +82,7 @@ impl RetryLayer {
                 max_total: None,
                 budget: Some(Arc::new(default_budget())),
                 idempotency_key: false,
+                max_replay_body: tollgate_core::DEFAULT_MAX_REPLAY_BODY,
                 rng: Arc::new(Mutex::new(fastrand::Rng::new())),
             }),
         }
@@ -168,6 +171,18 @@ impl RetryLayer {
                 }
             }
         })
+    }
+
+    /// The largest request body read into memory to be replayed (default
+    /// 64 KiB, [`DEFAULT_MAX_REPLAY_BODY`](tollgate_core::DEFAULT_MAX_REPLAY_BODY)):
+    /// a body whose exact size (`size_hint`) is within it is read before the
+    /// first attempt and sent again on a retry; a larger one, or one of
+    /// unknown size, streams and is sent once. Bodies already whole in memory
+    /// (`Full<Bytes>`, `Bytes`, `String`) are replayed whatever their size:
+    /// they cost no copy. 0 reads nothing (only empty and in-memory bodies
+    /// are replayed).
+    pub fn max_replay_body(self, bytes: usize) -> Self {
+        self.with(|c| c.max_replay_body = bytes)
     }
 
     /// Seeds the jitter's random source, for reproducible delays in tests.

@@ -9,14 +9,15 @@
 //! use std::time::Duration;
 //! use http::{Request, Response, StatusCode};
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-//! use tollgate_retry::{RetryLayer, RetryRecord};
+//! use tollgate_retry::{ReplayableBody, RetryLayer, RetryRecord};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), tower::BoxError> {
-//! // An upstream that fails twice with 503, then answers.
+//! // An upstream that fails twice with 503, then answers. Below the retry
+//! // layer, every request body is a `ReplayableBody`.
 //! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
 //! let counter = calls.clone();
-//! let upstream = service_fn(move |_req: Request<String>| {
+//! let upstream = service_fn(move |_req: Request<ReplayableBody>| {
 //!     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 //!     async move {
 //!         let status = if n < 2 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
@@ -27,7 +28,8 @@
 //!     .layer(RetryLayer::new().max_retries(3).seed(7))
 //!     .service(upstream);
 //!
-//! let res = client.ready().await?.call(Request::get("/posts/1").body(String::new())?).await?;
+//! let req = Request::get("/posts/1").body(String::new())?;
+//! let res = ServiceExt::<Request<String>>::ready(&mut client).await?.call(req).await?;
 //! assert_eq!(res.status(), StatusCode::OK);
 //! let record = res.extensions().get::<RetryRecord>().expect("the layer records what it did");
 //! assert_eq!(record.attempts, 3);
@@ -76,12 +78,66 @@
 //!
 //! # Bodies
 //!
-//! A request is replayed only if its body can be: [`ReplayBody`] is
-//! implemented for buffered bodies (`Full<Bytes>`, `Bytes`, `String`, ...;
-//! copying `Full<Bytes>` shares the buffer), and says no for streaming ones
-//! (`hyper::body::Incoming`, boxed bodies), whose requests are sent exactly
-//! once. [`buffer_request`] turns a streaming request into a replayable one,
-//! refusing bodies over a size limit.
+//! [`Retry`] takes requests with **any** body (`Full<Bytes>`, `String`,
+//! axum's `Body`, hyper's `Incoming` forwarded by a proxy, a boxed stream)
+//! and hands its inner service a [`ReplayableBody`]. Before the first
+//! attempt it decides, once:
+//!
+//! | the body | replayed? |
+//! |----------|-----------|
+//! | whole in memory already (`Full<Bytes>`, `Bytes`, `String`, `Empty<Bytes>`, a buffered `ReplayableBody`) | yes, whatever its size: each attempt shares the buffer |
+//! | ended (`is_end_stream`), as a GET's | yes |
+//! | of exact size (`size_hint`, e.g. from `Content-Length`) within [`max_replay_body`](RetryLayer::max_replay_body) (64 KiB by default) | yes: read into memory first, then sent |
+//! | larger, or of unknown size (chunked, a stream) | no: streamed to the first attempt, sent **once** |
+//!
+//! When an attempt with a body that streamed fails in a way that would have
+//! been retried, its outcome (the response, or the error in a
+//! [`RetryError`]) is returned as it is, and its [`RetryRecord`] says
+//! [`Stopped::BodyNotReplayable`]. Nothing is ever resent with an empty or
+//! partial body.
+//!
+//! Reading a body into memory happens inside the response future, after
+//! `poll_ready`: the inner service polled ready waits for it (bounded by
+//! the limit; a caller's own timeout bounds a client that sends slowly). A
+//! body that fails while read fails the call with its own error, and
+//! nothing is sent; one that sends more than its declared size is a
+//! [`BodyTooLarge`].
+//!
+//! Over axum's body, with a hyper-util client whose body type is
+//! [`ReplayableBody`] (as it would run inside an axum handler forwarding
+//! its request):
+//!
+//! ```
+//! use axum::body::Body;
+//! use http::{Request, StatusCode};
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tollgate_retry::{ReplayableBody, RetryLayer, RetryRecord};
+//! use tollgate_testkit::{FakeApi, Fault};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let api = FakeApi::start().await?;
+//! api.inject("/posts/1", Fault::status(StatusCode::SERVICE_UNAVAILABLE).times(1));
+//!
+//! let hyper = Client::builder(TokioExecutor::new()).build_http::<ReplayableBody>();
+//! let client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new().seed(1))
+//!     .service(hyper);
+//!
+//! let req = Request::put(format!("{}/posts/1", api.url()))
+//!     .header("content-type", "application/json")
+//!     .body(Body::from(r#"{"title":"retried"}"#))?;
+//! let res = client.oneshot(req).await?;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(res.extensions().get::<RetryRecord>().map(|r| r.attempts), Some(2));
+//! assert_eq!(api.last_request("/posts/1").map(|r| r.body), Some(r#"{"title":"retried"}"#.into()));
+//! # Ok(()) }
+//! ```
+//!
+//! [`ReplayBody`], [`try_clone_request`] and [`buffer_request`] are kept
+//! at their old paths; the layer no longer needs them.
 //!
 //! # Readiness and cancellation
 //!
@@ -118,7 +174,7 @@ pub use record::{RetryError, RetryEvent, RetryRecord, Stopped};
 pub use service::Retry;
 pub use tollgate_core::{
     buffer_request, parse_retry_after, try_clone_request, BodyTooLarge, Deadline, NotBefore,
-    ReplayBody, MAX_RETRY_AFTER,
+    ReplayBody, ReplayableBody, DEFAULT_MAX_REPLAY_BODY, MAX_RETRY_AFTER,
 };
 
 /// The README's example, compiled and run as a doc test so it stays true.

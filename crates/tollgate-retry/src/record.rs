@@ -31,6 +31,11 @@ pub enum Stopped {
         /// The wait the next attempt needed.
         wait: Duration,
     },
+    /// The request's body streamed (larger than
+    /// [`max_replay_body`](crate::RetryLayer::max_replay_body), or of
+    /// unknown size), so it could not be sent again: the request was sent
+    /// once.
+    BodyNotReplayable,
     /// The server asked to wait longer than the configured cap.
     RetryAfterTooLong {
         /// What the server asked for.
@@ -45,6 +50,9 @@ impl fmt::Display for Stopped {
         match self {
             Stopped::MaxRetries => f.write_str("the maximum number of retries was reached"),
             Stopped::Budget => f.write_str("the retry budget is spent"),
+            Stopped::BodyNotReplayable => {
+                f.write_str("the request body streamed and cannot be sent again")
+            }
             Stopped::Deadline { wait } => {
                 write!(f, "waiting {wait:?} more would pass the deadline")
             }

@@ -1,19 +1,27 @@
 //! The [`Retry`] service.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
+use http_body::Body;
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 use crate::future::ResponseFuture;
 use crate::layer::{Config, RetryLayer, IDEMPOTENCY_KEY};
 use tollgate_core::Deadline;
-use tollgate_core::{try_clone_request, ReplayBody};
+use tollgate_core::{try_clone_request, ReplayableBody};
 
 /// Retries failed attempts of the inner service; made by [`RetryLayer`].
+///
+/// It takes requests with any body `B` (`Full<Bytes>`, `String`, axum's
+/// `Body`, hyper's `Incoming`, ...) and hands its inner service
+/// `Request<`[`ReplayableBody`]`>`: the same body, buffered when it can be
+/// replayed, streaming (and then sent once) when it cannot. See the
+/// [crate docs](crate#bodies).
 ///
 /// # Clone
 ///
@@ -47,20 +55,7 @@ impl<S> Retry<S> {
         RetryLayer::new()
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tollgate_core::inner_accessors!();
 }
 
 /// A random idempotency key: 128 bits as 32 hex digits, from the thread's
@@ -78,13 +73,14 @@ fn idempotency_key() -> HeaderValue {
 
 impl<S, B, ResB> Service<Request<B>> for Retry<S>
 where
-    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S: Service<Request<ReplayableBody>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
-    B: ReplayBody,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     type Response = Response<ResB>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, B>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -109,14 +105,29 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // None for a streaming body: such a request is sent exactly once.
-        let replay = try_clone_request(&req);
+        let method = req.method().clone();
         // The service that was polled ready takes this call; a fresh clone
         // stays behind for the caller's next poll_ready.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let method = req.method().clone();
-        let future = ready.call(req);
-        ResponseFuture::new(future, ready, replay, method, config, deadline)
+        let (parts, body) = req.into_parts();
+        let mut buffering = ReplayableBody::buffer(body, config.max_replay_body);
+        // A body already in memory (or ended, or streamed) is ready at once:
+        // the first attempt is made now, as without a body to read.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut buffering).poll(&mut cx) {
+            Poll::Ready(Ok(body)) => {
+                let req = Request::from_parts(parts, body);
+                // None for a streaming body: its request is sent once.
+                let replay = try_clone_request(&req);
+                let future = ready.call(req);
+                ResponseFuture::new(future, ready, replay, method, config, deadline)
+            }
+            Poll::Ready(Err(e)) => ResponseFuture::failed(e, ready, method, config),
+            // Read it inside the future, then call the service polled ready.
+            Poll::Pending => {
+                ResponseFuture::buffering(parts, buffering, ready, method, config, deadline)
+            }
+        }
     }
 }

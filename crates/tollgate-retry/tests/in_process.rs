@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use tollgate_retry::{RetryBudget, RetryLayer, RetryRecord, Stopped};
+use tollgate_retry::{ReplayableBody, RetryBudget, RetryLayer, RetryRecord, Stopped};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 type Seen = Arc<Mutex<Vec<Option<HeaderValue>>>>;
@@ -15,9 +15,12 @@ type Seen = Arc<Mutex<Vec<Option<HeaderValue>>>>;
 fn flaky(
     failures: usize,
     seen: Seen,
-) -> impl Service<Request<String>, Response = Response<String>, Error = std::convert::Infallible> + Clone
-{
-    service_fn(move |req: Request<String>| {
+) -> impl Service<
+    Request<ReplayableBody>,
+    Response = Response<String>,
+    Error = std::convert::Infallible,
+> + Clone {
+    service_fn(move |req: Request<ReplayableBody>| {
         let seen = seen.clone();
         async move {
             let mut log = seen.lock().expect("lock");
@@ -116,7 +119,7 @@ async fn clones_share_one_budget() {
     // One retry allowed in all (floor 1/s over 1 s, no ratio).
     let budget = RetryBudget::new(Duration::from_secs(1), 1, 0.0).expect("valid");
     let layer = RetryLayer::new().budget(budget);
-    let always_503 = service_fn(|_req: Request<String>| async {
+    let always_503 = service_fn(|_req: Request<ReplayableBody>| async {
         Ok::<_, std::convert::Infallible>(
             Response::builder()
                 .status(StatusCode::SERVICE_UNAVAILABLE)
@@ -147,7 +150,7 @@ async fn clones_share_one_budget() {
 
 #[tokio::test(start_paused = true)]
 async fn readiness_is_the_inner_services_and_is_awaited_before_each_retry() {
-    let (mock, mut handle) = tower_test::mock::pair::<Request<String>, Response<String>>();
+    let (mock, mut handle) = tower_test::mock::pair::<Request<ReplayableBody>, Response<String>>();
     let mut svc = RetryLayer::new().seed(5).layer(mock);
 
     handle.allow(0);
@@ -157,7 +160,9 @@ async fn readiness_is_the_inner_services_and_is_awaited_before_each_retry() {
     );
 
     handle.allow(1);
-    svc.ready().await.expect("ready");
+    ServiceExt::<Request<String>>::ready(&mut svc)
+        .await
+        .expect("ready");
     let call = tokio::spawn(svc.call(Request::get("/x").body(String::new()).expect("request")));
     let (_, reply) = handle.next_request().await.expect("first attempt");
     reply.send_response(
@@ -188,36 +193,65 @@ fn poll_ready_once<S: Service<Request<String>>>(svc: &mut S) -> std::task::Poll<
     svc.poll_ready(&mut cx).map(|_| ())
 }
 
+/// Always 503, counting the attempts and the bodies they carried.
+fn always_503(
+    bodies: Arc<Mutex<Vec<bytes::Bytes>>>,
+) -> impl Service<Request<ReplayableBody>, Response = Response<String>, Error = tower::BoxError> + Clone
+{
+    use http_body_util::BodyExt;
+    service_fn(move |req: Request<ReplayableBody>| {
+        let bodies = bodies.clone();
+        async move {
+            let body = req.into_body().collect().await?.to_bytes();
+            bodies.lock().expect("lock").push(body);
+            Ok(Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(String::new())
+                .expect("response"))
+        }
+    })
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_streaming_body_is_sent_exactly_once() {
+async fn a_streaming_body_is_sent_exactly_once_and_the_record_says_why() {
     use bytes::Bytes;
-    use http_body_util::combinators::UnsyncBoxBody;
     use http_body_util::{BodyExt, Full};
 
-    type Streaming = UnsyncBoxBody<Bytes, std::convert::Infallible>;
-    let calls = Arc::new(Mutex::new(0));
-    let counter = calls.clone();
-    let svc = RetryLayer::new().layer(service_fn(move |_req: Request<Streaming>| {
-        *counter.lock().expect("lock") += 1;
-        async {
-            Ok::<_, std::convert::Infallible>(
-                Response::builder()
-                    .status(StatusCode::SERVICE_UNAVAILABLE)
-                    .body(String::new())
-                    .expect("response"),
-            )
-        }
-    }));
+    let bodies = Arc::default();
+    // Over the replay limit: it streams.
+    let svc = RetryLayer::new()
+        .max_replay_body(3)
+        .layer(always_503(Arc::clone(&bodies)));
     let req = Request::put("/upload")
         .body(Full::new(Bytes::from("data")).boxed_unsync())
         .expect("request");
-    let res = svc.oneshot(req).await.expect("response");
+    let res = svc.oneshot(req).await.expect("the 503, not an error");
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(*calls.lock().expect("lock"), 1);
+    assert_eq!(*bodies.lock().expect("lock"), vec![Bytes::from("data")]);
+    let record = res.extensions().get::<RetryRecord>().expect("record");
+    assert_eq!(record.attempts, 1);
+    assert_eq!(record.stopped, Some(Stopped::BodyNotReplayable));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_boxed_body_of_known_size_within_the_limit_is_replayed() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    let bodies = Arc::default();
+    let svc = RetryLayer::new()
+        .no_budget()
+        .max_retries(2)
+        .layer(always_503(Arc::clone(&bodies)));
+    let req = Request::put("/upload")
+        .body(Full::new(Bytes::from("data")).boxed_unsync())
+        .expect("request");
+    let res = svc.oneshot(req).await.expect("the last 503");
     assert_eq!(
         res.extensions().get::<RetryRecord>().map(|r| r.attempts),
-        Some(1)
+        Some(3)
     );
+    assert_eq!(*bodies.lock().expect("lock"), vec![Bytes::from("data"); 3]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -230,7 +264,7 @@ async fn a_wait_already_scheduled_below_ends_at_the_same_instant() {
     let until = Instant::now() + Duration::from_millis(1500);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let log = calls.clone();
-    let svc = RetryLayer::new().layer(service_fn(move |_req: Request<String>| {
+    let svc = RetryLayer::new().layer(service_fn(move |_req: Request<ReplayableBody>| {
         let log = log.clone();
         async move {
             let mut log = log.lock().expect("lock");
@@ -256,42 +290,6 @@ async fn a_wait_already_scheduled_below_ends_at_the_same_instant() {
     assert_eq!(
         times[1], until,
         "the retry started exactly when the lower layer's wait ended"
-    );
-}
-
-/// A body that can be copied once and then refuses.
-struct CopiesOnce(Arc<Mutex<u32>>);
-
-impl tollgate_retry::ReplayBody for CopiesOnce {
-    fn try_clone(&self) -> Option<Self> {
-        let mut copies = self.0.lock().expect("lock");
-        *copies += 1;
-        (*copies == 1).then(|| CopiesOnce(self.0.clone()))
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_body_that_stops_copying_ends_the_retries_without_a_panic() {
-    let svc = RetryLayer::new()
-        .no_budget()
-        .max_retries(5)
-        .layer(service_fn(|_req: Request<CopiesOnce>| async {
-            Ok::<_, std::convert::Infallible>(
-                Response::builder()
-                    .status(StatusCode::BAD_GATEWAY)
-                    .body(String::new())
-                    .expect("response"),
-            )
-        }));
-    let req = Request::get("/x")
-        .body(CopiesOnce(Arc::default()))
-        .expect("request");
-    let res = svc.oneshot(req).await.expect("response");
-    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
-    // The original, then the stored copy itself: nothing left to replay after.
-    assert_eq!(
-        res.extensions().get::<RetryRecord>().map(|r| r.attempts),
-        Some(2)
     );
 }
 
@@ -348,7 +346,7 @@ async fn ten_thousand_gets_to_an_always_failing_upstream_stay_within_the_budget(
     let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = Arc::clone(&attempts);
     let svc = RetryLayer::new().max_retries(3).seed(11).layer(service_fn(
-        move |_req: Request<String>| {
+        move |_req: Request<ReplayableBody>| {
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async {
                 Ok::<_, std::convert::Infallible>(
@@ -414,4 +412,79 @@ fn backoff_and_budget_settings_at_zero_one_and_max_are_values_or_typed_errors() 
             }
         }
     }
+}
+
+/// A body of known size whose bytes are not there yet at the first poll,
+/// as a request read from a socket.
+struct Arriving {
+    waited: bool,
+    data: Option<bytes::Bytes>,
+}
+
+impl http_body::Body for Arriving {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if !std::mem::replace(&mut self.waited, true) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_still_arriving_is_read_first_then_replayed() {
+    let bodies = Arc::default();
+    let svc = RetryLayer::new()
+        .no_budget()
+        .max_retries(1)
+        .layer(always_503(Arc::clone(&bodies)));
+    let body = Arriving {
+        waited: false,
+        data: Some(bytes::Bytes::from("late")),
+    };
+    let req = Request::put("/upload").body(body).expect("request");
+    let res = svc.oneshot(req).await.expect("the last 503");
+    assert_eq!(
+        res.extensions().get::<RetryRecord>().map(|r| r.attempts),
+        Some(2)
+    );
+    assert_eq!(
+        *bodies.lock().expect("lock"),
+        vec![bytes::Bytes::from("late"); 2]
+    );
+}
+
+#[test]
+fn the_service_offers_its_layer_and_inner_accessors() {
+    let layer = tollgate_retry::Retry::<()>::layer().max_retries(1);
+    let mut retry = layer.layer(7u8);
+    *retry.get_mut() += 1;
+    assert_eq!(*retry.get_ref(), 8);
+    assert_eq!(retry.into_inner(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_retries_allowed_a_streamed_body_stops_at_the_maximum() {
+    use http_body_util::{BodyExt, Full};
+
+    let svc = RetryLayer::new()
+        .max_retries(0)
+        .max_replay_body(0)
+        .layer(always_503(Arc::default()));
+    let req = Request::put("/upload")
+        .body(Full::new(bytes::Bytes::from("data")).boxed_unsync())
+        .expect("request");
+    let res = svc.oneshot(req).await.expect("the 503");
+    let record = res.extensions().get::<RetryRecord>().expect("record");
+    assert_eq!(record.stopped, Some(Stopped::MaxRetries));
 }

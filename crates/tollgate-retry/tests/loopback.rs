@@ -21,12 +21,16 @@ fn fixed_backoff(ms: u64) -> Backoff {
         .jitter(Jitter::None)
 }
 
+// The client's body type is the retry layer's: any body in, a replayable
+// (or streaming) one out.
 type Stack = tollgate_retry::Retry<
-    tower::timeout::Timeout<Client<hyper_util::client::legacy::connect::HttpConnector, Body>>,
+    tower::timeout::Timeout<
+        Client<hyper_util::client::legacy::connect::HttpConnector, tollgate_retry::ReplayableBody>,
+    >,
 >;
 
 fn client(layer: RetryLayer) -> Stack {
-    let hyper = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let hyper = Client::builder(TokioExecutor::new()).build_http();
     ServiceBuilder::new()
         .layer(layer)
         .timeout(Duration::from_secs(5))

@@ -13,9 +13,8 @@ async fn each_retry_emits_one_event_with_count_reason_and_delay() {
     let logs = CapturedLogs::install_global();
 
     let calls = Arc::new(Mutex::new(0));
-    let svc = RetryLayer::new()
-        .seed(3)
-        .layer(service_fn(move |_req: Request<String>| {
+    let svc = RetryLayer::new().seed(3).layer(service_fn(
+        move |_req: Request<tollgate_retry::ReplayableBody>| {
             let calls = calls.clone();
             async move {
                 let mut n = calls.lock().expect("lock");
@@ -32,7 +31,8 @@ async fn each_retry_emits_one_event_with_count_reason_and_delay() {
                         .expect("response"),
                 )
             }
-        }));
+        },
+    ));
     let res = svc
         .oneshot(Request::get("/x").body(String::new()).expect("request"))
         .await

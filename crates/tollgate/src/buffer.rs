@@ -2,6 +2,11 @@
 //! with retry on, inside each attempt (the [`Buffer`] layer, just below
 //! retry), so that a body cut after the headers is retried like a
 //! connection failure: the caller has seen nothing of it yet.
+//!
+//! The retry layer hands the service below it a
+//! [`ReplayableBody`](tollgate_core::ReplayableBody); the facade's bodies
+//! are whole in memory, so [`Buffer`] turns it back into the stack's
+//! [`RequestBody`] without a copy.
 
 use std::fmt;
 use std::future::Future;
@@ -120,7 +125,20 @@ impl<S> Buffer<S> {
     }
 }
 
-impl<S, B> Service<Request<RequestBody>> for Buffer<S>
+/// The facade's request bodies are `Full<Bytes>`, which the retry layer
+/// takes as buffered bytes: this never fails for them.
+#[derive(Debug)]
+pub(crate) struct StreamingBody;
+
+impl fmt::Display for StreamingBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body is not buffered")
+    }
+}
+
+impl std::error::Error for StreamingBody {}
+
+impl<S, B> Service<Request<tollgate_core::ReplayableBody>> for Buffer<S>
 where
     S: Service<Request<RequestBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
@@ -136,8 +154,14 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
-        let response = self.inner.call(req);
+    fn call(&mut self, req: Request<tollgate_core::ReplayableBody>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = body.into_bytes() else {
+            return Box::pin(std::future::ready(Err(StreamingBody.into())));
+        };
+        let response = self
+            .inner
+            .call(Request::from_parts(parts, RequestBody::new(bytes)));
         let max = self.max;
         Box::pin(async move {
             let (parts, body) = response.await.map_err(Into::into)?.into_parts();
@@ -221,7 +245,7 @@ mod tests {
                 20,
             )
         };
-        let request = || Request::new(RequestBody::default());
+        let request = || Request::new(tollgate_core::ReplayableBody::default());
 
         let failed = service(1, true).oneshot(request()).await.expect_err("cut");
         assert_eq!(

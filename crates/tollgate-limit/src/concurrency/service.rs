@@ -48,20 +48,7 @@ impl<S> ConcurrencyLimit<S> {
         ConcurrencyLimitLayer::new(max_in_flight)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tollgate_core::inner_accessors!();
 }
 
 impl<S, B, ResB> Service<Request<B>> for ConcurrencyLimit<S>
