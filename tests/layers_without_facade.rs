@@ -38,7 +38,8 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 const TOKEN: &str = "s3cret-token";
 
-type HyperClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+type HyperClient =
+    hyper_util::client::legacy::Client<HttpConnector, tollgate_retry::ReplayableBody>;
 
 fn hyper_client() -> HyperClient {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(HttpConnector::new())
@@ -72,7 +73,8 @@ fn upstream_stack(api: &FakeApi, quota: Quota, pool: &ConcurrencyLimitLayer) -> 
         .layer(pool.clone())
         .service(hyper_client());
     // Read the body whole, keeping the records in the extensions.
-    let stack = stack.and_then(
+    let stack = ServiceExt::<Request<Full<Bytes>>>::and_then(
+        stack,
         |res: Response<CacheBody<PermitBody<Incoming>>>| async move {
             let (parts, body) = res.into_parts();
             let bytes = body
@@ -223,10 +225,9 @@ async fn serve(app: Router) -> SocketAddr {
 
 /// Calls `url` with a plain hyper client: the status and two headers.
 async fn call(url: &str) -> (StatusCode, Response<Bytes>) {
-    let res = hyper_client()
-        .request(get_request(url))
-        .await
-        .expect("an answer");
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build::<_, Full<Bytes>>(HttpConnector::new());
+    let res = client.request(get_request(url)).await.expect("an answer");
     let (parts, body) = res.into_parts();
     let bytes = body.collect().await.expect("a body").to_bytes();
     (parts.status, Response::from_parts(parts, bytes))

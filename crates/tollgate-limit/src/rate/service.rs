@@ -50,20 +50,7 @@ impl<S> RateLimit<S> {
         RateLimitLayer::new(quota)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tollgate_core::inner_accessors!();
 }
 
 impl<S, B, ResB> Service<Request<B>> for RateLimit<S>
