@@ -11,6 +11,27 @@
 //! | [`Partition`] (request) | you, or the facade for a client with its own credentials | the cache (keeps partitions apart) |
 //! | [`parse_retry_after`], [`upstream_pause`] | | retry and the rate limiter read the server's signals with the same parsers |
 //! | [`ReplayBody`], [`try_clone_request`], [`buffer_request`] | | retry and auth replay request bodies the same way |
+//! | [`PermitWait`] (response) | the rate limiter (time waited for a permit) | the facade's `Summary`, you |
+//! | [`QueueWait`] (response) | the concurrency pool (time waited for a slot) | the facade's `Summary`, you |
+//! | [`CacheStatus`] (response) | the cache (hit, miss, coalesced, ...) | the facade's `Summary`, you |
+//! | [`read_body`], [`ReadBodyError`] | | auth (token responses), the facade (response bodies), the testkit: one bounded body reader |
+//! | [`SharedError`], [`chain`] | auth (a refresh's error), the cache (a coalesced miss's), batch (a batched call's) | the facade's error kinds: one error handed to many callers, seen through |
+//! | [`TransportFailure`] | | retry (was the request sent?) and the facade (its `ErrorKind`): one reading of transport failures |
+//!
+//! # Choices
+//!
+//! - [`read_body`] refuses a body whose declared size
+//!   ([`size_hint`](http_body::Body::size_hint), which hyper sets from
+//!   `Content-Length`) is over the limit before reading a byte, and any other
+//!   as soon as it passes the limit; a body of exactly the limit is read. The
+//!   body's own error is kept unchanged ([`ReadBodyError::Body`]).
+//! - A [`SharedError`] is transparent (its `Display`, `Debug` and `source` are
+//!   the shared error's own); walk chains with [`chain`], which yields the
+//!   shared error itself and the error inside an `io::Error`, both of which
+//!   `source()` skips.
+//! - [`TransportFailure::classify`] recognises hyper-util's client errors only
+//!   with the `hyper-util` feature (off by default, to keep this crate light;
+//!   the retry layer and the facade turn it on).
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -29,14 +50,22 @@
 //! ```
 #![deny(missing_docs)]
 
+mod body;
 mod credential;
 mod extensions;
+mod failure;
 mod ratelimit;
+mod records;
 mod replay;
 mod retry_after;
+mod shared;
 
+pub use body::{read_body, ReadBodyError};
 pub use credential::{Credential, InvalidCredential};
 pub use extensions::{Deadline, NotBefore, Partition};
+pub use failure::TransportFailure;
 pub use ratelimit::{may_signal, upstream_pause};
+pub use records::{CacheStatus, PermitWait, QueueWait};
 pub use replay::{buffer_request, try_clone_request, BodyTooLarge, ReplayBody};
 pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER};
+pub use shared::{chain, Chain, SharedError};
