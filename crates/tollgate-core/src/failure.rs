@@ -30,7 +30,7 @@ use crate::{chain, ReadBodyError};
 /// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
 /// assert_eq!(TransportFailure::classify(&refused), Some(TransportFailure::Connect));
 /// // Shared by the callers of a coalesced request: read the same.
-/// let shared = SharedError::new(io::Error::from(io::ErrorKind::ConnectionReset));
+/// let shared = SharedError::new(io::Error::from(io::ErrorKind::ConnectionReset).into());
 /// let kind = TransportFailure::classify(&shared).unwrap();
 /// assert_eq!(kind, TransportFailure::ResetBeforeResponse);
 /// assert!(!kind.request_not_sent());
@@ -234,7 +234,7 @@ mod tests {
             TransportFailure::classify(&wrapped),
             Some(TransportFailure::Timeout)
         );
-        let shared = SharedError::new(wrapped);
+        let shared = SharedError::new(wrapped.into());
         assert_eq!(
             TransportFailure::classify(&shared),
             Some(TransportFailure::Timeout)

@@ -25,10 +25,11 @@
 //!   `Content-Length`) is over the limit before reading a byte, and any other
 //!   as soon as it passes the limit; a body of exactly the limit is read. The
 //!   body's own error is kept unchanged ([`ReadBodyError::Body`]).
-//! - A [`SharedError`] is transparent (its `Display`, `Debug` and `source` are
-//!   the shared error's own); walk chains with [`chain`], which yields the
-//!   shared error itself and the error inside an `io::Error`, both of which
-//!   `source()` skips.
+//! - A [`SharedError`] is transparent, like an `io::Error` that wraps another
+//!   (its `Display`, `Debug` and `source` are the shared error's own), so a
+//!   printed chain shows nothing twice; walk chains with [`chain`], which
+//!   yields the shared error itself and the error inside an `io::Error`, both
+//!   of which `source()` steps over.
 //! - [`TransportFailure::classify`] recognises hyper-util's client errors only
 //!   with the `hyper-util` feature (off by default, to keep this crate light;
 //!   the retry layer and the facade turn it on).

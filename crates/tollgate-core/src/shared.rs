@@ -11,9 +11,12 @@ use tower::BoxError;
 /// on one token refresh, the callers of one batched call, the requests
 /// coalesced onto one cache miss.
 ///
-/// It is transparent: its `Display` and `Debug` are the error's own, and
-/// its [`source`](StdError::source) is the error's own source, so a report
-/// that prints a chain prints nothing twice. The error itself is
+/// It is transparent, as an `io::Error` that wraps another is: its `Display`
+/// and `Debug` are the error's own, and its [`source`](StdError::source) is
+/// the error's own source, so a report that prints a chain prints nothing
+/// twice. A walk by `source()` alone therefore steps over the shared error
+/// itself (it sees its sources): walk with [`chain`], or ask the
+/// `SharedError` directly. The error itself is
 /// [`get`](SharedError::get) (or [`downcast_ref`](SharedError::downcast_ref));
 /// [`chain`] yields it, so code that walks a chain with [`chain`] finds it
 /// as if it were not shared.
@@ -22,7 +25,7 @@ use tower::BoxError;
 /// use std::io;
 /// use tollgate_core::SharedError;
 ///
-/// let shared = SharedError::new(io::Error::from(io::ErrorKind::ConnectionRefused));
+/// let shared = SharedError::new(io::Error::from(io::ErrorKind::ConnectionRefused).into());
 /// let other_caller = shared.clone();
 /// assert_eq!(other_caller.to_string(), shared.to_string());
 /// let io = other_caller.downcast_ref::<io::Error>().expect("the error itself");
@@ -35,10 +38,9 @@ use tower::BoxError;
 pub struct SharedError(Arc<dyn StdError + Send + Sync>);
 
 impl SharedError {
-    /// Shares `error`. A [`SharedError`] (boxed or not) is shared as it is,
-    /// never wrapped twice.
-    pub fn new(error: impl Into<BoxError>) -> Self {
-        let error: BoxError = error.into();
+    /// Shares `error`. A boxed [`SharedError`] is shared as it is, never
+    /// wrapped twice.
+    pub fn new(error: BoxError) -> Self {
         match error.downcast::<SharedError>() {
             Ok(shared) => *shared,
             Err(error) => SharedError(Arc::from(error)),
@@ -95,7 +97,7 @@ impl StdError for SharedError {
 /// }
 /// impl std::error::Error for Refused {}
 ///
-/// let err = SharedError::new(io::Error::other(Refused));
+/// let err = SharedError::new(io::Error::other(Refused).into());
 /// assert!(chain(&err).any(|e| e.is::<Refused>()));
 /// // `source()` alone never reaches it.
 /// assert!(std::error::Error::source(&err).is_none());
@@ -168,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_shared_error_shows_as_the_error_it_shares() {
-        let shared = SharedError::new(std::io::Error::other(Leaf));
+        let shared = SharedError::new(std::io::Error::other(Leaf).into());
         assert_eq!(shared.to_string(), "leaf");
         assert_eq!(
             format!("{shared:?}"),
@@ -179,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_chain_sees_through_shared_and_io_errors() {
-        let outer = Outer(SharedError::new(std::io::Error::other(Leaf)));
+        let outer = Outer(SharedError::new(std::io::Error::other(Leaf).into()));
         let names: Vec<String> = chain(&outer).map(ToString::to_string).collect();
         assert_eq!(names, ["outer", "leaf", "leaf", "leaf"]);
         assert!(chain(&outer).any(|e| e.is::<std::io::Error>()));
@@ -188,8 +190,8 @@ mod tests {
 
     #[test]
     fn sharing_twice_does_not_nest() {
-        let once = SharedError::new(Leaf);
-        let twice = SharedError::new(once.clone());
+        let once = SharedError::new(Box::new(Leaf));
+        let twice = SharedError::new(Box::new(once.clone()));
         assert!(twice.is::<Leaf>());
         let boxed = SharedError::new(Box::new(once) as BoxError);
         assert!(boxed.is::<Leaf>());
