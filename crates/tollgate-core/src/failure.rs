@@ -74,22 +74,23 @@ impl TransportFailure {
     ///
     /// [`SharedError`]: crate::SharedError
     pub fn classify(error: &(dyn StdError + 'static)) -> Option<TransportFailure> {
+        // A body read anywhere in the chain says when the failure came: a
+        // body over its limit is no transport failure, a read that failed
+        // came after the response head.
         let mut in_body = false;
-        let reset = |in_body| {
-            if in_body {
-                TransportFailure::ResetMidBody
-            } else {
-                TransportFailure::ResetBeforeResponse
+        for e in chain(error) {
+            match e.downcast_ref::<ReadBodyError>() {
+                Some(ReadBodyError::TooLarge(_)) => return None,
+                Some(ReadBodyError::Body(_)) => in_body = true,
+                None => {}
             }
+        }
+        let reset = if in_body {
+            TransportFailure::ResetMidBody
+        } else {
+            TransportFailure::ResetBeforeResponse
         };
         for e in chain(error) {
-            if let Some(read) = e.downcast_ref::<ReadBodyError>() {
-                match read {
-                    ReadBodyError::TooLarge(_) => return None,
-                    ReadBodyError::Body(_) => in_body = true,
-                }
-                continue;
-            }
             if e.is::<tokio::time::error::Elapsed>() || is_tower_elapsed(e) {
                 return Some(TransportFailure::Timeout);
             }
@@ -104,7 +105,7 @@ impl TransportFailure {
                     return Some(TransportFailure::Timeout);
                 }
                 if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
-                    return Some(reset(in_body));
+                    return Some(reset);
                 }
             }
             if let Some(io) = e.downcast_ref::<io::Error>() {
@@ -117,7 +118,7 @@ impl TransportFailure {
                     K::ConnectionReset
                     | K::ConnectionAborted
                     | K::BrokenPipe
-                    | K::UnexpectedEof => return Some(reset(in_body)),
+                    | K::UnexpectedEof => return Some(reset),
                     K::TimedOut => return Some(TransportFailure::Timeout),
                     _ => {}
                 }
@@ -252,6 +253,15 @@ mod tests {
         assert_eq!(
             TransportFailure::classify(&stalled),
             Some(TransportFailure::Timeout)
+        );
+        // Wherever the read error is in the chain.
+        let wrapped = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            ReadBodyError::Body(Box::new(io(io::ErrorKind::ConnectionReset))),
+        );
+        assert_eq!(
+            TransportFailure::classify(&wrapped),
+            Some(TransportFailure::ResetMidBody)
         );
         let large = ReadBodyError::TooLarge(crate::BodyTooLarge { limit: 1 });
         assert_eq!(TransportFailure::classify(&large), None);
