@@ -71,6 +71,6 @@ pub use layer::ConcurrencyLimitLayer;
 pub use service::ConcurrencyLimit;
 
 /// The time a call waited in the pool's queue, in the response's
-/// extensions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueWait(pub std::time::Duration);
+/// extensions: defined in `tollgate-core` (the records that cross crates
+/// live there), kept here at its old path.
+pub use tollgate_core::QueueWait;
