@@ -39,13 +39,13 @@
 //! use http::{HeaderMap, HeaderValue, StatusCode};
 //! use tollgate_core::{parse_retry_after, upstream_pause, Deadline};
 //!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let now = SystemTime::now();
 //! assert_eq!(parse_retry_after(&HeaderValue::from_static("30"), now), Some(Duration::from_secs(30)));
 //! let mut headers = HeaderMap::new();
 //! headers.insert("ratelimit", HeaderValue::from_static("\"day\";r=0;t=3600, \"minute\";r=50;t=30"));
 //! assert_eq!(upstream_pause(StatusCode::OK, &headers, now), Some(Duration::from_secs(3600)));
 //! // "No limit" is no deadline, never a panic.
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! assert!(Deadline::after(Duration::MAX).is_none());
 //! # }
 //! ```

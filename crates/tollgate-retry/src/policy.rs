@@ -14,7 +14,9 @@ pub enum RetryReason {
     Status(StatusCode),
     /// No connection could be made: the request was never sent.
     Connect,
-    /// The connection was reset or closed before a response arrived.
+    /// The connection was reset or closed before a response arrived, or
+    /// (in the facade, which reads each attempt's body below retry) while
+    /// its body was read.
     Reset,
     /// The attempt timed out: before its response headers arrived, or (in
     /// the facade, which reads each attempt's body below retry) while its
