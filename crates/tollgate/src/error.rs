@@ -26,7 +26,8 @@ pub enum ErrorKind {
     /// (CR, LF and other forbidden bytes), a missing or unsafe path
     /// parameter, or a body that could not be serialized.
     InvalidRequest,
-    /// No connection could be made (refused, DNS, TLS handshake).
+    /// No connection could be made (refused, unreachable, DNS, the connect
+    /// timeout, the TLS handshake): the request was never sent.
     Connect,
     /// The request or an attempt ran out of time.
     Timeout,
