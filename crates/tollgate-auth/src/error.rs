@@ -1,11 +1,6 @@
 //! Errors of requests that needed a token.
 
-use std::error::Error as StdError;
-use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
-
-use tower::BoxError;
 
 /// Why a request got no credential: its token could not be refreshed.
 ///
@@ -23,30 +18,6 @@ pub enum AuthError {
     RefreshTimedOut(Duration),
 }
 
-/// An error shared by the requests that waited on one refresh.
-#[derive(Clone)]
-pub struct SharedError(Arc<dyn StdError + Send + Sync>);
-
-impl SharedError {
-    pub(crate) fn new(error: BoxError) -> Self {
-        SharedError(Arc::from(error))
-    }
-}
-
-impl fmt::Debug for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
-    }
-}
-
-impl StdError for SharedError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source()
-    }
-}
+/// The error shared by the requests that waited on one refresh: one type
+/// for the whole workspace, kept here at its old path.
+pub use tollgate_core::SharedError;

@@ -7,12 +7,12 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde::Deserialize;
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::token::{Token, TokenFuture, TokenSource};
-use tollgate_core::{Credential, InvalidCredential};
+use tollgate_core::{read_body, Credential, InvalidCredential};
 
 /// The largest token response read (64 KiB).
 pub const MAX_TOKEN_RESPONSE: usize = 64 << 10;
@@ -205,11 +205,18 @@ where
     if !status.is_success() {
         return Err(Box::new(TokenEndpointError(format!("status {status}"))));
     }
-    let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE)
-        .collect()
+    // Over the limit, the answer is not a token; a read that failed keeps its
+    // own error (a reset, a timeout), so it is read as the transport failure
+    // it is.
+    let body = read_body(response.into_body(), MAX_TOKEN_RESPONSE)
         .await
-        .map_err(|_| TokenEndpointError("the answer could not be read, or is over 64 KiB".into()))?
-        .to_bytes();
+        .map_err(|e| -> BoxError {
+            if e.is_too_large() {
+                Box::new(TokenEndpointError("the answer is over 64 KiB".into()))
+            } else {
+                Box::new(e)
+            }
+        })?;
     let parsed: TokenResponse = serde_json::from_slice(&body)
         .map_err(|_| TokenEndpointError("the answer is not a token response".into()))?;
     if let Some(kind) = &parsed.token_type {
@@ -246,5 +253,84 @@ where
                 .map_err(Into::into)?;
             read_token(response).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http_body::{Frame, SizeHint};
+
+    use super::*;
+
+    /// A token answer that sends `prefix`, then fails with `error` (or
+    /// declares `declared` bytes).
+    struct Answer {
+        prefix: Option<Bytes>,
+        error: Option<std::io::ErrorKind>,
+        declared: Option<u64>,
+    }
+
+    impl Body for Answer {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if let Some(prefix) = self.prefix.take() {
+                return Poll::Ready(Some(Ok(Frame::data(prefix))));
+            }
+            Poll::Ready(self.error.take().map(|kind| Err(kind.into())))
+        }
+        fn size_hint(&self) -> SizeHint {
+            self.declared.map(SizeHint::with_exact).unwrap_or_default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_answer_cut_short_keeps_the_transport_error() {
+        let answer = Answer {
+            prefix: Some(Bytes::from_static(b"{\"access_token\":")),
+            error: Some(std::io::ErrorKind::ConnectionReset),
+            declared: None,
+        };
+        let err = read_token(Response::new(answer)).await.expect_err("cut");
+        let read = err
+            .downcast_ref::<tollgate_core::ReadBodyError>()
+            .expect("a read error");
+        let io = std::error::Error::source(read).and_then(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(
+            tollgate_core::TransportFailure::classify(&*err),
+            Some(tollgate_core::TransportFailure::ResetMidBody)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_answer_over_the_limit_is_refused_before_reading() {
+        let answer = Answer {
+            prefix: None,
+            error: None,
+            declared: Some(MAX_TOKEN_RESPONSE as u64 + 1),
+        };
+        let err = read_token(Response::new(answer))
+            .await
+            .expect_err("too large");
+        assert_eq!(
+            err.downcast_ref::<TokenEndpointError>(),
+            Some(&TokenEndpointError("the answer is over 64 KiB".into()))
+        );
+        let fits = Answer {
+            prefix: Some(Bytes::from_static(b"{\"access_token\":\"t0k3n\"}")),
+            error: None,
+            declared: None,
+        };
+        assert!(read_token(Response::new(fits)).await.is_ok());
     }
 }

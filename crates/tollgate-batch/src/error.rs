@@ -1,11 +1,7 @@
 //! What a caller of a batched call can get instead of its item.
 
-use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
-
-use tower::BoxError;
 
 /// Why a single-item call through [`Batch`](crate::Batch) got no item.
 #[derive(Clone, thiserror::Error)]
@@ -59,37 +55,6 @@ impl fmt::Debug for BatchError {
     }
 }
 
-/// The batched call's error, shared by every caller of the batch.
-#[derive(Clone)]
-pub struct SharedError(pub(crate) Arc<dyn StdError + Send + Sync>);
-
-impl SharedError {
-    pub(crate) fn new(error: BoxError) -> Self {
-        SharedError(Arc::from(error))
-    }
-
-    /// The batched call's error itself.
-    pub fn get(&self) -> &(dyn StdError + Send + Sync + 'static) {
-        &*self.0
-    }
-}
-
-impl fmt::Debug for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
-    }
-}
-
-impl StdError for SharedError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        // Transparent: this is the batched call's error; `get` gives it
-        // itself, to downcast.
-        self.0.source()
-    }
-}
+/// The batched call's error, shared by every caller of the batch: one type
+/// for the whole workspace, kept here at its old path.
+pub use tollgate_core::SharedError;

@@ -12,7 +12,6 @@
 //!   leader whose answer they cannot use.
 
 use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ pub(crate) enum Outcome {
     /// waiter whose `Vary` values match takes it too.
     Stale(Arc<Stored>),
     /// The upstream request failed.
-    Failed(Arc<dyn StdError + Send + Sync>),
+    Failed(tollgate_core::SharedError),
     /// A response the cache could not serve to anyone else (not storable,
     /// not fresh, `Vary: *`, too large): each waiter asks for itself.
     NotShared,

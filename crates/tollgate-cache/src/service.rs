@@ -392,7 +392,7 @@ where
                 Counters::bump(&store.counters.stale);
                 return Ok(respond(&stored, CacheStatus::Stale, now));
             }
-            Outcome::Failed(error) => return Err(Box::new(CoalescedError(error))),
+            Outcome::Failed(error) => return Err(Box::new(error)),
             Outcome::Shared(_) | Outcome::Stale(_) | Outcome::NotShared => {
                 // Not an answer the cache could give this request. The
                 // leader may have stored one for it, else it asks itself.
@@ -427,9 +427,9 @@ fn finish(leader: Option<Leader<'_>>, outcome: Outcome) {
 fn fail(leader: Option<Leader<'_>>, error: BoxError) -> BoxError {
     match leader {
         Some(leader) if leader.has_waiters() => {
-            let shared: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
+            let shared = CoalescedError::new(error);
             leader.finish(Outcome::Failed(shared.clone()));
-            Box::new(CoalescedError(shared))
+            Box::new(shared)
         }
         _ => error,
     }

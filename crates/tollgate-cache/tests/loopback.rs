@@ -128,13 +128,13 @@ async fn a_failed_burst_shares_the_error_and_caches_nothing() {
     for call in calls {
         let error = call.await.expect("task").expect_err("the upstream reset");
         assert!(error.is::<CoalescedError>(), "{error}");
-        let mut chain: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
-        let mut saw_hyper = false;
-        while let Some(e) = chain {
-            saw_hyper |= e.is::<hyper_util::client::legacy::Error>();
-            chain = e.source();
-        }
+        // The shared error is transparent: `tollgate_core::chain` (or
+        // `CoalescedError::get`) reaches the original error itself.
+        let saw_hyper =
+            tollgate_core::chain(&*error).any(|e| e.is::<hyper_util::client::legacy::Error>());
         assert!(saw_hyper, "the original error is in the chain: {error:?}");
+        let shared = error.downcast_ref::<CoalescedError>().expect("shared");
+        assert!(shared.is::<hyper_util::client::legacy::Error>());
     }
     assert_eq!(
         api.hits("/posts/3"),

@@ -14,7 +14,9 @@ pub enum RetryReason {
     Status(StatusCode),
     /// No connection could be made: the request was never sent.
     Connect,
-    /// The connection was reset or closed before a response arrived.
+    /// The connection was reset or closed before a response arrived, or
+    /// (in the facade, which reads each attempt's body below retry) while
+    /// its body was read.
     Reset,
     /// The attempt timed out: before its response headers arrived, or (in
     /// the facade, which reads each attempt's body below retry) while its
@@ -144,59 +146,28 @@ impl Classifier {
 }
 
 /// Sorts a transport error into connect, reset or timeout by walking its
-/// source chain; `None` for anything else (TLS certificate problems, invalid
-/// requests, protocol errors), which a retry would not fix.
+/// source chain; `None` for anything else (TLS failures, invalid requests,
+/// protocol errors, a body over its limit), which a retry would not fix.
+///
+/// It reads the error with [`tollgate_core::TransportFailure::classify`],
+/// the same reading the `tollgate` facade turns into its `ErrorKind`: a
+/// request that was never sent (no connection, a connect timeout) is
+/// [`RetryReason::Connect`] and is retried whatever its method; a reset
+/// before the response or during its body is [`RetryReason::Reset`], a
+/// timeout [`RetryReason::Timeout`], both retried for retryable methods only.
 pub fn error_kind(error: &(dyn StdError + 'static)) -> Option<RetryReason> {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
-            return Some(RetryReason::Timeout);
-        }
-        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if h.is_connect() {
-                // A TLS failure is a connect error too, but not a passing one.
-                return (!chain_has_invalid_data(e)).then_some(RetryReason::Connect);
-            }
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_timeout() {
-                return Some(RetryReason::Timeout);
-            }
-            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
-                return Some(RetryReason::Reset);
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            match io.kind() {
-                K::ConnectionRefused => return Some(RetryReason::Connect),
-                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
-                    return Some(RetryReason::Reset)
-                }
-                K::TimedOut => return Some(RetryReason::Timeout),
-                _ => {}
-            }
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner as &(dyn StdError + 'static));
-                continue;
-            }
-        }
-        cur = e.source();
+    use tollgate_core::TransportFailure as F;
+    let failure = F::classify(error)?;
+    if !failure.is_transient() {
+        return None;
     }
-    None
-}
-
-fn chain_has_invalid_data(error: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    Some(if failure.request_not_sent() {
+        RetryReason::Connect
+    } else if failure.is_timeout() {
+        RetryReason::Timeout
+    } else {
+        RetryReason::Reset
+    })
 }
 
 #[cfg(test)]
@@ -261,6 +232,22 @@ mod tests {
         );
         let other = io(std::io::ErrorKind::InvalidData);
         assert_eq!(c.classify_error(&Method::GET, &other), None);
+    }
+
+    #[test]
+    fn an_unreachable_host_is_a_request_never_sent() {
+        let c = Classifier::default();
+        for kind in [
+            std::io::ErrorKind::HostUnreachable,
+            std::io::ErrorKind::NetworkUnreachable,
+            std::io::ErrorKind::AddrNotAvailable,
+        ] {
+            assert_eq!(
+                c.classify_error(&Method::POST, &io(kind)),
+                Some(RetryReason::Connect),
+                "{kind:?}: nothing was sent"
+            );
+        }
     }
 
     #[test]

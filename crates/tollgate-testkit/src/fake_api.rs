@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -472,9 +472,9 @@ async fn answer(
 ) -> Result<(Option<FaultKind>, Reply), DropConnection> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
-    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let body = match tollgate_core::read_body(body, MAX_REQUEST_BODY).await {
+        Ok(b) => b,
+        Err(e) if e.is_too_large() => {
             return Ok((
                 None,
                 json_reply(
@@ -483,6 +483,8 @@ async fn answer(
                 ),
             ))
         }
+        // The client's upload failed: there is no request to answer.
+        Err(_) => return Err(DropConnection),
     };
 
     state.total.fetch_add(1, Ordering::Relaxed);

@@ -184,3 +184,21 @@ async fn trickle_body_sends_the_whole_body_slowly() {
     let pieces = u32::try_from(announced.div_ceil(8)).expect("small");
     assert!(started.elapsed() >= Duration::from_millis(100) * pieces);
 }
+
+#[tokio::test]
+async fn an_upload_cut_short_is_not_answered_as_too_large() {
+    let api = FakeApi::start().await.expect("start");
+    let mut s = TcpStream::connect(api.addr()).await.expect("connect");
+    let head = "POST /posts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"title\":";
+    s.write_all(head.as_bytes()).await.expect("write");
+    // 9 of the 100 bytes announced, then the client stops sending.
+    s.shutdown().await.expect("half-close");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        !text.contains("413"),
+        "a failed upload is not a body too large: {text}"
+    );
+    assert_eq!(api.hits("/posts"), 0, "nothing was recorded");
+}

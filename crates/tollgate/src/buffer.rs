@@ -14,10 +14,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tower::{BoxError, Service};
 
 use crate::transport::RequestBody;
@@ -32,44 +32,19 @@ pub(crate) enum ReadError {
 
 /// Reads a body into memory, refusing more than `max` bytes: at once when the
 /// declared size says so, otherwise as soon as the limit is passed. A body of
-/// one chunk is kept without copying.
+/// one chunk is kept without copying. (`tollgate_core::read_body`, the
+/// workspace's one bounded reader.)
 pub(crate) async fn collect<B>(body: B, max: usize) -> Result<Bytes, ReadError>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    if body.size_hint().lower() > max as u64 {
-        return Err(ReadError::TooLarge);
-    }
-    let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    let mut len = 0usize;
-    while let Some(frame) = body.as_mut().frame().await {
-        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        len = len.saturating_add(data.len());
-        if len > max {
-            return Err(ReadError::TooLarge);
-        }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut joined = BytesMut::with_capacity(len.max(head.len() * 2));
-                joined.extend_from_slice(head);
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
-            }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
-        }
-    }
-    Ok(match (first, rest) {
-        (_, Some(joined)) => joined.freeze(),
-        (Some(head), None) => head,
-        (None, None) => Bytes::new(),
-    })
+    tollgate_core::read_body(body, max)
+        .await
+        .map_err(|e| match e {
+            tollgate_core::ReadBodyError::TooLarge(_) => ReadError::TooLarge,
+            other => ReadError::Failed(other.into_box()),
+        })
 }
 
 /// A body larger than the client's limit, found inside an attempt. Not
@@ -170,9 +145,13 @@ where
                 Err(ReadError::TooLarge) => Err(BodyTooLarge { max }.into()),
                 // A timeout stays one: retried as a timeout, reported as one.
                 Err(ReadError::Failed(e)) if crate::error::has_timeout(&*e) => Err(e),
+                // The read error marks it as cut after the head.
                 Err(ReadError::Failed(e)) => Err(BodyFailed {
                     status: parts.status,
-                    source: io::Error::new(io::ErrorKind::UnexpectedEof, e),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        tollgate_core::ReadBodyError::Body(e),
+                    ),
                 }
                 .into()),
             }

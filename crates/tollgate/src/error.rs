@@ -26,7 +26,8 @@ pub enum ErrorKind {
     /// (CR, LF and other forbidden bytes), a missing or unsafe path
     /// parameter, or a body that could not be serialized.
     InvalidRequest,
-    /// No connection could be made (refused, DNS, TLS handshake).
+    /// No connection could be made (refused, unreachable, DNS, the connect
+    /// timeout, the TLS handshake): the request was never sent.
     Connect,
     /// The request or an attempt ran out of time.
     Timeout,
@@ -291,100 +292,66 @@ impl fmt::Display for TimedOut {
 
 impl StdError for TimedOut {}
 
-/// Sorts an error from the service stack into a kind by walking its source
-/// chain. Layers' own error types are recognised here as they are added.
+/// Sorts an error from the service stack into a kind by walking its chain
+/// (with `tollgate_core::chain`, which also enters a shared error and the
+/// error an `io::Error` wraps). Layers' own error types are recognised
+/// first; a transport failure is read by
+/// [`tollgate_core::TransportFailure`], the same reading the retry layer
+/// makes, and mapped by [`transport_kind`].
 pub(crate) fn classify(err: BoxError) -> Error {
-    let mut kind = ErrorKind::Transport;
+    let mut kind = None;
     #[allow(unused_mut, reason = "the limit feature sets it")]
     let mut retry_after = None;
     let mut status = None;
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(&*err);
-    while let Some(e) = cur {
+    for e in tollgate_core::chain(&*err) {
         // A body read inside an attempt (with retry on).
         if let Some(failed) = e.downcast_ref::<crate::buffer::BodyFailed>() {
-            kind = ErrorKind::Body;
+            kind = Some(ErrorKind::Body);
             status = Some(failed.status);
             break;
         }
-        if e.is::<crate::buffer::BodyTooLarge>() {
-            kind = ErrorKind::BodyTooLarge;
+        if e.is::<crate::buffer::BodyTooLarge>() || e.is::<tollgate_core::BodyTooLarge>() {
+            kind = Some(ErrorKind::BodyTooLarge);
             break;
         }
-        if e.is::<TimedOut>()
-            || e.is::<tower::timeout::error::Elapsed>()
-            || e.is::<tokio::time::error::Elapsed>()
-        {
-            kind = ErrorKind::Timeout;
+        if e.is::<TimedOut>() {
+            kind = Some(ErrorKind::Timeout);
             break;
         }
         #[cfg(feature = "limit")]
-        if e.is::<tollgate_limit::TooManyPending>() {
-            kind = ErrorKind::TooManyPending;
+        if e.is::<tollgate_limit::PoolQueueFull>() {
+            kind = Some(ErrorKind::TooManyPending);
             break;
         }
         #[cfg(feature = "limit")]
-        if e.is::<tollgate_limit::PendingTimeout>() {
-            kind = ErrorKind::PendingTimeout;
+        if e.is::<tollgate_limit::PoolQueueTimeout>() {
+            kind = Some(ErrorKind::PendingTimeout);
             break;
         }
         #[cfg(feature = "limit")]
         if let Some(limited) = e.downcast_ref::<tollgate_limit::RateLimited>() {
-            kind = ErrorKind::RateLimited;
+            kind = Some(ErrorKind::RateLimited);
             retry_after = Some(limited.retry_after);
             break;
         }
         #[cfg(feature = "limit")]
         if e.is::<tollgate_limit::WaitTooLong>() {
-            kind = ErrorKind::WaitTooLong;
+            kind = Some(ErrorKind::WaitTooLong);
             break;
         }
         #[cfg(feature = "limit")]
         if e.is::<tollgate_limit::QueueFull>() {
-            kind = ErrorKind::QueueFull;
+            kind = Some(ErrorKind::QueueFull);
             break;
         }
         #[cfg(feature = "auth")]
         if e.is::<tollgate_auth::AuthError>() {
-            kind = ErrorKind::Auth;
+            kind = Some(ErrorKind::Auth);
             break;
         }
-        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if h.is_connect() {
-                kind = ErrorKind::Connect;
-                break;
-            }
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_timeout() {
-                kind = ErrorKind::Timeout;
-                break;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                kind = ErrorKind::Timeout;
-                break;
-            }
-            // A transport of one's own (or a stub) reporting that nothing
-            // could be sent.
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-            ) {
-                kind = ErrorKind::Connect;
-                break;
-            }
-            // `io::Error::source` skips the error it wraps; look at it too.
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner as &(dyn StdError + 'static));
-                continue;
-            }
-        }
-        cur = e.source();
     }
+    let kind =
+        kind.unwrap_or_else(|| transport_kind(tollgate_core::TransportFailure::classify(&*err)));
     #[allow(unused_mut, reason = "the retry feature adds to it")]
     let mut message = innermost_message(&*err);
     #[cfg(feature = "retry")]
@@ -401,6 +368,20 @@ pub(crate) fn classify(err: BoxError) -> Error {
     error
 }
 
+/// The facade's kind for a transport failure: no connection (refused, DNS,
+/// a connect timeout, TLS) is `Connect`; a timeout after connecting is
+/// `Timeout`; a body cut after the head is `Body`; a connection lost before
+/// the response, or anything else, is `Transport`.
+pub(crate) fn transport_kind(failure: Option<tollgate_core::TransportFailure>) -> ErrorKind {
+    use tollgate_core::TransportFailure as F;
+    match failure {
+        Some(F::Connect | F::ConnectTimeout | F::Tls) => ErrorKind::Connect,
+        Some(F::Timeout) => ErrorKind::Timeout,
+        Some(F::ResetMidBody) => ErrorKind::Body,
+        _ => ErrorKind::Transport,
+    }
+}
+
 /// The error of a response body that failed while being read: a
 /// [`ErrorKind::Timeout`] when the read timeout (or another timeout) ended
 /// it, [`ErrorKind::Body`] otherwise.
@@ -413,30 +394,17 @@ pub(crate) fn body_error(err: BoxError) -> Error {
 }
 
 /// Whether a timeout is anywhere in an error chain (the chain an
-/// `io::Error` wraps included).
+/// `io::Error` or a shared error wraps included).
 pub(crate) fn has_timeout(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<TimedOut>()
+    tollgate_core::chain(err).any(|e| {
+        e.is::<TimedOut>()
             || e.is::<tower::timeout::error::Elapsed>()
             || e.is::<tokio::time::error::Elapsed>()
             || e.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_timeout)
-        {
-            return true;
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner as &(dyn StdError + 'static));
-                continue;
-            }
-        }
-        cur = e.source();
-    }
-    false
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }
 
 /// The first error of type `T` in a chain.

@@ -85,6 +85,6 @@ pub use crate::error::{PendingTimeout, TooManyPending};
 pub use crate::error::{PoolQueueFull, PoolQueueTimeout};
 
 /// The time a call waited in the pool's queue, in the response's
-/// extensions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueWait(pub std::time::Duration);
+/// extensions: defined in `tollgate-core` (the records that cross crates
+/// live there), kept here at its old path.
+pub use tollgate_core::QueueWait;

@@ -111,6 +111,6 @@ pub use store::{
 pub use tollgate_core::upstream_pause;
 
 /// The time a call waited for its rate-limit permit, in the response's
-/// extensions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PermitWait(pub std::time::Duration);
+/// extensions (defined in `tollgate-core`, where the records that cross
+/// crates live).
+pub use tollgate_core::PermitWait;
