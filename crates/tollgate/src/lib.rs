@@ -114,24 +114,28 @@
 #[cfg(feature = "batch")]
 mod batch;
 mod buffer;
+mod builder;
 mod client;
 mod endpoint;
 mod error;
 mod request;
 mod response;
+mod stack;
 mod transport;
 mod url;
 
 #[cfg(feature = "batch")]
 pub use batch::{BatchSpec, Batched};
+pub use builder::ClientBuilder;
 pub use client::{
-    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_READ_TIMEOUT,
-    DEFAULT_REQUEST_ID_HEADER, DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
+    Client, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_ID_HEADER,
+    DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};
 pub use request::RequestBuilder;
 pub use response::{ApiResponse, Summary};
+pub use stack::AttemptService;
 pub use tollgate_core::{Credential, InvalidCredential};
 pub use transport::{RequestBody, ResponseBody};
 
