@@ -117,8 +117,9 @@ pub(crate) struct Layers {
     pub(crate) concurrency: Option<ConcurrencyLimitLayer>,
 }
 
-/// The built stack: the service (3 to 11, boxed once), the cache's fast
-/// path, and what the layers want from the call above them.
+/// The built stack: the service (3 to 11, a boxed stage per layer that is
+/// on), the cache's fast path, and what the layers want from the call above
+/// them.
 pub(crate) struct Stack {
     service: Boxed,
     /// Layer 3, to answer a fresh hit before the service is entered.
@@ -147,29 +148,37 @@ impl Layers {
         let has_auth = self.auth.is_some();
         #[cfg(feature = "cache")]
         let fast_path = self.cache.clone();
-        // Top to bottom; a layer that is off leaves no stage. 1 trace span
-        // and 2 total timeout: `call`, around the result.
+        // Top to bottom, one line per position; a layer that is off leaves
+        // no stage. 1 (trace span) and 2 (total timeout) are `call`, around
+        // the result.
         let mut stages: Vec<Option<Stage>> = Vec::with_capacity(8);
-        stages.push(stage(self.cache)); // 3 cache
-                                        // 4 redirects: join here, above retry (each hop a new request through
-                                        //   everything below; credentials dropped on a change of origin).
+        // 3 cache
+        stages.push(stage(self.cache));
+        // 4 redirects: join here, above retry (each hop a new request through
+        //   everything below; credentials dropped on a change of origin).
+        // 5 retry, over the body buffer
         stages.push(stage(
             self.retry.map(|retry| RetryStage { retry, max_body }),
-        )); // 5 retry
-            // 6 circuit breaker: joins here, below retry (an open circuit is final
-            //   to it) and above the rate limiter (refusing spends no permit).
-        stages.push(stage(self.rate_limit)); // 7 rate limit
-        stages.push(stage(self.auth)); // 8 auth
-        stages.push(stage(
-            self.attempt_timeout.map(tower::timeout::TimeoutLayer::new),
-        )); // 9 attempt timeout
-        stages.extend(self.user.into_iter().map(user_stage)); // users' layers
-        stages.push(stage(self.concurrency)); // 10 concurrency pool
+        ));
+        // 6 circuit breaker: joins here, below retry (an open circuit is final
+        //   to it) and above the rate limiter (refusing spends no permit).
+        // 7 rate limit
+        stages.push(stage(self.rate_limit));
+        // 8 auth
+        stages.push(stage(self.auth));
+        // 9 attempt timeout
+        let attempt_timeout = self.attempt_timeout.map(tower::timeout::TimeoutLayer::new);
+        stages.push(stage(attempt_timeout));
+        // users' layers (`ClientBuilder::layer`), first added outermost
+        stages.extend(self.user.into_iter().map(user_stage));
+        // 10 concurrency pool
+        stages.push(stage(self.concurrency));
+        // 11 transport, at the bottom
         let service = stages
             .into_iter()
             .flatten()
             .rev()
-            .fold(boxed(transport), |inner, stage| stage(inner)); // 11 transport
+            .fold(boxed(transport), |inner, stage| stage(inner));
         Stack {
             service,
             #[cfg(feature = "cache")]
