@@ -3,17 +3,18 @@
 //! timeout, above the concurrency pool and the transport, so they see each
 //! attempt once, as it is sent.
 
+#[cfg(any(feature = "retry", feature = "limit"))]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use tollgate::{Client, RequestBody};
-use tollgate_testkit::{FakeApi, Fault};
+use tollgate_testkit::FakeApi;
 use tower::util::MapRequestLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
 
 /// A layer that counts the requests passing it.
+#[cfg(any(all(feature = "retry", feature = "cache"), feature = "limit"))]
 fn counting(
     calls: &Arc<AtomicUsize>,
 ) -> MapRequestLayer<impl Fn(Request<RequestBody>) -> Request<RequestBody> + Clone> {
@@ -77,8 +78,11 @@ async fn a_layer_that_changes_the_response_body_type_fits() {
 
 #[cfg(feature = "retry")]
 mod with_retry {
+    use std::time::Duration;
+
     use super::*;
     use tollgate_retry::{Backoff, Jitter, RetryLayer};
+    use tollgate_testkit::Fault;
 
     fn quick() -> RetryLayer {
         let backoff = Backoff::exponential(Duration::from_millis(50))
