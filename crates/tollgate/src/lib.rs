@@ -29,9 +29,10 @@
 //! # The stack
 //!
 //! A call passes down through the layers and its response comes back up,
-//! outermost first (as the repository's `docs/ARCHITECTURE.md` orders them); `ServiceBuilder`
-//! reads the same way, top to bottom. A layer the builder did not switch on
-//! is absent, not a no-op.
+//! outermost first, in the order of the repository's `docs/ARCHITECTURE.md`
+//! (the numbers are its positions; 4 and 6 are for layers still to come).
+//! The stack is built in one place, the crate's `stack.rs`. A layer the
+//! builder did not switch on is absent, not a no-op.
 //!
 //! ```text
 //!   send() ──► 1 trace span (`http.request`, OpenTelemetry field names)
@@ -42,21 +43,25 @@
 //!                                is answered before the stack is entered, by the
 //!                                layer's own rules); concurrent misses for one URL
 //!                                make one request
-//!              4 retry           ClientBuilder::retry (tollgate-retry): gets the
+//!             (4 redirects, not yet)
+//!              5 retry           ClientBuilder::retry (tollgate-retry): gets the
 //!                                call's deadline, starts no retry that would pass it;
 //!                                each attempt's body is read whole just below it, so
 //!                                a body cut after the headers is retried too
-//!              5 rate limit      ClientBuilder::rate_limit (tollgate-limit): every
+//!             (6 circuit breaker, not yet)
+//!              7 rate limit      ClientBuilder::rate_limit (tollgate-limit): every
 //!                                attempt takes a permit; upstream 429s pause it
-//!              6 auth            ClientBuilder::bearer_auth, token_source, auth, ...
+//!              8 auth            ClientBuilder::bearer_auth, token_source, auth, ...
 //!                                (tollgate-auth): each attempt gets a current
 //!                                credential, only for the base URL's origin; a 401
 //!                                refreshes the token once and replays once
-//!              7 attempt timeout ClientBuilder::attempt_timeout: bounds one attempt;
+//!              9 attempt timeout ClientBuilder::attempt_timeout: bounds one attempt;
 //!                                retry treats its expiry as a retryable timeout
-//!              8 concurrency     ClientBuilder::concurrency_limit (tollgate-limit):
+//!                your layers     ClientBuilder::layer (tower-http's TraceLayer,
+//!                                SetRequestHeaderLayer, ...): each attempt as sent
+//!             10 concurrency     ClientBuilder::concurrency_limit (tollgate-limit):
 //!                                FIFO queue, bounded in length and time
-//!              9 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
+//!             11 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
 //!                                HTTPS via rustls/ring; connect timeout over DNS, TCP
 //!                                and TLS; read timeout on every wait for data), or
 //!                                ClientBuilder::transport
@@ -114,24 +119,28 @@
 #[cfg(feature = "batch")]
 mod batch;
 mod buffer;
+mod builder;
 mod client;
 mod endpoint;
 mod error;
 mod request;
 mod response;
+mod stack;
 mod transport;
 mod url;
 
 #[cfg(feature = "batch")]
 pub use batch::{BatchSpec, Batched};
+pub use builder::ClientBuilder;
 pub use client::{
-    Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_READ_TIMEOUT,
-    DEFAULT_REQUEST_ID_HEADER, DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
+    Client, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_ID_HEADER,
+    DEFAULT_SENSITIVE_QUERY_PARAMS, DEFAULT_TIMEOUT,
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};
 pub use request::RequestBuilder;
 pub use response::{ApiResponse, Summary};
+pub use stack::AttemptService;
 pub use tollgate_core::{Credential, InvalidCredential};
 pub use transport::{RequestBody, ResponseBody};
 

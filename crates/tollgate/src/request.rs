@@ -9,14 +9,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::Full;
 use serde::Serialize;
 use tokio::time::Instant;
-use tower::ServiceExt;
-use tracing::Instrument;
 
 use std::sync::Arc;
 
 use crate::client::Client;
 use crate::endpoint::Endpoint;
-use crate::error::{classify, Error, ErrorKind, TimedOut};
+use crate::error::{Error, ErrorKind};
 use crate::response::{ApiResponse, Summary};
 use crate::url::{fill_template, RedactedUri};
 
@@ -363,29 +361,9 @@ impl RequestBuilder {
             Step::Send(prepared) => prepared,
             Step::Answered(response) => return Ok(*response),
         };
-        let exchange = Box::pin(async move {
-            let response = stack.oneshot(request).await.map_err(classify)?;
-            let (parts, body) = response.into_parts();
-            let bytes = read_body(body, max_body)
-                .await
-                .map_err(|e| e.with_status(parts.status))?;
-            Ok::<_, Error>((parts, bytes))
-        });
-        // A deadline too far away for an `Instant` (`Duration::MAX`) is no
-        // deadline.
-        let result = match deadline.and_then(|d| Some((d, started.checked_add(d)?))) {
-            Some((d, at)) => tokio::time::timeout_at(at, exchange)
-                .instrument(span.clone())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("no complete response within {d:?}"),
-                    )
-                    .with_source(TimedOut))
-                }),
-            None => exchange.instrument(span.clone()).await,
-        };
+        // Layers 1 and 2 (the span, the total deadline), then the stack.
+        let result =
+            crate::stack::call(stack, request, max_body, deadline, started, span.clone()).await;
         let elapsed = started.elapsed();
         match result {
             Ok((parts, bytes)) => {
@@ -449,9 +427,8 @@ impl RequestBuilder {
             .unwrap_or(inner.timeout);
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
         // Only retry and the rate limiter read it.
-        #[cfg(any(feature = "retry", feature = "limit"))]
         if let Some(at) = deadline
-            .filter(|_| inner.wants_deadline)
+            .filter(|_| inner.stack.wants_deadline)
             .and_then(|d| started.checked_add(d))
         {
             // Retry starts no attempt, and the rate limiter grants no permit,
@@ -503,7 +480,7 @@ impl RequestBuilder {
         if let Some(credential) = extras.credential {
             // The auth layer applies it, after its origin check; without
             // one, the request is for the base URL's origin by construction.
-            if inner.has_auth {
+            if inner.stack.has_auth {
                 request.extensions_mut().insert(credential);
             } else {
                 credential.apply(&mut request, true);
@@ -518,11 +495,10 @@ impl RequestBuilder {
             "http.response.status_code" = tracing::field::Empty,
             "error.type" = tracing::field::Empty,
         );
-        // A fresh response in the client's cache answers at once, without
-        // entering the stack: the same answer the cache layer would give, as
-        // the first layer below the deadline (see `CacheLayer::answer`).
+        // Layer 3's fast path: a fresh response in the client's cache
+        // answers at once, without entering the stack (see `stack.rs`).
         #[cfg(feature = "cache")]
-        if let Some(hit) = inner.cache.as_ref().and_then(|c| c.answer(&mut request)) {
+        if let Some(hit) = inner.stack.cache_fast_path(&mut request) {
             if hit.body().len() <= inner.max_body {
                 let elapsed = started.elapsed();
                 span.record("http.response.status_code", hit.status().as_u16());
@@ -545,7 +521,7 @@ impl RequestBuilder {
             request,
             method,
             uri,
-            stack: inner.stack.clone(),
+            stack: inner.stack.service(),
             deadline,
             max_body: inner.max_body,
             span,
@@ -572,7 +548,7 @@ struct Prepared {
     request: Request<Full<Bytes>>,
     method: Method,
     uri: http::Uri,
-    stack: crate::transport::Stack,
+    stack: crate::stack::Boxed,
     deadline: Option<Duration>,
     max_body: usize,
     span: tracing::Span,
@@ -592,24 +568,6 @@ fn new_request_id() -> HeaderValue {
         bits >>= 4;
     }
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
-}
-
-/// Reads a body into memory, at most `max` bytes (see
-/// [`collect`](crate::buffer::collect)).
-async fn read_body(body: crate::transport::ResponseBody, max: usize) -> Result<Bytes, Error> {
-    crate::buffer::collect(body, max)
-        .await
-        .map_err(|e| match e {
-            crate::buffer::ReadError::TooLarge => too_large(max),
-            crate::buffer::ReadError::Failed(e) => crate::error::body_error(e),
-        })
-}
-
-fn too_large(max: usize) -> Error {
-    Error::new(
-        ErrorKind::BodyTooLarge,
-        format!("the body exceeds the limit of {max} bytes"),
-    )
 }
 
 #[cfg(test)]

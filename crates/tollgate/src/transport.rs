@@ -1,5 +1,6 @@
-//! The bottom of the stack: a boxed tower service of `http::Request`, by
-//! default a hyper-util legacy client with connection pooling.
+//! The bottom of the stack (position 11 in `stack.rs`): by default a
+//! hyper-util legacy client with connection pooling, bounded connects and
+//! bounded reads.
 
 use std::fmt;
 use std::future::Future;
@@ -12,11 +13,10 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::Body as HttpBody;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
-use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service};
 
 use crate::error::{Error, ErrorKind};
@@ -27,103 +27,6 @@ pub type RequestBody = Full<Bytes>;
 
 /// The response body type the facade reads from its stack.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// The type-erased service the facade sends requests through.
-pub(crate) type Stack = BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, BoxError>;
-
-/// A service the stack can be built over: its bounds, stated once.
-pub(crate) trait Transport<B>:
-    Service<
-        Request<RequestBody>,
-        Response = Response<B>,
-        Error: Into<BoxError>,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S, B> Transport<B> for S where
-    S: Service<
-            Request<RequestBody>,
-            Response = Response<B>,
-            Error: Into<BoxError>,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
-
-/// A response body the facade can read: its bounds, stated once.
-pub(crate) trait TransportBody:
-    HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static
-{
-}
-
-impl<B> TransportBody for B where B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
-
-/// Erases a caller's service (and its body type) into a [`Stack`].
-pub(crate) fn boxed<S: Transport<B>, B: TransportBody>(service: S) -> Stack {
-    BoxCloneSyncService::new(Erase(service))
-}
-
-/// Boxes the response body and the error in one step: one future adapter on
-/// every call instead of tower's `map_response` and `map_err` chained.
-#[derive(Clone)]
-struct Erase<S>(S);
-
-impl<S, B> Service<Request<RequestBody>> for Erase<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<ResponseBody>;
-    type Error = BoxError;
-    type Future = EraseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
-        EraseFuture {
-            inner: self.0.call(req),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct EraseFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, B, E> Future for EraseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<Response<ResponseBody>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.poll(cx) {
-            Poll::Ready(Ok(res)) => {
-                Poll::Ready(Ok(res.map(|b| b.map_err(Into::into).boxed_unsync())))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
 
 /// Settings of the default transport.
 #[derive(Clone, Debug)]
