@@ -16,7 +16,7 @@ fn get() -> Request<()> {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "LIMITATION: a limiter above a pool holds its bound where the permit is taken; queueing below it moves calls closer at the upstream. Put the pool above the limiter (the facade does; the crate docs say so): the next test"]
+#[ignore = "LIMITATION: a limiter above a busy pool holds its bound where the permit is taken; queueing below it moves calls closer at the upstream (documented in the rate module; the facade keeps this order so that a waiter holds no pool slot)"]
 async fn a_rate_limit_above_a_busy_pool_holds_at_the_upstream() {
     // The facade's order: the rate limit (5) above the pool (8). The first
     // call takes 1.9 s; the others are instant.

@@ -91,9 +91,13 @@
 //!   store's answer does not count against `max_queue`.
 //! - **Order with a pool**: the bound holds where permits are taken. Below
 //!   the limiter, anything that queues (a concurrency pool at its limit)
-//!   delays some calls after their permit and so moves calls closer
-//!   together at the upstream. Put a pool *above* the limiter, as the
-//!   facade does, so that a permit is taken just before the call leaves.
+//!   delays some calls after their permit, and so can move two calls closer
+//!   together at the upstream, by up to that queue's wait. A pool placed
+//!   above the limiter avoids that, at a price: callers waiting for a permit
+//!   then hold pool slots (a paused key can take every slot from the
+//!   others). The facade keeps the pool below the limiter, so that a caller
+//!   waiting for a permit holds no slot; a pool large enough that it rarely
+//!   queues keeps the upstream's view of the quota exact.
 
 mod future;
 mod layer;
