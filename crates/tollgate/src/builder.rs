@@ -526,7 +526,7 @@ impl ClientBuilder {
     /// use tollgate_limit::ConcurrencyLimitLayer;
     ///
     /// let client = tollgate::Client::builder("https://api.example.com")
-    ///     .concurrency_limit(ConcurrencyLimitLayer::new(16).max_pending(256).pending_timeout(Duration::from_secs(2)))
+    ///     .concurrency_limit(ConcurrencyLimitLayer::new(16).max_queue(256).queue_timeout(Duration::from_secs(2)))
     ///     .build()?;
     /// # Ok::<(), tollgate::Error>(())
     /// ```
