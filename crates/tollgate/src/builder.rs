@@ -409,20 +409,25 @@ impl ClientBuilder {
     /// `SetRequestHeaderLayer` or `TraceLayer`, without replacing the
     /// transport.
     ///
-    /// **Where it sits**: one position, below retry, the rate limiter, auth
-    /// and the attempt timeout, above the concurrency pool and the
-    /// transport. So it sees each request as it goes out: once per attempt
-    /// (with retry on, a header it sets is on every attempt, and a span it
-    /// opens is per attempt), plus once more for the replay the auth layer
-    /// makes after a 401. A cache hit never reaches it, nor a call the rate
-    /// limiter refuses. It sees the credential of the auth layer (marked
-    /// sensitive, so `Debug` of the headers hides it), its time counts
-    /// against the attempt timeout, and it does not hold a pool slot while
-    /// it works; the pool below it may still queue the request or refuse it
-    /// (the error comes back up through the layer). An OAuth2 token request
+    /// **Where it sits**: one position, below retry and the rate limiter,
+    /// above auth, the attempt timeout, the concurrency pool and the
+    /// transport. So it sees each attempt: once per attempt (with retry on,
+    /// a header it sets is on every attempt, and a span it opens is per
+    /// attempt). A cache hit never reaches it, nor a call the rate limiter
+    /// refuses. It never sees the auth layer's credential: auth puts it on
+    /// below, after the layer, and checks the request's origin then, so a
+    /// layer that points a request elsewhere never carries the credential
+    /// there, and a layer that logs URIs (tower-http's `TraceLayer`) never
+    /// logs an API key auth puts in the query. (A per-request credential
+    /// without the auth layer is on the request already, marked sensitive.)
+    /// Its time counts against the call's total timeout, not the attempt
+    /// timeout, and it holds no pool slot while it works; the pool below may
+    /// still queue the request or refuse it (the error comes back up through
+    /// the layer). An OAuth2 token request
     /// ([`oauth2_client_credentials`](Self::oauth2_client_credentials)) does
-    /// not pass it. One position rather than several keeps a layer's view
-    /// simple to state: per attempt, as sent.
+    /// not pass it, nor does auth's replay after a 401. One position rather
+    /// than several keeps a layer's view simple to state: per attempt,
+    /// before the credential.
     ///
     /// The layer wraps an [`AttemptService`]: requests carry a
     /// [`RequestBody`] (a complete buffer), and the layer may answer with

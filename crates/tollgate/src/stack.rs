@@ -12,10 +12,10 @@
 //!                      just below it (`buffer::Buffer`)
 //!  6 (circuit breaker) a slot: joins with its own issue
 //!  7 rate limit        `Layers::rate_limit`
+//!  - users' layers     `Layers::user` (`ClientBuilder::layer`): each
+//!                      attempt, before a credential is put on it
 //!  8 auth              `Layers::auth`
 //!  9 attempt timeout   `Layers::attempt_timeout`
-//!  - users' layers     `Layers::user` (`ClientBuilder::layer`): what a call
-//!                      hands the transport, one pass per exchange
 //! 10 concurrency pool  `Layers::concurrency`
 //! 11 transport         hyper-util (`transport.rs`) or `ClientBuilder::transport`
 //! ```
@@ -164,13 +164,15 @@ impl Layers {
         //   to it) and above the rate limiter (refusing spends no permit).
         // 7 rate limit
         stages.push(stage(self.rate_limit));
+        // users' layers (`ClientBuilder::layer`), first added outermost:
+        //   above auth, so that a layer never sees a credential, and auth's
+        //   origin check sees whatever URI a layer leaves.
+        stages.extend(self.user.into_iter().map(user_stage));
         // 8 auth
         stages.push(stage(self.auth));
         // 9 attempt timeout
         let attempt_timeout = self.attempt_timeout.map(tower::timeout::TimeoutLayer::new);
         stages.push(stage(attempt_timeout));
-        // users' layers (`ClientBuilder::layer`), first added outermost
-        stages.extend(self.user.into_iter().map(user_stage));
         // 10 concurrency pool
         stages.push(stage(self.concurrency));
         // 11 transport, at the bottom
