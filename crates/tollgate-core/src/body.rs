@@ -10,6 +10,21 @@ use tower::BoxError;
 
 use crate::BodyTooLarge;
 
+/// Returns `Pending` once (after asking to be polled again), then `Ready`.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
 /// Reads a whole body into memory, refusing one over `max_bytes`.
 ///
 /// A body whose declared size is over the limit (its
@@ -52,7 +67,17 @@ where
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut len: usize = 0;
-    while let Some(frame) = body.frame().await {
+    let mut frames = 0usize;
+    loop {
+        frames += 1;
+        if frames.is_multiple_of(crate::replay::FRAMES_PER_POLL) {
+            // A body that is always ready (endless empty frames) must not
+            // hold the thread: yield, so a timeout around the read can fire.
+            yield_once().await;
+        }
+        let Some(frame) = body.frame().await else {
+            break;
+        };
         let frame = frame.map_err(|e| ReadBodyError::Body(e.into()))?;
         let Ok(mut data) = frame.into_data() else {
             continue; // trailers

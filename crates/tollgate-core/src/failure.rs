@@ -98,7 +98,7 @@ impl TransportFailure {
             if e.downcast_ref::<hyper_util::client::legacy::Error>()
                 .is_some_and(hyper_util::client::legacy::Error::is_connect)
             {
-                return Some(connect_failure(e));
+                return Some(if in_body { reset } else { connect_failure(e) });
             }
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
                 if h.is_timeout() {
@@ -114,7 +114,14 @@ impl TransportFailure {
                     K::ConnectionRefused
                     | K::AddrNotAvailable
                     | K::HostUnreachable
-                    | K::NetworkUnreachable => return Some(TransportFailure::Connect),
+                    | K::NetworkUnreachable => {
+                        // Never "never sent" once a response was being read.
+                        return Some(if in_body {
+                            reset
+                        } else {
+                            TransportFailure::Connect
+                        });
+                    }
                     K::ConnectionReset
                     | K::ConnectionAborted
                     | K::BrokenPipe

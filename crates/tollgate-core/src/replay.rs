@@ -262,6 +262,9 @@ impl ReplayableBody {
                     data: BytesMut::new(),
                     first: None,
                     trailers: None,
+                    // The declared size bounds the data: a body that sends
+                    // more than it said is refused.
+                    declared: usize::try_from(n).unwrap_or(limit),
                     limit,
                 },
             },
@@ -435,9 +438,25 @@ enum BufferState {
         first: Option<Bytes>,
         data: BytesMut,
         trailers: Option<Box<HeaderMap>>,
+        /// The body's declared exact size.
+        declared: usize,
+        /// Data and trailers together stay within this.
         limit: usize,
     },
 }
+
+/// The bytes a trailer map holds (names and values).
+fn trailer_bytes(trailers: &HeaderMap) -> usize {
+    trailers
+        .iter()
+        .map(|(k, v)| k.as_str().len().saturating_add(v.len()))
+        .fold(0, usize::saturating_add)
+}
+
+/// Frames read in one poll before yielding: a body that is always ready
+/// (endless empty frames) must not hold the thread, or a timeout around it
+/// could never fire.
+pub(crate) const FRAMES_PER_POLL: usize = 64;
 
 impl fmt::Debug for BufferBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -453,6 +472,7 @@ impl Future for BufferBody {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let mut frames = 0;
         loop {
             match &mut this.state {
                 BufferState::Done(result) => {
@@ -467,13 +487,23 @@ impl Future for BufferBody {
                     first,
                     data,
                     trailers,
+                    declared,
                     limit,
                 } => {
+                    frames += 1;
+                    if frames > FRAMES_PER_POLL {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    let kept = trailers.as_deref().map_or(0, trailer_bytes);
                     let result = match std::task::ready!(Pin::new(&mut *body).poll_frame(cx)) {
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(chunk) => {
                                 let len = first.as_ref().map_or(0, Bytes::len) + data.len();
-                                if len.saturating_add(chunk.len()) > *limit {
+                                let len = len.saturating_add(chunk.len());
+                                if len > *declared {
+                                    Some(Err(BodyTooLarge { limit: *declared }.into()))
+                                } else if len.saturating_add(kept) > *limit {
                                     Some(Err(BodyTooLarge { limit: *limit }.into()))
                                 } else {
                                     match first.take() {
@@ -487,12 +517,20 @@ impl Future for BufferBody {
                                     None
                                 }
                             }
-                            Err(frame) => {
-                                if let Ok(t) = frame.into_trailers() {
-                                    trailers.get_or_insert_with(Default::default).extend(t);
+                            Err(frame) => match frame.into_trailers() {
+                                Ok(t) => {
+                                    let len = first.as_ref().map_or(0, Bytes::len) + data.len();
+                                    let total =
+                                        len.saturating_add(kept).saturating_add(trailer_bytes(&t));
+                                    if total > *limit {
+                                        Some(Err(BodyTooLarge { limit: *limit }.into()))
+                                    } else {
+                                        trailers.get_or_insert_with(Default::default).extend(t);
+                                        None
+                                    }
                                 }
-                                None
-                            }
+                                Err(_) => None,
+                            },
                         },
                         Some(Err(e)) => Some(Err(e)),
                         None => {
@@ -694,9 +732,10 @@ mod tests {
         let err = ReplayableBody::buffer(slow(&["ab", "cd"], Some(2)), 3)
             .await
             .expect_err("lied");
+        // Refused at its declared size, before the replay limit.
         assert_eq!(
             err.downcast_ref::<BodyTooLarge>(),
-            Some(&BodyTooLarge { limit: 3 })
+            Some(&BodyTooLarge { limit: 2 })
         );
     }
 
@@ -727,8 +766,9 @@ mod tests {
                 trailers,
             ))))
             .boxed_unsync();
-        // Declares 4 bytes; its trailers come after.
-        let body = ReplayableBody::buffer(body, 4).await.expect("read");
+        // Declares 4 bytes; its trailers come after (and count against the
+        // replay limit with the data: 4 + 11 bytes here).
+        let body = ReplayableBody::buffer(body, 64).await.expect("read");
         for _ in 0..2 {
             let copy = body.try_clone().expect("replayable");
             let collected = copy.collect().await.expect("read");

@@ -14,7 +14,7 @@ use tollgate_core::{ReadBodyError, SharedError, TransportFailure};
 /// inner `ConnectionRefused` decide: `Connect`, "never sent", retryable
 /// for any method.
 #[test]
-#[ignore = "BROKEN: a body-read failure wrapping ConnectionRefused is read as Connect (never sent) though the response head arrived"]
+
 fn a_failure_reading_the_response_body_is_never_read_as_never_sent() {
     for kind in [
         io::ErrorKind::ConnectionRefused,

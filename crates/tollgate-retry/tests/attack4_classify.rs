@@ -70,7 +70,7 @@ async fn a_refused_post_is_retried_a_reset_one_is_not() {
 /// (it streamed from elsewhere). Retry reads it as never sent and sends
 /// the order again.
 #[tokio::test]
-#[ignore = "BROKEN: a POST whose response body read failed with a connect-kind io error is retried as never sent"]
+
 async fn a_post_whose_response_body_failed_is_never_resent() {
     let n = sends(|| {
         Box::new(ReadBodyError::Body(Box::new(std::io::Error::from(

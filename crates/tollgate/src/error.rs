@@ -410,8 +410,10 @@ pub(crate) fn has_timeout(err: &(dyn StdError + 'static)) -> bool {
 /// The first error of type `T` in a chain.
 #[cfg(feature = "retry")]
 fn find<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    // Bounded, as `tollgate_core::chain` is: a cyclic chain must end.
     let mut cur = Some(err);
-    while let Some(e) = cur {
+    for _ in 0..MAX_CHAIN {
+        let e = cur?;
         if let Some(found) = e.downcast_ref::<T>() {
             return Some(found);
         }
@@ -420,12 +422,19 @@ fn find<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<
     None
 }
 
+/// The most links of an error chain the facade walks (a cyclic chain, a
+/// user's error type's bug, must not hang a call).
+const MAX_CHAIN: usize = 64;
+
 /// The most specific message in an error chain ("connection refused" rather
 /// than "client error (Connect)").
 fn innermost_message(err: &(dyn StdError + 'static)) -> String {
     let mut last = err;
-    while let Some(next) = last.source() {
-        last = next;
+    for _ in 0..MAX_CHAIN {
+        match last.source() {
+            Some(next) => last = next,
+            None => break,
+        }
     }
     last.to_string()
 }

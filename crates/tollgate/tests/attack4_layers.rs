@@ -85,7 +85,6 @@ impl Service<Request<RequestBody>> for NeverReady {
     }
 }
 
-
 /// With the default total timeout, the same layer ends in a timeout: one
 /// outcome.
 #[tokio::test(start_paused = true)]
