@@ -12,7 +12,7 @@ use tower::{BoxError, Service};
 use super::future::ResponseFuture;
 use super::layer::{KeyInput, RateLimitLayer, Shared};
 use super::queue::Queues;
-use super::store::{StoreFuture, UnixNanos};
+use super::store::{StoreError, StoreFuture, UnixNanos};
 use crate::error::{QueueFull, RateLimited, WaitTooLong};
 use tokio::time::Instant;
 
@@ -156,6 +156,22 @@ impl Shared {
         }
     }
 
+    /// What a store's answer known at arrival decides: a permit, a refusal,
+    /// or (`None`) a wait in the lane.
+    fn decided(
+        &self,
+        answer: Result<Result<(), UnixNanos>, StoreError>,
+        now: u64,
+        latest: u64,
+    ) -> Option<Admit> {
+        match answer {
+            Ok(Ok(())) => Some(Admit::Now),
+            Ok(Err(at)) if at > latest => Some(Admit::Refused(self.refusal(now, at, latest))),
+            Ok(Err(_)) => None,
+            Err(e) => Some(Admit::Refused(Box::new(e))),
+        }
+    }
+
     /// A permit now, a place in the lane, or a refusal.
     pub(crate) fn admit(&self, key: &str, now: u64, latest: u64) -> Admit {
         if latest < now {
@@ -172,12 +188,11 @@ impl Shared {
                 self.queues.hash(key)
             };
             match self.ask(hash, key, now).now_or_later() {
-                Ok(Ok(Ok(()))) => return Admit::Now,
-                Ok(Ok(Err(at))) if at > latest => {
-                    return Admit::Refused(self.refusal(now, at, latest))
+                Ok(answer) => {
+                    if let Some(decided) = self.decided(answer, now, latest) {
+                        return decided;
+                    }
                 }
-                Ok(Ok(Err(_))) => {}
-                Ok(Err(e)) => return Admit::Refused(Box::new(e)),
                 Err(later) if self.reject => {
                     // Reject mode waits for the store's answer only, out of
                     // any lane: concurrent callers ask concurrently.
@@ -200,12 +215,11 @@ impl Shared {
         let ahead = Queues::len(&lanes, hash);
         if ahead == 0 && asking.is_none() {
             match self.ask(hash, key, now).now_or_later() {
-                Ok(Ok(Ok(()))) => return Admit::Now,
-                Ok(Ok(Err(at))) if at > latest => {
-                    return Admit::Refused(self.refusal(now, at, latest))
+                Ok(answer) => {
+                    if let Some(decided) = self.decided(answer, now, latest) {
+                        return decided;
+                    }
                 }
-                Ok(Ok(Err(_))) => {}
-                Ok(Err(e)) => return Admit::Refused(Box::new(e)),
                 // The head of the lane, waiting for the store's answer.
                 Err(later) => asking = Some((later, Instant::now())),
             }
