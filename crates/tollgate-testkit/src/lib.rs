@@ -41,12 +41,14 @@ mod fake_api;
 mod fault;
 mod logs;
 mod proxy;
+mod redis;
 mod stub;
 
 pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
 pub use fault::Fault;
 pub use logs::CapturedLogs;
 pub use proxy::{FaultMix, FaultProxy, ProxyFault, ProxyStats};
+pub use redis::{RedisServer, HOW_TO_GET_REDIS};
 pub use stub::{Params, Reply, StubTransport};
 
 /// The README's example, compiled and run as a doc test so it stays true.

@@ -1,0 +1,2 @@
+//! Redis backends for Tollgate (work in progress).
+#![deny(missing_docs)]
