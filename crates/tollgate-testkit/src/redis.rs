@@ -161,7 +161,10 @@ impl RedisServer {
                 let _ = child.wait();
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("redis-server on port {} did not accept within 10 s", self.port),
+                    format!(
+                        "redis-server on port {} did not accept within 10 s",
+                        self.port
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(5));

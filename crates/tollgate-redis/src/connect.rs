@@ -1,0 +1,89 @@
+//! One way to reach Redis for every backend of this crate: the `redis`
+//! crate's multiplexed, reconnecting [`ConnectionManager`], no pool.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// A Redis URL that cannot be used: malformed, or a scheme this build does
+/// not speak. It never repeats the URL (it may hold a password).
+#[derive(Debug)]
+pub struct InvalidRedisUrl {
+    reason: String,
+}
+
+impl fmt::Display for InvalidRedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid Redis URL: {}", self.reason)
+    }
+}
+
+impl std::error::Error for InvalidRedisUrl {}
+
+/// The URL with any password replaced, for logs and `Debug`.
+pub(crate) fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_userinfo, host)) => format!("{scheme}://***@{host}"),
+            None => format!("{scheme}://{rest}"),
+        },
+        None => "<not a URL>".to_owned(),
+    }
+}
+
+/// A lazily connecting manager for `url` (`redis://`, `rediss://` over
+/// rustls with the webpki roots, `redis+unix://`): it connects on first
+/// use and again after a failure, each attempt bounded by `timeout`, each
+/// answer too. Never blocks and never fails because Redis is down: only a
+/// URL that cannot be used is an error.
+pub(crate) fn manager(url: &str, timeout: Duration) -> Result<ConnectionManager, InvalidRedisUrl> {
+    if url.starts_with("rediss://") {
+        // rustls needs one process-wide crypto provider; the workspace's is
+        // ring. Installing fails harmlessly when the process chose one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let client = redis::Client::open(url).map_err(|e| InvalidRedisUrl {
+        // redis-rs's message names the part that is wrong, not the URL.
+        reason: e.to_string(),
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        // Reconnect attempts are the manager's; callers never wait on them
+        // longer than their own timeout.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(200));
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| InvalidRedisUrl {
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_never_reaches_a_log_line() {
+        assert_eq!(
+            redacted("redis://user:hunter2@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redacted("rediss://h:6380"), "rediss://h:6380");
+        assert_eq!(redacted("hunter2"), "<not a URL>");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_a_typed_error_without_the_url() {
+        let err =
+            manager("redis://:hunter2@[::1", Duration::from_millis(50)).expect_err("malformed");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(manager("http://127.0.0.1:1", Duration::from_millis(50)).is_err());
+    }
+
+    #[tokio::test]
+    async fn redis_being_down_is_not_an_error_at_build() {
+        assert!(manager("redis://127.0.0.1:1", Duration::from_millis(50)).is_ok());
+    }
+}
