@@ -57,6 +57,14 @@ impl Gcra {
         self.interval
     }
 
+    /// How far ahead of now the TAT may run while a permit still conforms
+    /// (the burst less one, in intervals), in nanoseconds. With
+    /// [`interval`](Self::interval) it is all a shared store needs to make
+    /// the same decisions elsewhere.
+    pub fn tolerance(&self) -> u64 {
+        self.tolerance
+    }
+
     /// Decides one permit at `now`, given the stored TAT (0 for a fresh
     /// limiter). Never panics. A permit whose new TAT would pass the end of
     /// `u64` is refused (`until` then `u64::MAX`): saturating it would

@@ -7,5 +7,11 @@ mod connect;
 pub use connect::InvalidRedisUrl;
 
 // --- rate limit (the lead's) ---
+mod rate;
+pub use rate::{
+    BuildError, Clock, Degraded, Mode, RedisDecision, RedisLimitStats, RedisRateLimitBuilder,
+    RedisRateLimitStore, RedisUnavailable, DEFAULT_DENY_CACHE_KEYS, DEFAULT_TIMEOUT,
+    FORMAT_VERSION, MAX_WINDOW_COUNT, PROBE_INTERVAL,
+};
 
 // --- cache tier (the cache helper's) ---

@@ -5,7 +5,11 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+// A real process starts in real time: paused tokio time cannot wait for it,
+// so the start-up wait is on the wall clock (bounded, 10 s).
+#[allow(clippy::disallowed_types)]
+use std::time::Instant;
+use std::time::Duration;
 
 /// How a missing `redis-server` is explained: tests that need one fail with
 /// this, never skip.
@@ -115,6 +119,7 @@ impl RedisServer {
         self.spawn()
     }
 
+    #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
     fn spawn(&mut self) -> io::Result<()> {
         let mut child = Command::new(&self.binary)
             .args([

@@ -1,0 +1,221 @@
+-- Tollgate's shared rate limit: one decision per call, atomic in Redis.
+-- Format 1. The Rust side (rate.rs) and this file change together.
+--
+-- Times are nanoseconds on the UNIX time base, held as two Lua numbers
+-- (seconds, nanoseconds): Lua's numbers are doubles, exact only to 2^53,
+-- and the decisions must be exact to the nanosecond up to the end of u64.
+-- Sums saturate at the end of u64, and a permit whose next state would
+-- pass it is refused, as in process.
+--
+-- ARGV[1]  op: "check" or "pause"
+-- ARGV[2]  clock: "redis" (TIME) or "caller" (ARGV[3], ARGV[4])
+-- ARGV[3], ARGV[4]  the caller's now (seconds, nanoseconds)
+-- ARGV[5], ARGV[6]  pause: until - now (seconds, nanoseconds)
+-- ARGV[7]  the number of quotas, then six values per quota:
+--   "g", interval s, interval ns, tolerance s, tolerance ns, 0
+--   "w", period s, period ns, step s, step ns, count
+-- KEYS: two per quota, in order: its state, and (window) its grants.
+--
+-- A GCRA state is the string "1:<tat s>:<tat ns>". A window's state is a
+-- hash {v = 1, pu = paused until, re = ramp end, rn = ramp next} and its
+-- grants a list of "<s>:<ns>", oldest first, at most `count` long.
+--
+-- Returns {0, now s, now ns} for a permit taken (check) or a pause
+-- written, {1, at s, at ns, now s, now ns} for "no permit before at".
+
+local B = 1000000000
+local MAXS, MAXN = 18446744073, 709551615
+local VERSION = '1'
+
+local function lt(as, an, bs, bn)
+  return as < bs or (as == bs and an < bn)
+end
+
+local function max(as, an, bs, bn)
+  if lt(as, an, bs, bn) then return bs, bn end
+  return as, an
+end
+
+-- a + b, saturating; the third value says it saturated.
+local function add(as, an, bs, bn)
+  local s, n = as + bs, an + bn
+  if n >= B then s, n = s + 1, n - B end
+  if lt(MAXS, MAXN, s, n) then return MAXS, MAXN, true end
+  return s, n, false
+end
+
+-- a - b, 0 when b is later.
+local function sub(as, an, bs, bn)
+  if lt(as, an, bs, bn) then return 0, 0 end
+  local s, n = as - bs, an - bn
+  if n < 0 then s, n = s - 1, n + B end
+  return s, n
+end
+
+local function enc(s, n)
+  return string.format('%d:%d', s, n)
+end
+
+local function dec(v)
+  local s, n = string.match(v, '^(%d+):(%d+)$')
+  if not s then return nil end
+  return tonumber(s), tonumber(n)
+end
+
+local function bad_format(key)
+  return redis.error_reply('TOLLGATE_FORMAT state of another format at ' .. key)
+end
+
+-- The key expires once its state no longer constrains anything: `idle`
+-- on the decision's clock. One extra second covers the clock's steps.
+local function expire_at(key, idle_s, idle_n, now_s, now_n)
+  local ds, dn = sub(idle_s, idle_n, now_s, now_n)
+  local ms = ds * 1000 + math.ceil(dn / 1000000) + 1000
+  -- About 285 years: beyond it, keep the state without an expiry.
+  if ms > 9000000000000 then
+    redis.call('PERSIST', key)
+  else
+    redis.call('PEXPIRE', key, string.format('%d', ms))
+  end
+end
+
+local now_s, now_n
+if ARGV[2] == 'redis' then
+  local t = redis.call('TIME')
+  now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
+else
+  now_s, now_n = tonumber(ARGV[3]), tonumber(ARGV[4])
+end
+
+local quotas = tonumber(ARGV[7])
+local q = {}
+for i = 1, quotas do
+  local a = 7 + (i - 1) * 6
+  q[i] = {
+    kind = ARGV[a + 1],
+    as = tonumber(ARGV[a + 2]), an = tonumber(ARGV[a + 3]),
+    bs = tonumber(ARGV[a + 4]), bn = tonumber(ARGV[a + 5]),
+    count = tonumber(ARGV[a + 6]),
+    state = KEYS[2 * i - 1], grants = KEYS[2 * i],
+  }
+end
+
+-- Reads each quota's state.
+for i = 1, quotas do
+  local x = q[i]
+  if x.kind == 'g' then
+    local v = redis.call('GET', x.state)
+    x.ts, x.tn = 0, 0
+    if v then
+      local ver, rest = string.match(v, '^(%d+):(.*)$')
+      if ver ~= VERSION then return bad_format(x.state) end
+      x.ts, x.tn = dec(rest)
+      if not x.ts then return bad_format(x.state) end
+    end
+  else
+    local h = redis.call('HMGET', x.state, 'v', 'pu', 're', 'rn')
+    x.pus, x.pun, x.res, x.ren, x.rns, x.rnn = 0, 0, 0, 0, 0, 0
+    if h[1] then
+      if h[1] ~= VERSION then return bad_format(x.state) end
+      x.pus, x.pun = dec(h[2] or '')
+      x.res, x.ren = dec(h[3] or '')
+      x.rns, x.rnn = dec(h[4] or '')
+      if not (x.pus and x.res and x.rns) then return bad_format(x.state) end
+    end
+    x.len = redis.call('LLEN', x.grants)
+  end
+end
+
+if ARGV[1] == 'pause' then
+  local us, un = add(now_s, now_n, tonumber(ARGV[5]), tonumber(ARGV[6]))
+  if not lt(now_s, now_n, us, un) then return {0, now_s, now_n} end
+  for i = 1, quotas do
+    local x = q[i]
+    if x.kind == 'g' then
+      -- Nothing before `until`, then the steady rate: no burst after it.
+      local ps, pn = add(us, un, x.bs, x.bn)
+      local ts, tn = max(x.ts, x.tn, ps, pn)
+      redis.call('SET', x.state, VERSION .. ':' .. enc(ts, tn))
+      expire_at(x.state, ts, tn, now_s, now_n)
+    else
+      local pus, pun = max(x.pus, x.pun, us, un)
+      local rns, rnn = max(x.rns, x.rnn, us, un)
+      local es, en = add(us, un, x.as, x.an)
+      local res, ren = max(x.res, x.ren, es, en)
+      redis.call('HSET', x.state, 'v', VERSION, 'pu', enc(pus, pun), 're', enc(res, ren),
+        'rn', enc(rns, rnn))
+      local is, inn = max(pus, pun, res, ren)
+      expire_at(x.state, is, inn, now_s, now_n)
+      if x.len > 0 then expire_at(x.grants, is, inn, now_s, now_n) end
+    end
+  end
+  return {0, now_s, now_n}
+end
+
+-- check: every quota decides first; a refusal by any spends nothing.
+local ats, atn = 0, 0
+local refused = false
+for i = 1, quotas do
+  local x = q[i]
+  local rs, rn
+  if x.kind == 'g' then
+    local ss, sn = max(x.ts, x.tn, now_s, now_n)
+    local ds, dn = sub(ss, sn, now_s, now_n)
+    if lt(x.bs, x.bn, ds, dn) then
+      rs, rn = sub(ss, sn, x.bs, x.bn)
+    else
+      local ns, nn, over = add(ss, sn, x.as, x.an)
+      if over then
+        rs, rn = MAXS, MAXN
+      else
+        x.nts, x.ntn = ns, nn
+      end
+    end
+  else
+    local ws, wn = now_s, now_n
+    if x.len >= x.count then
+      local first = redis.call('LINDEX', x.grants, x.len - x.count)
+      local fs, fn = dec(first or '')
+      if not fs then return bad_format(x.grants) end
+      ws, wn = add(fs, fn, x.as, x.an)
+    end
+    local ps, pn = now_s, now_n
+    if lt(now_s, now_n, x.res, x.ren) then ps, pn = x.rns, x.rnn end
+    local as, an = max(ws, wn, x.pus, x.pun)
+    as, an = max(as, an, ps, pn)
+    if lt(now_s, now_n, as, an) then
+      rs, rn = as, an
+    elseif now_s == MAXS and now_n == MAXN and x.len >= x.count then
+      rs, rn = MAXS, MAXN
+    end
+  end
+  if rs then
+    refused = true
+    ats, atn = max(ats, atn, rs, rn)
+  end
+end
+if refused then return {1, ats, atn, now_s, now_n} end
+
+for i = 1, quotas do
+  local x = q[i]
+  if x.kind == 'g' then
+    redis.call('SET', x.state, VERSION .. ':' .. enc(x.nts, x.ntn))
+    expire_at(x.state, x.nts, x.ntn, now_s, now_n)
+  else
+    redis.call('RPUSH', x.grants, enc(now_s, now_n))
+    redis.call('LTRIM', x.grants, -x.count, -1)
+    local rns, rnn = x.rns, x.rnn
+    if lt(now_s, now_n, x.res, x.ren) then
+      local ms, mn = max(rns, rnn, now_s, now_n)
+      rns, rnn = add(ms, mn, x.bs, x.bn)
+    end
+    redis.call('HSET', x.state, 'v', VERSION, 'pu', enc(x.pus, x.pun), 're', enc(x.res, x.ren),
+      'rn', enc(rns, rnn))
+    local gs, gn = add(now_s, now_n, x.as, x.an)
+    local is, inn = max(gs, gn, x.pus, x.pun)
+    is, inn = max(is, inn, x.res, x.ren)
+    expire_at(x.state, is, inn, now_s, now_n)
+    expire_at(x.grants, is, inn, now_s, now_n)
+  end
+end
+return {0, now_s, now_n}

@@ -1,0 +1,842 @@
+//! [`RedisRateLimitStore`]: one quota shared by every replica, decided in
+//! Redis by one Lua script per call.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use sha2::{Digest, Sha256};
+use tollgate_limit::gcra::Gcra;
+use tollgate_limit::rate::{MemoryStore, RateLimitStore, StoreError, StoreFuture, UnixNanos};
+use tollgate_limit::{Quota, QuotaKind, RateLimitLayer};
+
+use crate::connect::{manager, redacted, InvalidRedisUrl};
+
+/// The Lua script: every decision, pause and format rule in one place.
+const SCRIPT: &str = include_str!("rate.lua");
+
+/// The format of the state in Redis: in every key's name and every value.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The Redis call timeout when none is set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How many keys the local deny cache remembers when not told.
+pub const DEFAULT_DENY_CACHE_KEYS: usize = 10_000;
+
+/// How often a degraded store asks Redis whether it is back.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The largest window quota (permits per period) kept in Redis: a window
+/// keeps one timestamp per permit in its period.
+pub const MAX_WINDOW_COUNT: u32 = 1_000_000;
+
+/// What the store does while Redis is slow or down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Degraded {
+    /// Refuse: every caller fails with a [`StoreError`] whose source is
+    /// [`RedisUnavailable`]. Nothing reaches the upstream that Redis did
+    /// not admit.
+    FailClosed,
+    /// Admit every caller: the upstream's own limit is all that holds.
+    FailOpen,
+    /// Each replica limits itself to its share of the quota: `count /
+    /// replicas` per period (at least one), burst likewise, in process.
+    /// With the replicas counted right, the upstream sees at most the quota.
+    LocalShare {
+        /// How many replicas share the quota (0 is taken as 1).
+        replicas: u32,
+    },
+}
+
+/// Whose clock decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Clock {
+    /// Redis's `TIME`: replicas' clocks do not matter (the default). Times
+    /// are answered on the caller's clock (its `now` plus the delay Redis
+    /// computed).
+    #[default]
+    Redis,
+    /// The `now` each caller passes (the conformance suite drives time this
+    /// way). Replicas' clocks must then agree, and a key's expiry in Redis
+    /// assumes they run at real speed.
+    Caller,
+}
+
+/// Which way the store is deciding now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// In Redis: one quota for every replica.
+    Shared,
+    /// Redis failed or was too slow: the [`Degraded`] mode is in force
+    /// until a probe finds Redis back.
+    Degraded,
+}
+
+/// The source of a [`StoreError`] when Redis could not decide and the
+/// store fails closed (or Redis answered something this store cannot
+/// read).
+#[derive(Debug)]
+pub struct RedisUnavailable {
+    reason: String,
+}
+
+impl fmt::Display for RedisUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis rate-limit store: {}", self.reason)
+    }
+}
+
+impl std::error::Error for RedisUnavailable {}
+
+/// What the store did, counted since it was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisLimitStats {
+    /// Decisions Redis made (permits and refusals).
+    pub shared: u64,
+    /// Decisions the degraded mode made.
+    pub degraded: u64,
+    /// Refusals the local deny cache answered without asking Redis.
+    pub deny_cache: u64,
+    /// Times the store went from shared to degraded.
+    pub degradations: u64,
+    /// Times a probe found Redis back.
+    pub recoveries: u64,
+    /// Pauses written to Redis.
+    pub pauses: u64,
+}
+
+/// The answer of [`RedisRateLimitStore::decide`]: the decision and Redis's
+/// clock when it was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedisDecision {
+    /// `Ok(())`: a permit taken; `Err(at)`: none before `at` (caller's clock).
+    pub permit: Result<(), UnixNanos>,
+    /// The decision's time on the deciding clock (Redis `TIME`, or the
+    /// caller's `now` with [`Clock::Caller`]).
+    pub decided_at: UnixNanos,
+}
+
+/// A configuration the store cannot run with.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The URL cannot be used.
+    Url(InvalidRedisUrl),
+    /// No quota was given.
+    NoQuota,
+    /// A window quota over [`MAX_WINDOW_COUNT`].
+    WindowTooLarge(u32),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Url(e) => e.fmt(f),
+            BuildError::NoQuota => f.write_str("a redis rate-limit store needs at least one quota"),
+            BuildError::WindowTooLarge(n) => write!(
+                f,
+                "a window quota of {n} permits per period keeps {n} timestamps per key in Redis \
+                 (at most {MAX_WINDOW_COUNT}): use a smooth quota"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Url(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Builds a [`RedisRateLimitStore`]; from [`RedisRateLimitStore::builder`].
+#[derive(Clone)]
+pub struct RedisRateLimitBuilder {
+    url: String,
+    quotas: Vec<Quota>,
+    namespace: String,
+    timeout: Duration,
+    degraded: Degraded,
+    clock: Clock,
+    deny_cache_keys: usize,
+}
+
+impl fmt::Debug for RedisRateLimitBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitBuilder")
+            .field("url", &redacted(&self.url))
+            .field("quotas", &self.quotas)
+            .field("namespace", &self.namespace)
+            .field("timeout", &self.timeout)
+            .field("degraded", &self.degraded)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRateLimitBuilder {
+    /// Adds a quota. Every quota is checked and committed in one script: a
+    /// call refused by one spends nothing of another (10 per second and
+    /// 1000 per hour, say).
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quotas.push(quota);
+        self
+    }
+
+    /// The prefix of every key (default `tollgate`): clients that must not
+    /// share a quota use different namespaces.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The bound on each Redis call, connecting included (default 50 ms).
+    /// A call that takes longer is decided by the [`Degraded`] mode.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What happens while Redis is slow or down (default
+    /// [`Degraded::FailClosed`]).
+    pub fn degraded(mut self, mode: Degraded) -> Self {
+        self.degraded = mode;
+        self
+    }
+
+    /// Whose clock decides (default [`Clock::Redis`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How many keys the local deny cache remembers (default 10 000; 0
+    /// turns it off).
+    pub fn deny_cache_keys(mut self, keys: usize) -> Self {
+        self.deny_cache_keys = keys;
+        self
+    }
+
+    /// The store. Connects lazily: Redis being down now is not an error
+    /// (the first calls are then decided by the degraded mode). Call it
+    /// inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A URL that cannot be used, no quota, or a window quota over
+    /// [`MAX_WINDOW_COUNT`].
+    pub fn build(self) -> Result<RedisRateLimitStore, BuildError> {
+        if self.quotas.is_empty() {
+            return Err(BuildError::NoQuota);
+        }
+        let mut args = Vec::with_capacity(self.quotas.len());
+        let mut fallback = Vec::new();
+        for quota in &self.quotas {
+            args.push(QuotaArgs::new(quota)?);
+            if let Degraded::LocalShare { replicas } = self.degraded {
+                let share = local_share(quota, replicas.max(1));
+                fallback.push(MemoryStore::new(&share, self.deny_cache_keys.max(1_000)));
+            }
+        }
+        let conn = manager(&self.url, self.timeout).map_err(BuildError::Url)?;
+        Ok(RedisRateLimitStore {
+            inner: Arc::new(Inner {
+                conn,
+                script: Script::new(SCRIPT),
+                quotas: self.quotas,
+                args,
+                namespace: self.namespace,
+                timeout: self.timeout,
+                degraded: self.degraded,
+                clock: self.clock,
+                fallback,
+                deny: DenyCache::new(self.deny_cache_keys),
+                health: Health::default(),
+                stats: Counters::default(),
+                url: redacted(&self.url),
+            }),
+        })
+    }
+}
+
+/// A quota's share for one of `replicas`.
+fn local_share(quota: &Quota, replicas: u32) -> Quota {
+    let count = (quota.count() / replicas).max(1);
+    let share = match quota.kind() {
+        QuotaKind::Smooth => Quota::per(count, quota.period())
+            .and_then(|q| q.with_burst((quota.burst() / replicas).max(1))),
+        QuotaKind::Window => Quota::window(count, quota.period()),
+    };
+    // The share of a valid quota is valid; if it were not, the whole quota
+    // is the safest bound left.
+    share.unwrap_or(*quota)
+}
+
+/// A quota as the script's arguments.
+#[derive(Clone, Debug)]
+struct QuotaArgs {
+    /// Part of the key's name: state of another quota is never read.
+    tag: String,
+    values: [String; 6],
+}
+
+fn pair(nanos: u64) -> (String, String) {
+    (
+        (nanos / 1_000_000_000).to_string(),
+        (nanos % 1_000_000_000).to_string(),
+    )
+}
+
+impl QuotaArgs {
+    fn new(quota: &Quota) -> Result<QuotaArgs, BuildError> {
+        match quota.kind() {
+            QuotaKind::Smooth => {
+                let gcra = Gcra::new(quota);
+                let (is, in_) = pair(gcra.interval());
+                let (ts, tn) = pair(gcra.tolerance());
+                Ok(QuotaArgs {
+                    tag: format!("g{}b{}", gcra.interval(), quota.burst()),
+                    values: ["g".into(), is, in_, ts, tn, "0".into()],
+                })
+            }
+            QuotaKind::Window => {
+                if quota.count() > MAX_WINDOW_COUNT {
+                    return Err(BuildError::WindowTooLarge(quota.count()));
+                }
+                // As the in-process window: the period at most 2^62 ns, the
+                // ramp after a pause one period / count apart.
+                let period = u64::try_from(quota.period().as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .min(1 << 62);
+                let step = (period / u64::from(quota.count())).max(1);
+                let (ps, pn) = pair(period);
+                let (ss, sn) = pair(step);
+                Ok(QuotaArgs {
+                    tag: format!("w{}p{}", quota.count(), period),
+                    values: ["w".into(), ps, pn, ss, sn, quota.count().to_string()],
+                })
+            }
+        }
+    }
+}
+
+/// A rate-limit store in Redis: every replica that points at the same
+/// Redis and namespace shares one quota per key, and one learned pause.
+///
+/// - **One script per decision**: a Lua script (EVALSHA, falling back to
+///   EVAL when Redis does not have it) checks every quota of the key and
+///   commits them together; a refusal by one spends nothing of another.
+///   GCRA and strict windows make exactly the decisions they make in
+///   process, to the nanosecond, and pass the same conformance suite.
+/// - **Redis's clock** (`TIME`) by default; the answers are on the
+///   caller's clock (its `now` plus the delay), so replicas' clocks do not
+///   matter.
+/// - **Keys**: `<namespace>:rl1<r|c>:{<hash>}:<quota>:<s|l>`. The hash (the
+///   first 16 bytes of SHA-256 over the namespace and the key, in hex) is
+///   the Redis Cluster hash tag: a key's quotas live in one slot; the key
+///   itself (it may be a credential) never leaves the process. `1` is the
+///   format version, also the first field of every value; `<quota>` names
+///   the quota, so a replica with another quota never reads this state.
+///   Every key expires once its state constrains nothing.
+/// - **Pauses** learned from the upstream are written to Redis (never
+///   shortening one in force), so one replica's 429 holds back every
+///   replica; the replica that learned it holds it in its deny cache at
+///   once.
+/// - **Deny cache**: once Redis says "not before T" for a key, this
+///   replica answers its callers of that key "not before T" until T
+///   without asking again (a few tens of nanoseconds).
+/// - **Degradation**: each Redis call is bounded by the
+///   [`timeout`](RedisRateLimitBuilder::timeout); a call that fails or
+///   takes longer switches the store to its [`Degraded`] mode (logged and
+///   counted), in which callers are answered at once without Redis. A
+///   probe asks Redis every [`PROBE_INTERVAL`] and switches back to shared
+///   mode when it answers. A caller never waits on Redis longer than the
+///   timeout.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tollgate_limit::Quota;
+/// use tollgate_redis::{Degraded, RedisRateLimitStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisRateLimitStore::builder("redis://127.0.0.1:6379")
+///     .quota(Quota::per_second(100)?)
+///     .quota(Quota::window(5_000, Duration::from_secs(3_600))?)
+///     .degraded(Degraded::LocalShare { replicas: 4 })
+///     .build()?;
+/// // A tower layer: callers wait their turn for the shared permits.
+/// let layer = store.layer().max_wait(Duration::from_secs(5));
+/// # let _ = layer;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisRateLimitStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    script: Script,
+    quotas: Vec<Quota>,
+    args: Vec<QuotaArgs>,
+    namespace: String,
+    timeout: Duration,
+    degraded: Degraded,
+    clock: Clock,
+    fallback: Vec<MemoryStore>,
+    deny: DenyCache,
+    health: Health,
+    stats: Counters,
+    url: String,
+}
+
+impl fmt::Debug for RedisRateLimitStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitStore")
+            .field("url", &self.inner.url)
+            .field("quotas", &self.inner.quotas)
+            .field("namespace", &self.inner.namespace)
+            .field("timeout", &self.inner.timeout)
+            .field("degraded", &self.inner.degraded)
+            .field("mode", &self.mode())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    shared: AtomicU64,
+    degraded: AtomicU64,
+    deny_cache: AtomicU64,
+    degradations: AtomicU64,
+    recoveries: AtomicU64,
+    pauses: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Default)]
+struct Health {
+    degraded: AtomicBool,
+    probing: AtomicBool,
+}
+
+/// What went wrong with one Redis call.
+enum CallError {
+    /// Redis unreachable, or too slow: the degraded mode decides.
+    Unavailable(String),
+    /// Redis answered, but not something this store can use (state of
+    /// another format, a script error): the caller fails, whatever the
+    /// mode, since the state cannot be trusted either way.
+    Refused(String),
+}
+
+impl RedisRateLimitStore {
+    /// A builder for a store at `url` (`redis://`, `rediss://` for TLS
+    /// through rustls, `redis+unix://`).
+    pub fn builder(url: impl Into<String>) -> RedisRateLimitBuilder {
+        RedisRateLimitBuilder {
+            url: url.into(),
+            quotas: Vec::new(),
+            namespace: "tollgate".to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            degraded: Degraded::FailClosed,
+            clock: Clock::Redis,
+            deny_cache_keys: DEFAULT_DENY_CACHE_KEYS,
+        }
+    }
+
+    /// A [`RateLimitLayer`] over this store: the first quota (for the
+    /// layer's own records), the store, and a store timeout a little above
+    /// the store's own (the store answers by then, from Redis or from its
+    /// degraded mode). Set the waits and the key on it as on any.
+    pub fn layer(&self) -> RateLimitLayer {
+        RateLimitLayer::new(self.inner.quotas[0])
+            .store(Arc::new(self.clone()))
+            .store_timeout(self.inner.timeout + Duration::from_millis(20))
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> Mode {
+        if self.inner.health.degraded.load(Ordering::Acquire) {
+            Mode::Degraded
+        } else {
+            Mode::Shared
+        }
+    }
+
+    /// What the store did so far.
+    pub fn stats(&self) -> RedisLimitStats {
+        let c = &self.inner.stats;
+        RedisLimitStats {
+            shared: c.shared.load(Ordering::Relaxed),
+            degraded: c.degraded.load(Ordering::Relaxed),
+            deny_cache: c.deny_cache.load(Ordering::Relaxed),
+            degradations: c.degradations.load(Ordering::Relaxed),
+            recoveries: c.recoveries.load(Ordering::Relaxed),
+            pauses: c.pauses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Asks Redis for one permit for `key` at `now` (the caller's clock),
+    /// bypassing the deny cache and the degraded mode: the decision and
+    /// Redis's clock when it was made (what the multi-replica tests
+    /// measure the quota on).
+    ///
+    /// # Errors
+    ///
+    /// Redis unreachable, too slow, or holding state this store cannot read.
+    pub async fn decide(&self, key: &str, now: UnixNanos) -> Result<RedisDecision, StoreError> {
+        match self.inner.call("check", key, now, 0).await {
+            Ok(decision) => Ok(decision),
+            Err(CallError::Unavailable(reason) | CallError::Refused(reason)) => {
+                Err(StoreError::new(RedisUnavailable { reason }))
+            }
+        }
+    }
+
+    /// The Redis keys of `key`'s state (for operators and tests).
+    pub fn redis_keys(&self, key: &str) -> Vec<String> {
+        self.inner.keys(key)
+    }
+}
+
+impl Inner {
+    fn keys(&self, key: &str) -> Vec<String> {
+        let mut hasher = Sha256::new();
+        hasher.update(self.namespace.as_bytes());
+        hasher.update([0]);
+        hasher.update(key.as_bytes());
+        let digest = hasher.finalize();
+        let mut hash = String::with_capacity(32);
+        for byte in &digest[..16] {
+            hash.push_str(&format!("{byte:02x}"));
+        }
+        let clock = match self.clock {
+            Clock::Redis => 'r',
+            Clock::Caller => 'c',
+        };
+        let base = format!("{}:rl{FORMAT_VERSION}{clock}:{{{hash}}}", self.namespace);
+        self.args
+            .iter()
+            .flat_map(|a| [format!("{base}:{}:s", a.tag), format!("{base}:{}:l", a.tag)])
+            .collect()
+    }
+
+    /// One script call, bounded by the timeout. `delay` is a pause's
+    /// `until - now`.
+    async fn call(
+        &self,
+        op: &str,
+        key: &str,
+        now: UnixNanos,
+        delay: u64,
+    ) -> Result<RedisDecision, CallError> {
+        let mut invocation = self.script.prepare_invoke();
+        for k in self.keys(key) {
+            invocation.key(k);
+        }
+        let (ns, nn) = pair(now);
+        let (ds, dn) = pair(delay);
+        invocation
+            .arg(op)
+            .arg(match self.clock {
+                Clock::Redis => "redis",
+                Clock::Caller => "caller",
+            })
+            .arg(ns)
+            .arg(nn)
+            .arg(ds)
+            .arg(dn)
+            .arg(self.args.len());
+        for a in &self.args {
+            for v in &a.values {
+                invocation.arg(v);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let answer: Vec<u64> =
+            match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+                Err(_) => {
+                    return Err(CallError::Unavailable(format!(
+                        "no answer within {:?}",
+                        self.timeout
+                    )))
+                }
+                Ok(Err(e)) => {
+                    return Err(
+                        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                            CallError::Unavailable(e.to_string())
+                        } else if e.to_string().contains("TOLLGATE_FORMAT") {
+                            CallError::Refused(format!(
+                                "state in Redis of another format than {FORMAT_VERSION}"
+                            ))
+                        } else {
+                            CallError::Unavailable(e.to_string())
+                        },
+                    )
+                }
+                Ok(Ok(answer)) => answer,
+            };
+        let time = |s: u64, n: u64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        match answer.as_slice() {
+            [0, s, n] => Ok(RedisDecision {
+                permit: Ok(()),
+                decided_at: time(*s, *n),
+            }),
+            [1, as_, an, s, n] => {
+                let (at, server_now) = (time(*as_, *an), time(*s, *n));
+                // On the caller's clock: its now plus the delay Redis found.
+                let at = now.saturating_add(at.saturating_sub(server_now));
+                Ok(RedisDecision {
+                    // A refusal names a later time; at the end of time the
+                    // caller's now is all there is.
+                    permit: Err(at.max(now)),
+                    decided_at: server_now,
+                })
+            }
+            _ => Err(CallError::Refused(
+                "an answer of another format from the script".to_owned(),
+            )),
+        }
+    }
+
+    /// The degraded mode's answer.
+    fn fallback_answer(
+        &self,
+        key: &str,
+        now: UnixNanos,
+    ) -> Result<Result<(), UnixNanos>, StoreError> {
+        bump(&self.stats.degraded);
+        match self.degraded {
+            Degraded::FailClosed => Err(StoreError::new(RedisUnavailable {
+                reason: "redis unavailable; failing closed".to_owned(),
+            })),
+            Degraded::FailOpen => Ok(Ok(())),
+            Degraded::LocalShare { .. } => {
+                // Every quota's share conforms first, so a refusal by one
+                // spends no other (two callers racing may spend one share
+                // for nothing: never more than the share).
+                let latest = self
+                    .fallback
+                    .iter()
+                    .map(|store| store.estimate_sync(key, now, 0))
+                    .fold(now, u64::max);
+                if latest > now {
+                    return Ok(Err(latest));
+                }
+                for store in &self.fallback {
+                    if let Err(at) = store.check_sync(key, now) {
+                        return Ok(Err(at));
+                    }
+                }
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    fn fallback_pause(&self, key: &str, now: UnixNanos, until: UnixNanos) {
+        for store in &self.fallback {
+            store.pause_sync(key, now, until);
+        }
+    }
+}
+
+/// Switches to the degraded mode (once per outage: logged and counted) and
+/// starts the probe that switches back.
+fn degrade(inner: &Arc<Inner>, reason: &str) {
+    if inner.health.degraded.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    bump(&inner.stats.degradations);
+    tracing::warn!(
+        redis = %inner.url,
+        mode = ?inner.degraded,
+        %reason,
+        "redis rate-limit store degraded: deciding without Redis until it answers again"
+    );
+    if inner.health.probing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(probe(weak));
+}
+
+async fn probe(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let mut conn = inner.conn.clone();
+        let ping = redis::cmd("PING");
+        let answer: Result<Result<String, _>, _> =
+            tokio::time::timeout(inner.timeout, ping.query_async(&mut conn)).await;
+        if matches!(answer, Ok(Ok(_))) {
+            inner.health.probing.store(false, Ordering::Release);
+            inner.health.degraded.store(false, Ordering::Release);
+            bump(&inner.stats.recoveries);
+            tracing::info!(redis = %inner.url, "redis rate-limit store back in shared mode");
+            return;
+        }
+    }
+}
+
+impl RateLimitStore for RedisRateLimitStore {
+    fn check(&self, key: &str, now: UnixNanos) -> StoreFuture<Result<(), UnixNanos>> {
+        let inner = &self.inner;
+        if let Some(at) = inner.deny.until(key, now) {
+            bump(&inner.stats.deny_cache);
+            return StoreFuture::ready(Err(at));
+        }
+        if inner.health.degraded.load(Ordering::Acquire) {
+            return match inner.fallback_answer(key, now) {
+                Ok(answer) => StoreFuture::ready(answer),
+                Err(e) => StoreFuture::failed(e),
+            };
+        }
+        let inner = Arc::clone(inner);
+        let key = key.to_owned();
+        StoreFuture::later(async move {
+            match inner.call("check", &key, now, 0).await {
+                Ok(decision) => {
+                    bump(&inner.stats.shared);
+                    if let Err(at) = decision.permit {
+                        inner.deny.remember(&key, at, now);
+                    }
+                    Ok(decision.permit)
+                }
+                Err(CallError::Refused(reason)) => {
+                    Err(StoreError::new(RedisUnavailable { reason }))
+                }
+                Err(CallError::Unavailable(reason)) => {
+                    degrade(&inner, &reason);
+                    inner.fallback_answer(&key, now)
+                }
+            }
+        })
+    }
+
+    fn estimate(&self, key: &str, now: UnixNanos, ahead: u64) -> Option<UnixNanos> {
+        let inner = &self.inner;
+        if inner.health.degraded.load(Ordering::Acquire) && !inner.fallback.is_empty() {
+            let local = inner
+                .fallback
+                .iter()
+                .map(|s| s.estimate_sync(key, now, ahead))
+                .max();
+            return local;
+        }
+        // "Not before T" holds for the first caller; those after it come
+        // later still, so T is never later than the truth.
+        inner.deny.until(key, now)
+    }
+
+    fn pause(&self, key: &str, now: UnixNanos, until: UnixNanos) -> StoreFuture<()> {
+        if until <= now {
+            return StoreFuture::ready(());
+        }
+        let inner = &self.inner;
+        // This replica holds it at once; the degraded mode too.
+        inner.deny.remember(key, until, now);
+        inner.fallback_pause(key, now, until);
+        if inner.health.degraded.load(Ordering::Acquire) {
+            return StoreFuture::ready(());
+        }
+        let inner = Arc::clone(inner);
+        let key = key.to_owned();
+        StoreFuture::later(async move {
+            match inner.call("pause", &key, now, until - now).await {
+                Ok(_) => {
+                    bump(&inner.stats.pauses);
+                    Ok(())
+                }
+                Err(CallError::Refused(reason)) => {
+                    Err(StoreError::new(RedisUnavailable { reason }))
+                }
+                Err(CallError::Unavailable(reason)) => {
+                    // Held here (deny cache, local share) though not shared.
+                    degrade(&inner, &reason);
+                    Ok(())
+                }
+            }
+        })
+    }
+}
+
+/// "Not before T" per key, as Redis last said, on the caller's clock.
+///
+/// Keys are held as keyed hashes (a key may be a credential); a collision
+/// makes one key wait as long as another, never admits anything. Bounded:
+/// when a shard is full, passed entries are dropped, and if none has
+/// passed the new one is not remembered (Redis is asked instead).
+struct DenyCache {
+    shards: Box<[Mutex<HashMap<u64, UnixNanos>>]>,
+    per_shard: usize,
+    hasher: RandomState,
+}
+
+const SHARDS: usize = 16;
+
+impl DenyCache {
+    fn new(keys: usize) -> DenyCache {
+        DenyCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: keys.div_ceil(SHARDS),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<HashMap<u64, UnixNanos>> {
+        // The low bits pick the shard; the map hashes the whole.
+        &self.shards[usize::try_from(hash % SHARDS as u64).unwrap_or(0)]
+    }
+
+    /// The time a refusal named, while it is still ahead.
+    fn until(&self, key: &str, now: UnixNanos) -> Option<UnixNanos> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        let hash = self.hasher.hash_one(key);
+        let shard = self
+            .shard(hash)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(&hash).copied().filter(|&at| at > now)
+    }
+
+    fn remember(&self, key: &str, at: UnixNanos, now: UnixNanos) {
+        if self.per_shard == 0 || at <= now {
+            return;
+        }
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self
+            .shard(hash)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = shard.get_mut(&hash) {
+            *old = (*old).max(at);
+            return;
+        }
+        if shard.len() >= self.per_shard {
+            shard.retain(|_, &mut until| until > now);
+            if shard.len() >= self.per_shard {
+                return;
+            }
+        }
+        shard.insert(hash, at);
+    }
+}
