@@ -37,14 +37,41 @@ pub(crate) fn redacted(url: &str) -> String {
 /// use and again after a failure, each attempt bounded by `timeout`, each
 /// answer too. Never blocks and never fails because Redis is down: only a
 /// URL that cannot be used is an error.
+#[allow(dead_code, reason = "the cache tier connects without TLS options")]
 pub(crate) fn manager(url: &str, timeout: Duration) -> Result<ConnectionManager, InvalidRedisUrl> {
+    manager_with(url, timeout, &Tls::default())
+}
+
+/// How to trust a `rediss://` server besides the webpki roots.
+#[derive(Clone, Default)]
+pub(crate) struct Tls {
+    /// A PEM root certificate (a private CA) to trust instead of the webpki roots.
+    pub(crate) root_cert: Option<Vec<u8>>,
+}
+
+/// [`manager`], with the TLS settings given.
+pub(crate) fn manager_with(
+    url: &str,
+    timeout: Duration,
+    tls: &Tls,
+) -> Result<ConnectionManager, InvalidRedisUrl> {
     if url.starts_with("rediss://") {
         // rustls needs one process-wide crypto provider; the workspace's is
         // ring. Installing fails harmlessly when the process chose one.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let client = redis::Client::open(url).map_err(|e| InvalidRedisUrl {
-        // redis-rs's message names the part that is wrong, not the URL.
+    // redis-rs's messages name the part that is wrong, not the URL.
+    let client = match &tls.root_cert {
+        Some(root) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.clone()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+    .map_err(|e| InvalidRedisUrl {
         reason: e.to_string(),
     })?;
     let config = ConnectionManagerConfig::new()

@@ -58,8 +58,10 @@ end
 
 local function dec(v)
   local s, n = string.match(v, '^(%d+):(%d+)$')
-  if not s then return nil end
-  return tonumber(s), tonumber(n)
+  if not s or #s > 11 or #n > 9 then return nil end
+  s, n = tonumber(s), tonumber(n)
+  if lt(MAXS, MAXN, s, n) then return nil end
+  return s, n
 end
 
 local function bad_format(key)

@@ -16,7 +16,7 @@ use tollgate_limit::gcra::Gcra;
 use tollgate_limit::rate::{MemoryStore, RateLimitStore, StoreError, StoreFuture, UnixNanos};
 use tollgate_limit::{Quota, QuotaKind, RateLimitLayer};
 
-use crate::connect::{manager, redacted, InvalidRedisUrl};
+use crate::connect::{manager_with, redacted, InvalidRedisUrl, Tls};
 
 /// The Lua script: every decision, pause and format rule in one place.
 const SCRIPT: &str = include_str!("rate.lua");
@@ -171,6 +171,7 @@ pub struct RedisRateLimitBuilder {
     degraded: Degraded,
     clock: Clock,
     deny_cache_keys: usize,
+    tls: Tls,
 }
 
 impl fmt::Debug for RedisRateLimitBuilder {
@@ -222,6 +223,13 @@ impl RedisRateLimitBuilder {
         self
     }
 
+    /// For `rediss://`: trust this PEM root certificate (a private CA)
+    /// instead of the webpki roots.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_cert = Some(pem.into());
+        self
+    }
+
     /// How many keys the local deny cache remembers (default 10 000; 0
     /// turns it off).
     pub fn deny_cache_keys(mut self, keys: usize) -> Self {
@@ -250,7 +258,7 @@ impl RedisRateLimitBuilder {
                 fallback.push(MemoryStore::new(&share, self.deny_cache_keys.max(1_000)));
             }
         }
-        let conn = manager(&self.url, self.timeout).map_err(BuildError::Url)?;
+        let conn = manager_with(&self.url, self.timeout, &self.tls).map_err(BuildError::Url)?;
         Ok(RedisRateLimitStore {
             inner: Arc::new(Inner {
                 conn,
@@ -458,6 +466,7 @@ impl RedisRateLimitStore {
             degraded: Degraded::FailClosed,
             clock: Clock::Redis,
             deny_cache_keys: DEFAULT_DENY_CACHE_KEYS,
+            tls: Tls::default(),
         }
     }
 
@@ -578,19 +587,7 @@ impl Inner {
                         self.timeout
                     )))
                 }
-                Ok(Err(e)) => {
-                    return Err(
-                        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                            CallError::Unavailable(e.to_string())
-                        } else if e.to_string().contains("TOLLGATE_FORMAT") {
-                            CallError::Refused(format!(
-                                "state in Redis of another format than {FORMAT_VERSION}"
-                            ))
-                        } else {
-                            CallError::Unavailable(e.to_string())
-                        },
-                    )
-                }
+                Ok(Err(e)) => return Err(classify(&e)),
                 Ok(Ok(answer)) => answer,
             };
         let time = |s: u64, n: u64| s.saturating_mul(1_000_000_000).saturating_add(n);
@@ -655,6 +652,23 @@ impl Inner {
             store.pause_sync(key, now, until);
         }
     }
+}
+
+/// An outage (the degraded mode decides) or state this store cannot read
+/// (the caller fails: no mode can make a sound decision over it).
+fn classify(e: &redis::RedisError) -> CallError {
+    let text = e.to_string();
+    if text.contains("TOLLGATE_FORMAT") || text.contains("WRONGTYPE") {
+        return CallError::Refused(format!(
+            "state in Redis of another format or type than format {FORMAT_VERSION}"
+        ));
+    }
+    if e.kind() == redis::ErrorKind::UnexpectedReturnType {
+        return CallError::Refused("an answer of another format from the script".to_owned());
+    }
+    // Unreachable, dropped, timed out, loading, read-only after a failover,
+    // a script still running: Redis cannot decide now.
+    CallError::Unavailable(text)
 }
 
 /// Switches to the degraded mode (once per outage: logged and counted) and

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 // A real process starts in real time: paused tokio time cannot wait for it,
 // so the start-up wait is on the wall clock (bounded, 10 s).
+use std::time::Duration;
 #[allow(clippy::disallowed_types)]
 use std::time::Instant;
-use std::time::Duration;
 
 /// How a missing `redis-server` is explained: tests that need one fail with
 /// this, never skip.
@@ -37,6 +37,9 @@ pub struct RedisServer {
     binary: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// The certificate and key files of a TLS server, in a directory of
+    /// its own (removed on drop).
+    tls: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -75,6 +78,7 @@ impl RedisServer {
                 binary: binary.clone(),
                 port,
                 child: None,
+                tls: None,
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -84,9 +88,45 @@ impl RedisServer {
         Err(last.unwrap_or_else(|| io::Error::other("redis-server did not start")))
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// Starts a server that speaks only TLS (no client certificates asked),
+    /// with the PEM certificate chain and key given (a test makes them,
+    /// with rcgen say, for `127.0.0.1`).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start), or the files could not be written.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> io::Result<RedisServer> {
+        let binary = Self::binary()?;
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let dir = std::env::temp_dir()
+                .join(format!("tollgate-redis-tls-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("cert.pem"), cert_pem)?;
+            std::fs::write(dir.join("key.pem"), key_pem)?;
+            let mut server = RedisServer {
+                binary: binary.clone(),
+                port,
+                child: None,
+                tls: Some(dir),
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("redis-server did not start")))
+    }
+
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The server's address.
@@ -121,10 +161,25 @@ impl RedisServer {
 
     #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
     fn spawn(&mut self) -> io::Result<()> {
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        match &self.tls {
+            Some(dir) => {
+                let cert = dir.join("cert.pem");
+                let key = dir.join("key.pem");
+                command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+            None => {
+                command.args(["--port", &self.port.to_string()]);
+            }
+        }
+        let mut child = command
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -180,6 +235,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = self.tls.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -53,6 +53,10 @@ pub enum ErrorKind {
     WaitTooLong,
     /// Too many callers were already waiting for a rate-limit permit.
     QueueFull,
+    /// The rate limiter's shared store (Redis, say) could not decide, and
+    /// fails closed (its source is a `tollgate_limit::rate::StoreError`).
+    /// Nothing was sent.
+    LimiterUnavailable,
     /// A batched endpoint's answer had no item with the id asked for.
     NotInBatch,
     /// No credential could be had: the token refresh failed or timed out
@@ -78,6 +82,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate limited",
             ErrorKind::WaitTooLong => "the rate-limit wait would be too long",
             ErrorKind::QueueFull => "too many callers waiting for a rate-limit permit",
+            ErrorKind::LimiterUnavailable => "the rate limiter's store could not decide",
             ErrorKind::Auth => "getting a credential failed",
             ErrorKind::NotInBatch => "the batched answer has no item with this id",
         }
@@ -342,6 +347,11 @@ pub(crate) fn classify(err: BoxError) -> Error {
         #[cfg(feature = "limit")]
         if e.is::<tollgate_limit::QueueFull>() {
             kind = Some(ErrorKind::QueueFull);
+            break;
+        }
+        #[cfg(feature = "limit")]
+        if e.is::<tollgate_limit::rate::StoreError>() {
+            kind = Some(ErrorKind::LimiterUnavailable);
             break;
         }
         #[cfg(feature = "auth")]
