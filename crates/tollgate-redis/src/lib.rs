@@ -1,5 +1,103 @@
-//! Redis backends for Tollgate: one quota, one learned pause and one cache
-//! tier shared by every replica of a client.
+//! Redis backends for Tollgate: the replicas of a client share one quota,
+//! one learned pause and one cache tier.
+//!
+//! When a service runs as several replicas, each in-process limiter lets
+//! through its own N per second and the upstream sees N × replicas; one
+//! replica's 429 teaches only itself. [`RedisRateLimitStore`] is a
+//! `tollgate_limit` store that makes them one client: every replica pointed
+//! at the same Redis and namespace waits its turn for the same permits, and
+//! a pause learned by one holds back all.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tollgate_limit::Quota;
+//! use tollgate_redis::{Degraded, RedisRateLimitStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! # let redis = tollgate_testkit::RedisServer::start()?;
+//! # let url = redis.url();
+//! // `url` is redis://127.0.0.1:PORT here (a test's own redis-server).
+//! let store = RedisRateLimitStore::builder(url)
+//!     .quota(Quota::per_second(100)?)
+//!     .degraded(Degraded::LocalShare { replicas: 4 })
+//!     .build()?;
+//! let upstream = service_fn(|_req: Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(store.layer().max_wait(Duration::from_secs(5)))
+//!     .service(upstream);
+//! let response = client.oneshot(Request::new(String::new())).await?;
+//! assert!(response.status().is_success());
+//! assert_eq!(store.stats().shared, 1, "Redis decided");
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **One decision, one script**: a Lua script (EVALSHA, EVAL when Redis
+//!   lost it) reads, decides and writes every quota of a key atomically;
+//!   replicas racing for the last permit never both get it. Several quotas
+//!   (10 per second and 1 000 per hour) are checked first and committed
+//!   together: a call refused by one spends nothing of another.
+//! - **The same decisions as in process**: GCRA and strict windows, exact
+//!   to the nanosecond (times travel as seconds and nanoseconds: Lua's
+//!   numbers are doubles), refusing rather than saturating at the end of
+//!   `u64`. The store passes `tollgate_limit::conformance`, the suite the
+//!   in-memory store passes.
+//! - **Redis's clock**: `TIME` decides, so replicas' clocks do not matter;
+//!   answers are on the asking replica's clock (its now plus the delay).
+//! - **Waiting callers** wait in the layer's FIFO lanes in process for the
+//!   time Redis named, bounded by `max_wait`, `max_queue` and the call's
+//!   deadline as in process; only a lane's head asks Redis.
+//! - **Shared pauses**: a 429 or 503 `Retry-After`, or `RateLimit` /
+//!   `X-RateLimit-*` fields, learned by one replica's layer are written to
+//!   Redis and hold back every replica. A pause never shortens one in
+//!   force, and remaining-quota fields can only tighten the state (they
+//!   become pauses), never loosen it.
+//! - **A local deny cache**: once Redis says "not before T" for a key, that
+//!   replica answers "not before T" until T without asking again (a hash
+//!   and a lock, tens of nanoseconds).
+//!
+//! # Failure modes
+//!
+//! Each Redis call is bounded by the store's
+//! [`timeout`](RedisRateLimitBuilder::timeout) (50 ms by default), the
+//! connection's too. A call that fails or takes longer switches the store
+//! to its [`Degraded`] mode, logged (`warn`) and counted
+//! ([`RedisLimitStats::degradations`]); while degraded, callers are answered
+//! at once without Redis:
+//!
+//! | mode | while Redis is slow or down |
+//! |------|-----------------------------|
+//! | [`Degraded::FailClosed`] (default) | every caller fails with a `StoreError` ([`RedisUnavailable`]); the facade says `ErrorKind::LimiterUnavailable`; nothing is sent |
+//! | [`Degraded::FailOpen`] | every caller is admitted |
+//! | [`Degraded::LocalShare`] | each replica keeps `count / replicas` of each quota in process |
+//!
+//! A probe asks Redis every [`PROBE_INTERVAL`] (100 ms) and switches back
+//! to shared mode when it answers (logged, counted). A caller never waits
+//! on Redis longer than the timeout. State in Redis that this store cannot
+//! read (another format version, another type, numbers out of range) is
+//! not an outage: those callers fail with a `StoreError` in every mode,
+//! since no decision over it is sound. Pauses learned while degraded are
+//! held by the replica (deny cache, local share) but not written to Redis.
+//!
+//! # Key layout
+//!
+//! `<namespace>:rl1<clock>:{<hash>}:<quota>:<s|l>`: `rl1` is format
+//! version 1 (also the first field of every value), `<clock>` is `r` for
+//! Redis's clock and `c` for the callers', `<hash>` is the first 16 bytes of
+//! SHA-256 over the namespace and the key, in hex (the key may be a
+//! credential: it never leaves the process), in braces as the Redis
+//! Cluster hash tag so a key's quotas share a slot. `<quota>` names the
+//! quota (`g<interval ns>b<burst>` or `w<count>p<period ns>`), so replicas
+//! configured with another quota never read this state; `s` is the state
+//! (a string `1:<s>:<ns>` for GCRA, a hash `v, pu, re, rn` for a window),
+//! `l` a window's grants (a list of at most `count` times). Every key
+//! expires one second after its state stops constraining anything.
 #![deny(missing_docs)]
 
 mod connect;
