@@ -100,6 +100,11 @@
 //! expires one second after its state stops constraining anything.
 #![deny(missing_docs)]
 
+/// The README's example, compiled so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod connect;
 
 pub use connect::InvalidRedisUrl;
