@@ -21,15 +21,24 @@ impl fmt::Display for InvalidRedisUrl {
 
 impl std::error::Error for InvalidRedisUrl {}
 
-/// The URL with any password replaced, for logs and `Debug`.
+/// The URL with any password replaced, for logs and `Debug`: the user
+/// information goes, and so does the query (`redis+unix://` URLs carry
+/// their password there, `?pass=`) and the fragment.
 pub(crate) fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_userinfo, host)) => format!("{scheme}://***@{host}"),
-            None => format!("{scheme}://{rest}"),
-        },
-        None => "<not a URL>".to_owned(),
-    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_owned();
+    };
+    // Everything up to the last `@` may be a password, even one holding
+    // `?`, `#` or `/` unencoded.
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((_userinfo, host)) => ("***@", host),
+        None => ("", rest),
+    };
+    let (rest, hidden) = match rest.find(['?', '#']) {
+        Some(at) => (&rest[..at], "?***"),
+        None => (rest, ""),
+    };
+    format!("{scheme}://{user}{rest}{hidden}")
 }
 
 /// A lazily connecting manager for `url` (`redis://`, `rediss://` over
@@ -99,6 +108,12 @@ mod tests {
         );
         assert_eq!(redacted("rediss://h:6380"), "rediss://h:6380");
         assert_eq!(redacted("hunter2"), "<not a URL>");
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=1&pass=hunter2"),
+            "redis+unix:///run/redis.sock?***"
+        );
+        assert_eq!(redacted("redis://u:pa?s/s#w@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redacted("redis://h:1/0?pass=x"), "redis://h:1/0?***");
     }
 
     #[tokio::test]

@@ -55,9 +55,12 @@
 //!   deadline as in process; only a lane's head asks Redis.
 //! - **Shared pauses**: a 429 or 503 `Retry-After`, or `RateLimit` /
 //!   `X-RateLimit-*` fields, learned by one replica's layer are written to
-//!   Redis and hold back every replica. A pause never shortens one in
-//!   force, and remaining-quota fields can only tighten the state (they
-//!   become pauses), never loosen it.
+//!   Redis under the key's own pause (not under a quota: replicas
+//!   configured with other quotas see it too) and hold back every replica;
+//!   each check applies it to every quota, which then resumes at its rate
+//!   without a burst. A pause never shortens one in force, and
+//!   remaining-quota fields can only tighten the state (they become
+//!   pauses), never loosen it.
 //! - **A local deny cache**: once Redis says "not before T" for a key, that
 //!   replica answers "not before T" until T without asking again (a hash
 //!   and a lock, tens of nanoseconds).
@@ -85,9 +88,35 @@
 //! since no decision over it is sound. Pauses learned while degraded are
 //! held by the replica (deny cache, local share) but not written to Redis.
 //!
+//! Each Redis call runs on a task of its own, so it ends (and an outage is
+//! noticed) even when its caller stops waiting first, at its `max_wait`
+//! or deadline; a check whose caller left may still take a permit in
+//! Redis, which then goes unused (never more than the quota).
+//!
+//! What the store cannot promise, by design:
+//!
+//! - **Redis is the state.** A Redis restarted without its data, a
+//!   failover to a replica that had not caught up, `FLUSHALL`, or eviction
+//!   under `maxmemory` forgets what was spent: up to one period's quota is
+//!   handed out again. Run Redis with `maxmemory-policy noeviction` (every
+//!   key here has a TTL, so the `volatile-*` policies may evict live
+//!   state), and with replication or persistence where that matters. The
+//!   deny cache and pauses held in process soften it; they do not undo it.
+//! - **An outage in local-share mode** can admit up to the quota plus the
+//!   shares within one period: Redis does not learn what the shares handed
+//!   out. Each replica's share learns what Redis gave that replica (so a
+//!   replica that used its share before the outage starts from there), not
+//!   what Redis gave the others.
+//! - **One key's throughput per replica is one permit per round trip**:
+//!   the layer keeps callers first come, first served, and only a lane's
+//!   head asks Redis. Over loopback that is some 10 000 per second; over a
+//!   15 ms link, some 60. Callers queued behind a head that is asking count
+//!   against `max_queue`, as callers waiting for time do.
+//!
 //! # Key layout
 //!
-//! `<namespace>:rl1<clock>:{<hash>}:<quota>:<s|l>`: `rl1` is format
+//! `<namespace>:rl1<clock>:{<hash>}:pause` (the key's pause, `1:<s>:<ns>`)
+//! and `<namespace>:rl1<clock>:{<hash>}:<quota>:<s|l>`: `rl1` is format
 //! version 1 (also the first field of every value), `<clock>` is `r` for
 //! Redis's clock and `c` for the callers', `<hash>` is the first 16 bytes of
 //! SHA-256 over the namespace and the key, in hex (the key may be a

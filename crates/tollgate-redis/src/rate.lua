@@ -7,15 +7,22 @@
 -- Sums saturate at the end of u64, and a permit whose next state would
 -- pass it is refused, as in process.
 --
--- ARGV[1]  op: "check" or "pause"
+-- ARGV[1]  op: "check", "pause", or "probe" (decides nothing: is Redis
+--          running scripts that write?)
 -- ARGV[2]  clock: "redis" (TIME) or "caller" (ARGV[3], ARGV[4])
 -- ARGV[3], ARGV[4]  the caller's now (seconds, nanoseconds)
 -- ARGV[5], ARGV[6]  pause: until - now (seconds, nanoseconds)
 -- ARGV[7]  the number of quotas, then six values per quota:
 --   "g", interval s, interval ns, tolerance s, tolerance ns, 0
 --   "w", period s, period ns, step s, step ns, count
--- KEYS: two per quota, in order: its state, and (window) its grants.
+-- ARGV[8]  how long a pause key outlives its pause, in ms (the longest
+--          period of the asking replica's quotas: the ramp after a pause)
+-- KEYS[1]: the key's pause, shared by every quota (and by replicas
+-- configured with other quotas); then two per quota, in order: its
+-- state, and (window) its grants.
 --
+-- A pause is the string "1:<until s>:<until ns>"; every check applies it
+-- to each quota's state (idempotent: maxima) before deciding.
 -- A GCRA state is the string "1:<tat s>:<tat ns>". A window's state is a
 -- hash {v = 1, pu = paused until, re = ramp end, rn = ramp next} and its
 -- grants a list of "<s>:<ns>", oldest first, at most `count` long.
@@ -89,16 +96,20 @@ else
   now_s, now_n = tonumber(ARGV[3]), tonumber(ARGV[4])
 end
 
+if ARGV[1] == 'probe' then return {0, now_s, now_n} end
+
 local quotas = tonumber(ARGV[7])
+local linger = tonumber(ARGV[8])
+local pause_key = KEYS[1]
 local q = {}
 for i = 1, quotas do
-  local a = 7 + (i - 1) * 6
+  local a = 8 + (i - 1) * 6
   q[i] = {
     kind = ARGV[a + 1],
     as = tonumber(ARGV[a + 2]), an = tonumber(ARGV[a + 3]),
     bs = tonumber(ARGV[a + 4]), bn = tonumber(ARGV[a + 5]),
     count = tonumber(ARGV[a + 6]),
-    state = KEYS[2 * i - 1], grants = KEYS[2 * i],
+    state = KEYS[2 * i], grants = KEYS[2 * i + 1],
   }
 end
 
@@ -128,30 +139,47 @@ for i = 1, quotas do
   end
 end
 
+-- The pause in force, if any.
+local pus, pun
+local pv = redis.call('GET', pause_key)
+if pv then
+  local ver, rest = string.match(pv, '^(%d+):(.*)$')
+  if ver ~= VERSION then return bad_format(pause_key) end
+  pus, pun = dec(rest)
+  if not pus then return bad_format(pause_key) end
+end
+
 if ARGV[1] == 'pause' then
   local us, un = add(now_s, now_n, tonumber(ARGV[5]), tonumber(ARGV[6]))
   if not lt(now_s, now_n, us, un) then return {0, now_s, now_n} end
+  -- Never shortens a pause in force.
+  if pus then us, un = max(us, un, pus, pun) end
+  redis.call('SET', pause_key, VERSION .. ':' .. enc(us, un))
+  local ds, dn = sub(us, un, now_s, now_n)
+  local ms = ds * 1000 + math.ceil(dn / 1000000) + linger + 1000
+  if ms > 9000000000000 then
+    redis.call('PERSIST', pause_key)
+  else
+    redis.call('PEXPIRE', pause_key, string.format('%d', ms))
+  end
+  return {0, now_s, now_n}
+end
+
+-- A pause holds every quota back until its end, then each resumes at its
+-- rate without a burst (as in process; applying it twice changes nothing).
+if pus then
   for i = 1, quotas do
     local x = q[i]
     if x.kind == 'g' then
-      -- Nothing before `until`, then the steady rate: no burst after it.
-      local ps, pn = add(us, un, x.bs, x.bn)
-      local ts, tn = max(x.ts, x.tn, ps, pn)
-      redis.call('SET', x.state, VERSION .. ':' .. enc(ts, tn))
-      expire_at(x.state, ts, tn, now_s, now_n)
+      local ps, pn = add(pus, pun, x.bs, x.bn)
+      x.ts, x.tn = max(x.ts, x.tn, ps, pn)
     else
-      local pus, pun = max(x.pus, x.pun, us, un)
-      local rns, rnn = max(x.rns, x.rnn, us, un)
-      local es, en = add(us, un, x.as, x.an)
-      local res, ren = max(x.res, x.ren, es, en)
-      redis.call('HSET', x.state, 'v', VERSION, 'pu', enc(pus, pun), 're', enc(res, ren),
-        'rn', enc(rns, rnn))
-      local is, inn = max(pus, pun, res, ren)
-      expire_at(x.state, is, inn, now_s, now_n)
-      if x.len > 0 then expire_at(x.grants, is, inn, now_s, now_n) end
+      x.pus, x.pun = max(x.pus, x.pun, pus, pun)
+      x.rns, x.rnn = max(x.rns, x.rnn, pus, pun)
+      local es, en = add(pus, pun, x.as, x.an)
+      x.res, x.ren = max(x.res, x.ren, es, en)
     end
   end
-  return {0, now_s, now_n}
 end
 
 -- check: every quota decides first; a refusal by any spends nothing.

@@ -136,6 +136,13 @@ pub enum BuildError {
     NoQuota,
     /// A window quota over [`MAX_WINDOW_COUNT`].
     WindowTooLarge(u32),
+    /// A timeout of zero: no Redis answer could ever be used.
+    ZeroTimeout,
+    /// A namespace with `{` or `}` (they would break the key's hash tag).
+    Namespace,
+    /// [`Degraded::LocalShare`]: no quota at most this quota's share could
+    /// be made (its burst or its period out of a quota's range).
+    NoLocalShare(Quota),
 }
 
 impl fmt::Display for BuildError {
@@ -143,6 +150,11 @@ impl fmt::Display for BuildError {
         match self {
             BuildError::Url(e) => e.fmt(f),
             BuildError::NoQuota => f.write_str("a redis rate-limit store needs at least one quota"),
+            BuildError::ZeroTimeout => {
+                f.write_str("a redis rate-limit store's timeout must be above zero")
+            }
+            BuildError::Namespace => f.write_str("a redis namespace may not contain `{` or `}`"),
+            BuildError::NoLocalShare(q) => write!(f, "no local share can be made of the quota {q}"),
             BuildError::WindowTooLarge(n) => write!(
                 f,
                 "a window quota of {n} permits per period keeps {n} timestamps per key in Redis \
@@ -249,18 +261,35 @@ impl RedisRateLimitBuilder {
         if self.quotas.is_empty() {
             return Err(BuildError::NoQuota);
         }
+        if self.timeout.is_zero() {
+            return Err(BuildError::ZeroTimeout);
+        }
+        if self.namespace.contains(['{', '}']) {
+            // Redis Cluster hashes the first `{...}` of a name: a brace in
+            // the namespace would move the hash tag off the key's hash.
+            return Err(BuildError::Namespace);
+        }
         let mut args = Vec::with_capacity(self.quotas.len());
         let mut fallback = Vec::new();
         for quota in &self.quotas {
             args.push(QuotaArgs::new(quota)?);
             if let Degraded::LocalShare { replicas } = self.degraded {
-                let share = local_share(quota, replicas.max(1));
+                let share =
+                    local_share(quota, replicas.max(1)).ok_or(BuildError::NoLocalShare(*quota))?;
                 fallback.push(MemoryStore::new(&share, self.deny_cache_keys.max(1_000)));
             }
         }
         let conn = manager_with(&self.url, self.timeout, &self.tls).map_err(BuildError::Url)?;
+        let linger_ms = self
+            .quotas
+            .iter()
+            .map(|q| u64::try_from(q.period().as_millis()).unwrap_or(u64::MAX))
+            .max()
+            .unwrap_or(0)
+            .min(1 << 40);
         Ok(RedisRateLimitStore {
             inner: Arc::new(Inner {
+                linger_ms,
                 conn,
                 script: Script::new(SCRIPT),
                 quotas: self.quotas,
@@ -279,17 +308,20 @@ impl RedisRateLimitBuilder {
     }
 }
 
-/// A quota's share for one of `replicas`.
-fn local_share(quota: &Quota, replicas: u32) -> Quota {
+/// A quota's share for one of `replicas`: `count / replicas` per period
+/// (at least one), the burst likewise. Never more than the quota: when
+/// that share is not a valid quota, a smaller one (burst 1), else `None`.
+fn local_share(quota: &Quota, replicas: u32) -> Option<Quota> {
     let count = (quota.count() / replicas).max(1);
-    let share = match quota.kind() {
-        QuotaKind::Smooth => Quota::per(count, quota.period())
-            .and_then(|q| q.with_burst((quota.burst() / replicas).max(1))),
-        QuotaKind::Window => Quota::window(count, quota.period()),
-    };
-    // The share of a valid quota is valid; if it were not, the whole quota
-    // is the safest bound left.
-    share.unwrap_or(*quota)
+    match quota.kind() {
+        QuotaKind::Smooth => {
+            let per = Quota::per(count, quota.period()).ok()?;
+            per.with_burst((quota.burst() / replicas).max(1))
+                .ok()
+                .or_else(|| per.with_burst(1).ok())
+        }
+        QuotaKind::Window => Quota::window(count, quota.period()).ok(),
+    }
 }
 
 /// A quota as the script's arguments.
@@ -396,6 +428,9 @@ pub struct RedisRateLimitStore {
 }
 
 struct Inner {
+    /// How long a pause key outlives its pause (ms): the longest ramp of
+    /// this replica's quotas after a pause.
+    linger_ms: u64,
     conn: ConnectionManager,
     script: Script,
     quotas: Vec<Quota>,
@@ -477,7 +512,7 @@ impl RedisRateLimitStore {
     pub fn layer(&self) -> RateLimitLayer {
         RateLimitLayer::new(self.inner.quotas[0])
             .store(Arc::new(self.clone()))
-            .store_timeout(self.inner.timeout + Duration::from_millis(20))
+            .store_timeout(self.inner.timeout.saturating_add(Duration::from_millis(20)))
     }
 
     /// The mode in force.
@@ -541,9 +576,12 @@ impl Inner {
             Clock::Caller => 'c',
         };
         let base = format!("{}:rl{FORMAT_VERSION}{clock}:{{{hash}}}", self.namespace);
-        self.args
-            .iter()
-            .flat_map(|a| [format!("{base}:{}:s", a.tag), format!("{base}:{}:l", a.tag)])
+        std::iter::once(format!("{base}:pause"))
+            .chain(
+                self.args
+                    .iter()
+                    .flat_map(|a| [format!("{base}:{}:s", a.tag), format!("{base}:{}:l", a.tag)]),
+            )
             .collect()
     }
 
@@ -572,7 +610,8 @@ impl Inner {
             .arg(nn)
             .arg(ds)
             .arg(dn)
-            .arg(self.args.len());
+            .arg(self.args.len())
+            .arg(self.linger_ms);
         for a in &self.args {
             for v in &a.values {
                 invocation.arg(v);
@@ -674,38 +713,135 @@ fn classify(e: &redis::RedisError) -> CallError {
 /// Switches to the degraded mode (once per outage: logged and counted) and
 /// starts the probe that switches back.
 fn degrade(inner: &Arc<Inner>, reason: &str) {
-    if inner.health.degraded.swap(true, Ordering::AcqRel) {
-        return;
+    if !inner.health.degraded.swap(true, Ordering::AcqRel) {
+        bump(&inner.stats.degradations);
+        tracing::warn!(
+            redis = %inner.url,
+            mode = ?inner.degraded,
+            %reason,
+            "redis rate-limit store degraded: deciding without Redis until it answers again"
+        );
     }
-    bump(&inner.stats.degradations);
-    tracing::warn!(
-        redis = %inner.url,
-        mode = ?inner.degraded,
-        %reason,
-        "redis rate-limit store degraded: deciding without Redis until it answers again"
-    );
+    ensure_probe(inner);
+}
+
+/// Starts the probe unless one runs. Also called by degraded callers: a
+/// probe whose runtime ended (its task dropped) is started again.
+fn ensure_probe(inner: &Arc<Inner>) {
     if inner.health.probing.swap(true, Ordering::AcqRel) {
         return;
     }
-    let weak = Arc::downgrade(inner);
-    tokio::spawn(probe(weak));
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(probe(ProbeGuard(Arc::downgrade(inner))));
+        }
+        Err(_) => inner.health.probing.store(false, Ordering::Release),
+    }
 }
 
-async fn probe(weak: Weak<Inner>) {
+/// Marks the probe as gone when its task ends or is dropped.
+struct ProbeGuard(Weak<Inner>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.health.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Asks Redis every [`PROBE_INTERVAL`] with the script itself (a `PING`
+/// answers where a script that writes is refused: out of memory, no
+/// replicas, no permission), and switches back to shared mode once it
+/// runs.
+async fn probe(guard: ProbeGuard) {
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
-        let Some(inner) = weak.upgrade() else { return };
-        let mut conn = inner.conn.clone();
-        let ping = redis::cmd("PING");
-        let answer: Result<Result<String, _>, _> =
-            tokio::time::timeout(inner.timeout, ping.query_async(&mut conn)).await;
-        if matches!(answer, Ok(Ok(_))) {
-            inner.health.probing.store(false, Ordering::Release);
-            inner.health.degraded.store(false, Ordering::Release);
-            bump(&inner.stats.recoveries);
-            tracing::info!(redis = %inner.url, "redis rate-limit store back in shared mode");
+        let Some(inner) = guard.0.upgrade() else {
+            return;
+        };
+        if !inner.health.degraded.load(Ordering::Acquire) {
             return;
         }
+        if let Err(CallError::Unavailable(_)) = inner.call("probe", "", 0, 0).await {
+            continue;
+        }
+        inner.health.degraded.store(false, Ordering::Release);
+        bump(&inner.stats.recoveries);
+        tracing::info!(redis = %inner.url, "redis rate-limit store back in shared mode");
+        return;
+    }
+}
+
+impl Inner {
+    /// A check decided in Redis, or by the degraded mode when Redis fails.
+    async fn check_shared(self: Arc<Self>, key: String, now: UnixNanos) -> CheckAnswer {
+        match self.call("check", &key, now, 0).await {
+            Ok(decision) => {
+                bump(&self.stats.shared);
+                match decision.permit {
+                    Ok(()) => {
+                        // The local share learns what this replica was
+                        // given, so an outage starts from it rather than
+                        // from a full share.
+                        for store in &self.fallback {
+                            let _ = store.check_sync(&key, now);
+                        }
+                    }
+                    Err(at) => self.deny.remember(&key, at, now, false),
+                }
+                Ok(decision.permit)
+            }
+            Err(CallError::Refused(reason)) => Err(StoreError::new(RedisUnavailable { reason })),
+            Err(CallError::Unavailable(reason)) => {
+                degrade(&self, &reason);
+                self.fallback_answer(&key, now)
+            }
+        }
+    }
+
+    /// A pause written to Redis; held here whatever Redis does.
+    async fn pause_shared(
+        self: Arc<Self>,
+        key: String,
+        now: UnixNanos,
+        until: UnixNanos,
+    ) -> Result<(), StoreError> {
+        match self.call("pause", &key, now, until - now).await {
+            Ok(_) => {
+                bump(&self.stats.pauses);
+                Ok(())
+            }
+            Err(CallError::Refused(reason)) => Err(StoreError::new(RedisUnavailable { reason })),
+            Err(CallError::Unavailable(reason)) => {
+                // Held here (deny cache, local share) though not shared.
+                degrade(&self, &reason);
+                Ok(())
+            }
+        }
+    }
+}
+
+type CheckAnswer = Result<Result<(), UnixNanos>, StoreError>;
+
+/// Runs a Redis call on a task of its own, so that it ends, and an outage
+/// is noticed, even when the caller stops waiting first (its `max_wait`,
+/// its deadline, the layer's store timeout): the caller waits on the task.
+fn detached<T: Send + 'static>(
+    future: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> StoreFuture<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let task = runtime.spawn(future);
+            StoreFuture::later(async move {
+                task.await.unwrap_or_else(|e| {
+                    Err(StoreError::new(RedisUnavailable {
+                        reason: format!("the redis call's task ended: {e}"),
+                    }))
+                })
+            })
+        }
+        Err(_) => StoreFuture::later(future),
     }
 }
 
@@ -717,31 +853,13 @@ impl RateLimitStore for RedisRateLimitStore {
             return StoreFuture::ready(Err(at));
         }
         if inner.health.degraded.load(Ordering::Acquire) {
+            ensure_probe(inner);
             return match inner.fallback_answer(key, now) {
                 Ok(answer) => StoreFuture::ready(answer),
                 Err(e) => StoreFuture::failed(e),
             };
         }
-        let inner = Arc::clone(inner);
-        let key = key.to_owned();
-        StoreFuture::later(async move {
-            match inner.call("check", &key, now, 0).await {
-                Ok(decision) => {
-                    bump(&inner.stats.shared);
-                    if let Err(at) = decision.permit {
-                        inner.deny.remember(&key, at, now);
-                    }
-                    Ok(decision.permit)
-                }
-                Err(CallError::Refused(reason)) => {
-                    Err(StoreError::new(RedisUnavailable { reason }))
-                }
-                Err(CallError::Unavailable(reason)) => {
-                    degrade(&inner, &reason);
-                    inner.fallback_answer(&key, now)
-                }
-            }
-        })
+        detached(Arc::clone(inner).check_shared(key.to_owned(), now))
     }
 
     fn estimate(&self, key: &str, now: UnixNanos, ahead: u64) -> Option<UnixNanos> {
@@ -764,30 +882,15 @@ impl RateLimitStore for RedisRateLimitStore {
             return StoreFuture::ready(());
         }
         let inner = &self.inner;
-        // This replica holds it at once; the degraded mode too.
-        inner.deny.remember(key, until, now);
+        // This replica holds it at once (a pause is never dropped from the
+        // deny cache for room); the degraded mode too.
+        inner.deny.remember(key, until, now, true);
         inner.fallback_pause(key, now, until);
         if inner.health.degraded.load(Ordering::Acquire) {
+            ensure_probe(inner);
             return StoreFuture::ready(());
         }
-        let inner = Arc::clone(inner);
-        let key = key.to_owned();
-        StoreFuture::later(async move {
-            match inner.call("pause", &key, now, until - now).await {
-                Ok(_) => {
-                    bump(&inner.stats.pauses);
-                    Ok(())
-                }
-                Err(CallError::Refused(reason)) => {
-                    Err(StoreError::new(RedisUnavailable { reason }))
-                }
-                Err(CallError::Unavailable(reason)) => {
-                    // Held here (deny cache, local share) though not shared.
-                    degrade(&inner, &reason);
-                    Ok(())
-                }
-            }
-        })
+        detached(Arc::clone(inner).pause_shared(key.to_owned(), now, until))
     }
 }
 
@@ -799,17 +902,26 @@ impl RateLimitStore for RedisRateLimitStore {
 /// passed the new one is not remembered (Redis is asked instead).
 struct DenyCache {
     shards: Box<[Mutex<HashMap<u64, UnixNanos>>]>,
+    /// Room per shard for refusals.
     per_shard: usize,
+    /// Whether any pause was held (with no room for refusals, the cache
+    /// is then still read).
+    holds_pauses: AtomicBool,
     hasher: RandomState,
 }
 
 const SHARDS: usize = 16;
+
+/// Room per shard for pauses when the cache is smaller (or off): pauses
+/// are few (one per key the upstream throttled) and must be held.
+const PAUSE_ROOM: usize = 64;
 
 impl DenyCache {
     fn new(keys: usize) -> DenyCache {
         DenyCache {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: keys.div_ceil(SHARDS),
+            holds_pauses: AtomicBool::new(false),
             hasher: RandomState::new(),
         }
     }
@@ -821,7 +933,7 @@ impl DenyCache {
 
     /// The time a refusal named, while it is still ahead.
     fn until(&self, key: &str, now: UnixNanos) -> Option<UnixNanos> {
-        if self.per_shard == 0 {
+        if self.per_shard == 0 && !self.holds_pauses.load(Ordering::Relaxed) {
             return None;
         }
         let hash = self.hasher.hash_one(key);
@@ -832,10 +944,20 @@ impl DenyCache {
         shard.get(&hash).copied().filter(|&at| at > now)
     }
 
-    fn remember(&self, key: &str, at: UnixNanos, now: UnixNanos) {
-        if self.per_shard == 0 || at <= now {
+    /// Remembers "not before `at`". A `pause` must be held: when the shard
+    /// is full of entries still ahead, the one ending first gives way.
+    fn remember(&self, key: &str, at: UnixNanos, now: UnixNanos, pause: bool) {
+        if (self.per_shard == 0 && !pause) || at <= now {
             return;
         }
+        if pause {
+            self.holds_pauses.store(true, Ordering::Relaxed);
+        }
+        let room = if pause {
+            self.per_shard.max(PAUSE_ROOM)
+        } else {
+            self.per_shard
+        };
         let hash = self.hasher.hash_one(key);
         let mut shard = self
             .shard(hash)
@@ -845,10 +967,20 @@ impl DenyCache {
             *old = (*old).max(at);
             return;
         }
-        if shard.len() >= self.per_shard {
+        if shard.len() >= room {
             shard.retain(|_, &mut until| until > now);
-            if shard.len() >= self.per_shard {
-                return;
+            if shard.len() >= room {
+                if !pause {
+                    return;
+                }
+                // A pause outranks a refusal: the entry ending first goes.
+                let first = shard
+                    .iter()
+                    .min_by_key(|(_, &until)| until)
+                    .map(|(&k, _)| k);
+                if let Some(first) = first {
+                    shard.remove(&first);
+                }
             }
         }
         shard.insert(hash, at);
