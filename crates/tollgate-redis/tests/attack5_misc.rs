@@ -155,6 +155,7 @@ async fn a_flapping_connection_under_load_never_admits_more_than_the_quota() {
         admitted += t.await.unwrap();
     }
     assert!(admitted <= 25, "{admitted} admitted for a window of 25");
+    assert!(proxy.stats().faults() > 0, "the attack injected nothing");
     proxy.clear_faults();
     let back = Instant::now();
     while store.mode() != Mode::Shared {
