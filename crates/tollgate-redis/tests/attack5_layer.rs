@@ -317,3 +317,56 @@ async fn a_long_store_timeout_is_honoured_by_the_layer_it_makes() {
     assert_eq!(store.mode(), Mode::Shared);
     assert_eq!(store.check("k", SEC).await.unwrap(), Ok(()));
 }
+
+/// Thirty callers of one key through the layer over a slow Redis, every
+/// other one dropped at some point of its wait (before asking, while the
+/// head's script is in flight, while sleeping for its permit): the others
+/// all end, and the upstream sees at most the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_dropped_at_every_await_of_the_layer_never_loosen_the_quota_nor_strand_the_lane() {
+    let redis = redis();
+    let proxy = proxy(&redis).await;
+    let store = RedisRateLimitStore::builder(url(&proxy))
+        .quota(
+            Quota::per(10, Duration::from_secs(3_600))
+                .unwrap()
+                .with_burst(5)
+                .unwrap(),
+        )
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    warm(&store).await;
+    proxy.inject(ProxyFault::latency(Duration::from_millis(3)));
+    let sent = Arc::new(AtomicU64::new(0));
+    let svc = service(store.layer().max_wait(Duration::from_millis(300)), &sent);
+    let mut tasks = Vec::new();
+    for i in 0..30u64 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let call = svc.oneshot(Request::new(String::new()));
+            if i % 2 == 0 {
+                // Dropped after 0..=14 ms.
+                let cut = Duration::from_millis(i % 15);
+                tokio::time::timeout(cut, call)
+                    .await
+                    .ok()
+                    .map(|r| r.is_ok())
+            } else {
+                Some(call.await.is_ok())
+            }
+        }));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+    .await
+    .expect("a caller was stranded in the lane");
+    assert!(sent.load(Ordering::SeqCst) <= 5, "{all:?}");
+    let served = all.iter().filter(|o| **o == Some(true)).count();
+    assert_eq!(served as u64, sent.load(Ordering::SeqCst));
+}

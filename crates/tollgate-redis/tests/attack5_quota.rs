@@ -331,3 +331,42 @@ async fn a_local_share_is_never_more_than_count_over_replicas() {
         "one of two replicas admitted {local} of a burst of 30 on its own"
     );
 }
+
+/// A window at `MAX_WINDOW_COUNT`: a thousand permits recorded, a pause
+/// holds it, its keys expire after the pause and the period.
+#[tokio::test]
+async fn a_window_at_the_largest_count_records_pauses_and_expires() {
+    let redis = redis();
+    let store = RedisRateLimitStore::builder(redis.url())
+        .quota(Quota::window(tollgate_redis::MAX_WINDOW_COUNT, Duration::from_secs(60)).unwrap())
+        .deny_cache_keys(0)
+        .build()
+        .unwrap();
+    assert_eq!(admitted(&store, "k", 0, 1_000).await, 1_000);
+    let mut conn = raw(&redis.url()).await;
+    let keys = store.redis_keys("k");
+    let grants: usize = redis::cmd("LLEN")
+        .arg(&keys[1])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(grants, 1_000);
+    store.pause("k", SEC, 11 * SEC).await.unwrap();
+    let at = store
+        .check("k", 2 * SEC)
+        .await
+        .unwrap()
+        .expect_err("paused");
+    // About 10 s after the pause's write on Redis's clock, answered on this
+    // caller's clock (which says 2 s though hardly any real time passed).
+    assert!((9 * SEC..=10 * SEC).contains(&(at - 2 * SEC)), "{at}");
+    for key in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // The pause (10 s) and the ramp of one period (60 s), plus 1 s.
+        assert!(ttl > 0 && ttl <= 71_000, "{key}: {ttl}");
+    }
+}
