@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tollgate_limit::{Quota, RateLimitStore};
+use tollgate_limit::Quota;
 use tollgate_redis::{Degraded, RedisRateLimitStore};
 use tollgate_testkit::{RedisServer, HOW_TO_GET_REDIS};
 
