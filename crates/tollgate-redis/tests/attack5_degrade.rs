@@ -176,7 +176,7 @@ async fn a_slow_redis_never_holds_a_caller_past_the_timeout() {
         .build()
         .unwrap();
     assert_eq!(store.check("k", 0).await.unwrap(), Ok(()));
-    proxy.inject(ProxyFault::latency(Duration::from_millis(400)));
+    proxy.inject(ProxyFault::latency(Duration::from_secs(2)));
     let mut tasks = Vec::new();
     for i in 0..64u64 {
         let store = store.clone();
@@ -188,8 +188,8 @@ async fn a_slow_redis_never_holds_a_caller_past_the_timeout() {
     }
     for task in tasks {
         let (waited, ok) = task.await.unwrap();
-        // 50 ms plus scheduling on a busy 2-core machine; far below 400 ms.
-        assert!(waited < Duration::from_millis(250), "waited {waited:?}");
+        // 50 ms plus scheduling on a busy 2-core machine; far below 2 s.
+        assert!(waited < Duration::from_millis(600), "waited {waited:?}");
         assert!(ok, "local share decides");
     }
     assert_eq!(store.mode(), Mode::Degraded);

@@ -74,7 +74,7 @@ async fn a_frozen_then_thawed_redis_bounds_every_caller_and_keeps_answers_in_ste
         let started = Instant::now();
         assert_eq!(store.check("a", i).await.unwrap(), Ok(()), "fail open");
         assert!(
-            started.elapsed() < Duration::from_millis(300),
+            started.elapsed() < Duration::from_millis(600),
             "{:?}",
             started.elapsed()
         );
@@ -144,7 +144,7 @@ async fn a_flapping_connection_under_load_never_admits_more_than_the_quota() {
                     admitted += 1;
                 }
                 let waited = started.elapsed();
-                assert!(waited < Duration::from_millis(400), "{waited:?}");
+                assert!(waited < Duration::from_millis(800), "{waited:?}");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             admitted
@@ -264,7 +264,7 @@ async fn tls_spoken_to_a_clear_text_redis_is_an_outage_within_the_timeout() {
         .unwrap();
     let started = Instant::now();
     assert_eq!(store.check("k", 0).await.unwrap(), Ok(()));
-    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(started.elapsed() < Duration::from_millis(600));
     assert_eq!(store.mode(), Mode::Degraded);
 }
 
