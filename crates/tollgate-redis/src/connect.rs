@@ -4,7 +4,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, RedisResult, ScriptInvocation};
 
 /// A Redis URL that cannot be used: malformed, or a scheme this build does
 /// not speak. It never repeats the URL (it may hold a password).
@@ -94,6 +99,75 @@ pub(crate) fn manager_with(
     ConnectionManager::new_lazy_with_config(client, config).map_err(|e| InvalidRedisUrl {
         reason: e.to_string(),
     })
+}
+
+/// A connection to one Redis, or to a Redis Cluster (slots followed,
+/// `MOVED` and `ASK` handled by redis-rs's cluster client).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// One server (or a proxy in front of many).
+    Single(ConnectionManager),
+    /// A cluster, found from its seed nodes on first use.
+    Cluster(Arc<ClusterSlot>),
+}
+
+/// The cluster client and its connection, made on first use (and again
+/// after a failure to make it).
+pub(crate) struct ClusterSlot {
+    client: ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+impl Conn {
+    /// Runs a script (EVALSHA, EVAL on NOSCRIPT).
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        match self {
+            Conn::Single(manager) => {
+                let mut conn = manager.clone();
+                invocation.invoke_async(&mut conn).await
+            }
+            Conn::Cluster(slot) => {
+                let conn = slot
+                    .conn
+                    .get_or_try_init(|| slot.client.get_async_connection())
+                    .await?;
+                let mut conn = conn.clone();
+                invocation.invoke_async(&mut conn).await
+            }
+        }
+    }
+}
+
+/// A cluster connection from seed `nodes` (`redis://` or `rediss://`),
+/// each connection attempt and answer bounded by `timeout`.
+pub(crate) fn cluster(
+    nodes: &[String],
+    timeout: Duration,
+    tls: &Tls,
+) -> Result<Conn, InvalidRedisUrl> {
+    if nodes.iter().any(|n| n.starts_with("rediss://")) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(1);
+    if let Some(root) = &tls.root_cert {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root.clone()),
+        });
+    }
+    let client = builder.build().map_err(|e| InvalidRedisUrl {
+        reason: e.to_string(),
+    })?;
+    Ok(Conn::Cluster(Arc::new(ClusterSlot {
+        client,
+        conn: tokio::sync::OnceCell::new(),
+    })))
 }
 
 #[cfg(test)]

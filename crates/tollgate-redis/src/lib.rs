@@ -61,6 +61,10 @@
 //!   without a burst. A pause never shortens one in force, and
 //!   remaining-quota fields can only tighten the state (they become
 //!   pauses), never loosen it.
+//! - **Redis Cluster**: [`cluster`](RedisRateLimitBuilder::cluster) makes
+//!   the URL a seed node; redis-rs's cluster client follows each key to its
+//!   slot (`MOVED`, `ASK`). A key's quotas and pause share one hash tag, so
+//!   one script decides them on one node.
 //! - **A local deny cache**: once Redis says "not before T" for a key, that
 //!   replica answers "not before T" until T without asking again (a hash
 //!   and a lock, tens of nanoseconds).

@@ -96,7 +96,13 @@ else
   now_s, now_n = tonumber(ARGV[3]), tonumber(ARGV[4])
 end
 
-if ARGV[1] == 'probe' then return {0, now_s, now_n} end
+-- A probe writes (KEYS[1] is a probe key of its own): Redis refusing
+-- writes (out of memory, no replicas, read-only, no permission) has not
+-- come back, though it answers PING.
+if ARGV[1] == 'probe' then
+  redis.call('SET', KEYS[1], '1', 'PX', 1000)
+  return {0, now_s, now_n}
+end
 
 local quotas = tonumber(ARGV[7])
 local linger = tonumber(ARGV[8])
@@ -203,11 +209,13 @@ for i = 1, quotas do
     end
   else
     local ws, wn = now_s, now_n
+    -- The oldest grant that counts still counts past the end of time.
+    local stuck = false
     if x.len >= x.count then
       local first = redis.call('LINDEX', x.grants, x.len - x.count)
       local fs, fn = dec(first or '')
       if not fs then return bad_format(x.grants) end
-      ws, wn = add(fs, fn, x.as, x.an)
+      ws, wn, stuck = add(fs, fn, x.as, x.an)
     end
     local ps, pn = now_s, now_n
     if lt(now_s, now_n, x.res, x.ren) then ps, pn = x.rns, x.rnn end
@@ -215,7 +223,7 @@ for i = 1, quotas do
     as, an = max(as, an, ps, pn)
     if lt(now_s, now_n, as, an) then
       rs, rn = as, an
-    elseif now_s == MAXS and now_n == MAXN and x.len >= x.count then
+    elseif stuck and now_s == MAXS and now_n == MAXN then
       rs, rn = MAXS, MAXN
     end
   end

@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 use sha2::{Digest, Sha256};
 use tollgate_limit::gcra::Gcra;
 use tollgate_limit::rate::{MemoryStore, RateLimitStore, StoreError, StoreFuture, UnixNanos};
 use tollgate_limit::{Quota, QuotaKind, RateLimitLayer};
 
-use crate::connect::{manager_with, redacted, InvalidRedisUrl, Tls};
+use crate::connect::{cluster, manager_with, redacted, Conn, InvalidRedisUrl, Tls};
 
 /// The Lua script: every decision, pause and format rule in one place.
 const SCRIPT: &str = include_str!("rate.lua");
@@ -138,6 +137,8 @@ pub enum BuildError {
     WindowTooLarge(u32),
     /// A timeout of zero: no Redis answer could ever be used.
     ZeroTimeout,
+    /// `build` was called outside a tokio runtime.
+    NoRuntime,
     /// A namespace with `{` or `}` (they would break the key's hash tag).
     Namespace,
     /// [`Degraded::LocalShare`]: no quota at most this quota's share could
@@ -150,6 +151,9 @@ impl fmt::Display for BuildError {
         match self {
             BuildError::Url(e) => e.fmt(f),
             BuildError::NoQuota => f.write_str("a redis rate-limit store needs at least one quota"),
+            BuildError::NoRuntime => {
+                f.write_str("a redis rate-limit store is built inside a tokio runtime")
+            }
             BuildError::ZeroTimeout => {
                 f.write_str("a redis rate-limit store's timeout must be above zero")
             }
@@ -184,6 +188,7 @@ pub struct RedisRateLimitBuilder {
     clock: Clock,
     deny_cache_keys: usize,
     tls: Tls,
+    cluster: bool,
 }
 
 impl fmt::Debug for RedisRateLimitBuilder {
@@ -235,6 +240,15 @@ impl RedisRateLimitBuilder {
         self
     }
 
+    /// The URL names one node of a Redis Cluster: the store finds the
+    /// others, and follows each key to the node holding its slot (`MOVED`,
+    /// `ASK`). A key's quotas and pause share one hash tag, so one script
+    /// decides them on one node.
+    pub fn cluster(mut self) -> Self {
+        self.cluster = true;
+        self
+    }
+
     /// For `rediss://`: trust this PEM root certificate (a private CA)
     /// instead of the webpki roots.
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -251,18 +265,23 @@ impl RedisRateLimitBuilder {
 
     /// The store. Connects lazily: Redis being down now is not an error
     /// (the first calls are then decided by the degraded mode). Call it
-    /// inside a tokio runtime.
+    /// inside a tokio runtime (the connection's tasks live there).
     ///
     /// # Errors
     ///
-    /// A URL that cannot be used, no quota, or a window quota over
-    /// [`MAX_WINDOW_COUNT`].
+    /// A URL that cannot be used, no quota, a window quota over
+    /// [`MAX_WINDOW_COUNT`], a zero timeout, a namespace with braces, a
+    /// local share that cannot be made, or no tokio runtime.
     pub fn build(self) -> Result<RedisRateLimitStore, BuildError> {
         if self.quotas.is_empty() {
             return Err(BuildError::NoQuota);
         }
         if self.timeout.is_zero() {
             return Err(BuildError::ZeroTimeout);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            // The connection's tasks live on the runtime it is made in.
+            return Err(BuildError::NoRuntime);
         }
         if self.namespace.contains(['{', '}']) {
             // Redis Cluster hashes the first `{...}` of a name: a brace in
@@ -279,7 +298,12 @@ impl RedisRateLimitBuilder {
                 fallback.push(MemoryStore::new(&share, self.deny_cache_keys.max(1_000)));
             }
         }
-        let conn = manager_with(&self.url, self.timeout, &self.tls).map_err(BuildError::Url)?;
+        let conn = if self.cluster {
+            cluster(std::slice::from_ref(&self.url), self.timeout, &self.tls)
+        } else {
+            manager_with(&self.url, self.timeout, &self.tls).map(Conn::Single)
+        }
+        .map_err(BuildError::Url)?;
         let linger_ms = self
             .quotas
             .iter()
@@ -431,7 +455,7 @@ struct Inner {
     /// How long a pause key outlives its pause (ms): the longest ramp of
     /// this replica's quotas after a pause.
     linger_ms: u64,
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
     quotas: Vec<Quota>,
     args: Vec<QuotaArgs>,
@@ -502,6 +526,7 @@ impl RedisRateLimitStore {
             clock: Clock::Redis,
             deny_cache_keys: DEFAULT_DENY_CACHE_KEYS,
             tls: Tls::default(),
+            cluster: false,
         }
     }
 
@@ -595,8 +620,15 @@ impl Inner {
         delay: u64,
     ) -> Result<RedisDecision, CallError> {
         let mut invocation = self.script.prepare_invoke();
-        for k in self.keys(key) {
-            invocation.key(k);
+        if op == "probe" {
+            invocation.key(format!(
+                "{}:rl{FORMAT_VERSION}:{{probe}}:probe",
+                self.namespace
+            ));
+        } else {
+            for k in self.keys(key) {
+                invocation.key(k);
+            }
         }
         let (ns, nn) = pair(now);
         let (ds, dn) = pair(delay);
@@ -617,9 +649,8 @@ impl Inner {
                 invocation.arg(v);
             }
         }
-        let mut conn = self.conn.clone();
         let answer: Vec<u64> =
-            match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+            match tokio::time::timeout(self.timeout, self.conn.invoke(&invocation)).await {
                 Err(_) => {
                     return Err(CallError::Unavailable(format!(
                         "no answer within {:?}",

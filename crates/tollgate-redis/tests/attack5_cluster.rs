@@ -132,10 +132,10 @@ async fn cluster() -> (Nodes, [u16; 2]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BROKEN: the store talks to Redis through a plain ConnectionManager (no cluster client, no MOVED/ASK handling): against Redis Cluster every key whose hash tag lives on another node fails (MOVED taken for an outage), so the hash tag buys nothing"]
 async fn a_store_pointed_at_a_redis_cluster_decides_every_key() {
     let (_nodes, ports) = cluster().await;
     let store = RedisRateLimitStore::builder(format!("redis://127.0.0.1:{}", ports[0]))
+        .cluster()
         .quota(Quota::per_second(1_000).unwrap())
         .degraded(Degraded::FailClosed)
         .timeout(Duration::from_millis(500))

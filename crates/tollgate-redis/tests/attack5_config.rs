@@ -47,13 +47,22 @@ fn slot(key: &str) -> u16 {
     crc16(tagged.unwrap_or(bytes)) % 16_384
 }
 
-fn two_quota_store(url: String, namespace: &str) -> RedisRateLimitStore {
-    RedisRateLimitStore::builder(url)
+/// The store for `namespace`, or `None` when the namespace is refused at
+/// build (braces: a typed error, which also keeps the hash tag whole).
+fn two_quota_store(url: String, namespace: &str) -> Option<RedisRateLimitStore> {
+    let built = RedisRateLimitStore::builder(url)
         .namespace(namespace)
         .quota(Quota::per_second(10).unwrap())
         .quota(Quota::window(100, Duration::from_secs(60)).unwrap())
-        .build()
-        .unwrap()
+        .build();
+    match built {
+        Ok(store) => Some(store),
+        Err(e) => {
+            assert!(namespace.contains(['{', '}']), "{namespace:?}: {e}");
+            assert!(e.to_string().contains("namespace"), "{e}");
+            None
+        }
+    }
 }
 
 /// The hash tag is what lets one script touch every quota of a key in
@@ -61,7 +70,9 @@ fn two_quota_store(url: String, namespace: &str) -> RedisRateLimitStore {
 #[tokio::test]
 async fn every_key_of_one_caller_key_lands_in_one_cluster_slot_whatever_the_namespace() {
     for namespace in ["tollgate", "", "{", "}", "}{", "a{b}c", "{{}}", "x}{y"] {
-        let store = two_quota_store("redis://127.0.0.1:1".into(), namespace);
+        let Some(store) = two_quota_store("redis://127.0.0.1:1".into(), namespace) else {
+            continue;
+        };
         let keys = store.redis_keys("caller-key");
         let slots: Vec<u16> = keys.iter().map(|k| slot(k)).collect();
         assert!(
@@ -72,9 +83,10 @@ async fn every_key_of_one_caller_key_lands_in_one_cluster_slot_whatever_the_name
 }
 
 #[tokio::test]
-#[ignore = "BROKEN: a namespace containing `{}` makes the empty hash tag Redis ignores come first: a key's quotas land in different Cluster slots (CROSSSLOT)"]
 async fn an_empty_brace_pair_in_the_namespace_keeps_a_keys_quotas_in_one_cluster_slot() {
-    let store = two_quota_store("redis://127.0.0.1:1".into(), "svc{}");
+    let Some(store) = two_quota_store("redis://127.0.0.1:1".into(), "svc{}") else {
+        return;
+    };
     let keys = store.redis_keys("caller-key");
     let slots: Vec<u16> = keys.iter().map(|k| slot(k)).collect();
     assert!(
@@ -158,7 +170,6 @@ async fn hostile_keys_each_get_their_own_quota_and_never_reach_redis() {
 }
 
 #[tokio::test]
-#[ignore = "BROKEN: RedisRateLimitStore::layer() computes timeout + 20 ms with `+`: a timeout of Duration::MAX panics (overflow) instead of working or being a typed error"]
 async fn a_timeout_of_duration_max_never_panics() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
@@ -194,7 +205,6 @@ async fn a_timeout_of_duration_max_decides_in_redis() {
 /// call degrades, and the probe (bounded by the same timeout) never finds
 /// Redis back. The builder takes it silently.
 #[tokio::test]
-#[ignore = "BROKEN: timeout(Duration::ZERO) is accepted at build, yet no script answer beats it: with Redis up every call fails closed, and the mode flaps (the probe's PING sometimes beats the zero timer)"]
 async fn a_zero_timeout_is_refused_at_build_or_still_reaches_redis() {
     let redis = redis();
     let built = RedisRateLimitStore::builder(redis.url())
@@ -235,9 +245,9 @@ async fn quotas_at_the_ends_of_their_ranges_decide_without_error() {
         )
         .unwrap(),
     ];
-    for quota in cases {
+    for (i, quota) in cases.into_iter().enumerate() {
         let store = RedisRateLimitStore::builder(redis.url())
-            .namespace(format!("{quota:?}"))
+            .namespace(format!("quota-{i}"))
             .quota(quota)
             .build()
             .unwrap();
@@ -284,7 +294,6 @@ async fn a_slow_quota_refuses_for_its_interval_on_redis_time() {
 /// for a runtime, but a misuse must be a typed error, not a panic from
 /// inside redis-rs.
 #[test]
-#[ignore = "BROKEN: build() outside a tokio runtime panics inside redis-rs (ConnectionManager::new_lazy spawns): no BuildError, and no `# Panics` section in its docs"]
 fn building_outside_a_runtime_is_a_typed_error_never_a_panic() {
     let built = std::panic::catch_unwind(|| {
         RedisRateLimitStore::builder("redis://127.0.0.1:1")

@@ -105,7 +105,7 @@ async fn a_frozen_then_thawed_redis_bounds_every_caller_and_keeps_answers_in_ste
     );
     let mut conn = raw(&redis.url()).await;
     let grants: usize = redis::cmd("LLEN")
-        .arg(&store.redis_keys("a")[1])
+        .arg(&store.redis_keys("a")[2])
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -187,11 +187,11 @@ async fn unreadable_state_is_a_typed_error_in_the_lenient_modes_too() {
             .unwrap();
         let keys = store.redis_keys("k");
         for (key, value) in [
-            (&keys[0], "2:5:0"),
-            (&keys[0], "1:99999999999:0"),
-            (&keys[0], "1:5:1000000000"),
-            (&keys[0], "1:-5:0"),
-            (&keys[0], "garbage"),
+            (&keys[1], "2:5:0"),
+            (&keys[1], "1:99999999999:0"),
+            (&keys[1], "1:5:1000000000"),
+            (&keys[1], "1:-5:0"),
+            (&keys[1], "garbage"),
         ] {
             let _: () = redis::cmd("DEL")
                 .arg(&keys[..])
@@ -208,7 +208,7 @@ async fn unreadable_state_is_a_typed_error_in_the_lenient_modes_too() {
             assert!(answer.is_err(), "{mode:?}: {value:?} decided {answer:?}");
         }
         // A window's grants held as a string, its state as a string.
-        for (key, value) in [(&keys[3], "x"), (&keys[2], "1:0:0")] {
+        for (key, value) in [(&keys[4], "x"), (&keys[3], "1:0:0")] {
             let _: () = redis::cmd("DEL")
                 .arg(&keys[..])
                 .query_async(&mut conn)
@@ -233,7 +233,7 @@ async fn unreadable_state_is_a_typed_error_in_the_lenient_modes_too() {
             .await
             .unwrap();
         let _: () = redis::cmd("HSET")
-            .arg(&keys[2])
+            .arg(&keys[3])
             .arg("v")
             .arg("2")
             .query_async(&mut conn)

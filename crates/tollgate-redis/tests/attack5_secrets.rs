@@ -26,7 +26,6 @@ fn assert_clean(what: &str, text: &str) {
 /// redis-rs takes a Unix socket's password from the query (`?pass=`);
 /// the store's redaction only looks for `user:pass@`.
 #[tokio::test]
-#[ignore = "BROKEN: redacted() only strips `userinfo@`; a redis+unix URL carries its password in the query (`?pass=`, which redis-rs reads): it reaches the builder's and the store's Debug and the degradation warn log in clear"]
 async fn a_unix_socket_password_in_the_query_never_reaches_debug_or_logs() {
     let logs = logs();
     let url = "redis+unix:///nonexistent/tollgate-attack5.sock?db=0&user=u&pass=hunter2";
