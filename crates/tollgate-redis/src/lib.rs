@@ -9,3 +9,8 @@ pub use connect::InvalidRedisUrl;
 // --- rate limit (the lead's) ---
 
 // --- cache tier (the cache helper's) ---
+mod cache;
+pub use cache::{
+    InvalidCacheTier, RedisCacheTier, RedisCacheTierBuilder, DEFAULT_CACHE_NAMESPACE,
+    DEFAULT_CACHE_TIMEOUT,
+};
