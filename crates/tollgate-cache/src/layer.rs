@@ -414,6 +414,58 @@ impl CacheBuilder {
 
     /// A second tier behind memory, typically shared by every replica of a
     /// service (`tollgate_redis::RedisCacheTier`). See [Tier](CacheLayer#tier).
+    ///
+    /// Two layers sharing one tier act as two replicas: what one fetched,
+    /// the other serves.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tollgate_cache::{CacheLayer, CacheStatus, CacheTier, Freshness, FromTier, TierFuture};
+    ///
+    /// /// A tier in a map (no TTLs: an example, not a cache).
+    /// #[derive(Default)]
+    /// struct Map(Mutex<HashMap<String, Bytes>>);
+    ///
+    /// impl CacheTier for Map {
+    ///     fn get(&self, key: &str) -> TierFuture<Option<Bytes>> {
+    ///         let found = self.0.lock().unwrap().get(key).cloned();
+    ///         Box::pin(async move { Ok(found) })
+    ///     }
+    ///     fn put(&self, key: &str, value: Bytes, _ttl: Duration) -> TierFuture<()> {
+    ///         self.0.lock().unwrap().insert(key.to_owned(), value);
+    ///         Box::pin(async { Ok(()) })
+    ///     }
+    ///     fn delete(&self, key: &str) -> TierFuture<()> {
+    ///         self.0.lock().unwrap().remove(key);
+    ///         Box::pin(async { Ok(()) })
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let shared = Arc::new(Map::default());
+    /// let replica = || {
+    ///     CacheLayer::builder(Freshness::Fixed(Duration::from_secs(60)))
+    ///         .tier(shared.clone())
+    ///         .build()
+    /// };
+    /// let upstream = service_fn(|_req: Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("{\"id\":1}"))))
+    /// });
+    /// let get = || Request::get("http://api.test/posts/1").body(());
+    /// let a = replica().layer(upstream).oneshot(get()?).await?;
+    /// assert_eq!(a.extensions().get::<CacheStatus>(), Some(&CacheStatus::Miss));
+    /// let b = replica().layer(upstream).oneshot(get()?).await?;
+    /// assert_eq!(b.extensions().get::<CacheStatus>(), Some(&CacheStatus::Hit));
+    /// assert!(b.extensions().get::<FromTier>().is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn tier(mut self, tier: Arc<dyn CacheTier>) -> Self {
         self.tier.tier = Some(tier);
         self

@@ -869,7 +869,8 @@ async fn from_tier(
     shared: bool,
 ) -> Option<Arc<Stored>> {
     let tier = store.tier.as_ref()?;
-    let bytes = tier.get(&store.counters, tier_key).await;
+    // No answer is counted as such (errors, skipped), not as a miss.
+    let bytes = tier.get(&store.counters, tier_key).await?;
     let now = Instant::now();
     let stored = bytes
         .filter(|b| b.len() <= store.config.max_entry_bytes)

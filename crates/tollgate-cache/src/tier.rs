@@ -170,8 +170,10 @@ impl Tier {
         }
     }
 
-    pub(crate) async fn get(&self, counters: &Counters, key: &str) -> Option<Bytes> {
-        self.call(counters, "get", |t| t.get(key)).await.flatten()
+    /// What the tier holds under `key`; `None` if it did not answer (an
+    /// error, a timeout, or resting).
+    pub(crate) async fn get(&self, counters: &Counters, key: &str) -> Option<Option<Bytes>> {
+        self.call(counters, "get", |t| t.get(key)).await
     }
 
     pub(crate) async fn put(&self, counters: &Counters, key: &str, value: Bytes, ttl: Duration) {

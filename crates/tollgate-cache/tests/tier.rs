@@ -738,6 +738,7 @@ async fn a_slow_tier_is_a_miss_within_the_timeout_then_left_alone_for_a_while() 
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(tier.gets(), 1);
     assert!(a.stats().tier_skipped >= 1);
+    assert_eq!(a.stats().tier_misses, 0, "no answer is not a miss");
 
     // Then asked again, and used once it answers in time.
     *tier.delay.lock().expect("lock") = Duration::ZERO;
