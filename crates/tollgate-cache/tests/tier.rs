@@ -846,3 +846,63 @@ async fn a_write_drops_the_tiers_copy_so_no_replica_reads_the_old_one() {
     let _ = calls;
     let _ = Method::GET;
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the order of requests, the replica that serves them, the
+    /// writes between them and the time that passes, each response is the
+    /// one fetched with the request's own credential and language (or with
+    /// none).
+    #[test]
+    fn no_replica_ever_serves_another_credentials_or_languages_response(
+        calls in proptest::collection::vec(
+            (0usize..3, 0usize..4, 0usize..2, 0usize..3, 0u8..10),
+            1..40,
+        )
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let tier = MapTier::default();
+            let (_, up) = upstream();
+            let replicas: Vec<CacheLayer> =
+                (0..3).map(|_| replica(Arc::new(tier.clone()), fixed(5))).collect();
+            let users = [None, Some("Bearer alice"), Some("Bearer bob"), Some("Basic Ym9iOg==")];
+            let langs = ["fr", "de"];
+            for (at, user, lang, path, what) in calls {
+                let service = replicas[at].layer(up.clone());
+                let mut request = get(&format!("/p{path}"))
+                    .header("accept-language", langs[lang])
+                    .header("x-reply-vary", "accept-language");
+                if let Some(auth) = users[user] {
+                    request = request.header(AUTHORIZATION, auth);
+                }
+                match what {
+                    0 => {
+                        let write = Request::post(format!("http://api.test/p{path}"))
+                            .body(())
+                            .expect("req");
+                        service.oneshot(write).await.expect("write");
+                    }
+                    1 => tokio::time::advance(Duration::from_secs(2)).await,
+                    _ => {
+                        let response = service
+                            .oneshot(request.body(()).expect("req"))
+                            .await
+                            .expect("response");
+                        let expected = format!(
+                            "GET /p{path} for {} in {}",
+                            users[user].unwrap_or("-"),
+                            langs[lang]
+                        );
+                        assert_eq!(body(response).await, expected);
+                    }
+                }
+            }
+        });
+    }
+}
