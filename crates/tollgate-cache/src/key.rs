@@ -150,7 +150,7 @@ pub(crate) fn vary_of(response: &HeaderMap, request: &HeaderMap) -> Option<Vary>
 
 /// The `Vary` headers of a stored response and the values its request had.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Vary(Vec<(HeaderName, Vec<HeaderValue>)>);
+pub(crate) struct Vary(pub(crate) Vec<(HeaderName, Vec<HeaderValue>)>);
 
 impl Vary {
     /// Whether `request` has the same values for every header named.

@@ -12,6 +12,7 @@ use crate::key::normalize_uri;
 use crate::policy::Freshness;
 use crate::service::Cache;
 use crate::store::{Config, Store};
+use crate::tier::{CacheTier, Tier, DEFAULT_TIER_TIMEOUT};
 
 /// The default for [`CacheBuilder::max_bytes`]: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
@@ -73,6 +74,27 @@ pub const DEFAULT_REMEMBER_UNCACHEABLE: Duration = Duration::from_secs(10);
 /// headers were set in does not matter. Their values are hashed with a key
 /// random per process, never kept. Erring this way costs hits, never a
 /// leak: an idempotency key on a `GET` keeps its response to itself.
+///
+/// # Tier
+///
+/// [`CacheBuilder::tier`] adds a second tier behind memory, typically one
+/// that the replicas of a service share (`tollgate_redis::RedisCacheTier`),
+/// so that what one replica fetched the others serve.
+///
+/// | rule | how |
+/// |------|-----|
+/// | lookup | a request that finds nothing fresh in memory looks in the tier before going upstream, inside the single-flight: only the flight's leader asks, its followers get its answer ([`CacheStatus::Coalesced`](crate::CacheStatus::Coalesced)). A tier hit fills memory and is answered as [`CacheStatus::Hit`](crate::CacheStatus::Hit) with a [`FromTier`](crate::FromTier) beside it, counted in [`CacheStats::tier_hits`]. A request with `Cache-Control: no-cache` skips the tier (it asked for the upstream) |
+/// | fill | a response stored in memory is written to the tier (before the response is handed back, within the timeout) with its remaining freshness as the TTL; one with no freshness left (or `no-cache`, revalidated on every reuse) is not written; a revalidated one is written again |
+/// | keys | the hex SHA-256 of the method, the normalized URI and the request's credential headers and `Credential` (see [Credentials](#credentials)): the same in every replica of one build, so a credential's entries are shared between replicas and never reach another credential; neither the URI nor a credential is ever in a key in clear. A request with a [`Partition`](crate::Partition) never uses the tier: a partition is a hash keyed per process, which no other replica can match |
+/// | `Vary` | the entry carries the request header values its response varies on; a lookup whose values differ is a miss. The tier keeps one variant per key (the last written); memory keeps up to eight |
+/// | encoding | a version byte ([`TIER_FORMAT_VERSION`](crate::TIER_FORMAT_VERSION)) first, then length-prefixed binary: the key it was written under, the wall-clock time it was written, its age and freshness left then, status, version, headers, `Vary` values, body. Chosen over JSON: bodies are bytes (base64 would add a third), it needs no serializer, and every length is checked. An entry that cannot be decoded, of another version, written under another key, or with no freshness left, is a miss, never an error |
+/// | time | a replica reading an entry ages it by the wall-clock time since it was written (a reader whose clock is behind counts none), so every replica serves it with the same `Age` and lets it go when it would have; clock skew between replicas shifts that by the skew. The wall clock is read once when the layer is built and moved on by tokio's |
+/// | size | an entry whose encoding (body, headers and all) is over [`max_entry_bytes`](CacheBuilder::max_entry_bytes) is neither written nor read |
+/// | failures | every call is bounded by [`tier_timeout`](CacheBuilder::tier_timeout) (10 ms by default); a slower answer, or an error, is a miss: the request goes on with memory and the upstream and never fails because of the tier. It is counted ([`CacheStats::tier_errors`]), logged once when the tier starts failing and once when it answers again (target `tollgate_cache`), and the tier is left alone for [`TIER_RETRY`](crate::TIER_RETRY) (no request waits on it then; [`CacheStats::tier_skipped`]), then asked again, so it comes back by itself |
+/// | writes | a successful unsafe request drops the tier's entries of its URI for requests without a credential and for the writer's credential before its response is handed back, so no replica *fetches* the old one from the tier after the write; other credentials' entries of that URI there end with their freshness, and so do the copies other replicas already hold in memory (the tier shares entries, not invalidations). A fill on the writer's replica that raced the write deletes what it wrote; one on another replica that lands after the write's delete stays until its freshness ends (the replicas share no write log). [`invalidate`](Self::invalidate) drops the entries without a credential too; [`clear`](Self::clear) only memory |
+///
+/// The tier must be trusted like the cache's memory: it holds responses,
+/// including those fetched with a credential (filed under a hash of it).
 ///
 /// # Time
 ///
@@ -141,6 +163,10 @@ impl CacheLayer {
                 unshared_for: DEFAULT_REMEMBER_UNCACHEABLE,
             },
             max_bytes: DEFAULT_MAX_BYTES,
+            tier: TierSetting {
+                tier: None,
+                timeout: DEFAULT_TIER_TIMEOUT,
+            },
         }
     }
 
@@ -199,12 +225,27 @@ impl CacheLayer {
     }
 
     /// Drops every stored response for `uri` (all methods, credentials and
-    /// variants).
+    /// variants). With a [tier](CacheBuilder::tier), also the tier's entries
+    /// of requests without a credential for it, on a task of its own (none
+    /// outside a tokio runtime); other credentials' entries there end with
+    /// their freshness.
     pub fn invalidate(&self, uri: &Uri) {
-        self.store.invalidate(&normalize_uri(uri));
+        let uri = normalize_uri(uri);
+        self.store.invalidate(&uri);
+        if let Some(tier) = &self.store.tier {
+            let keys = self
+                .store
+                .config
+                .methods
+                .iter()
+                .map(|m| crate::tier::public_key(m, &uri))
+                .collect();
+            tier.delete_later(self.store.counters.clone(), keys);
+        }
     }
 
-    /// Drops everything.
+    /// Drops everything in memory. A [tier](CacheBuilder::tier) is left
+    /// as it is: its entries end with their freshness.
     pub fn clear(&self) {
         self.store.clear();
     }
@@ -220,6 +261,11 @@ impl CacheLayer {
             stale: c.stale.load(Ordering::Relaxed),
             bypassed: c.bypassed.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
+            tier_hits: c.tier_hits.load(Ordering::Relaxed),
+            tier_misses: c.tier_misses.load(Ordering::Relaxed),
+            tier_errors: c.tier_errors.load(Ordering::Relaxed),
+            tier_skipped: c.tier_skipped.load(Ordering::Relaxed),
+            tier_writes: c.tier_writes.load(Ordering::Relaxed),
             entries: self.store.entry_count(),
             bytes: self.store.weighted_size(),
         }
@@ -260,6 +306,21 @@ pub struct CacheStats {
     pub bypassed: u64,
     /// Entries evicted to stay within the capacity.
     pub evictions: u64,
+    /// Responses served from the [tier](CacheBuilder::tier) (also counted
+    /// in `hits`): a miss in memory that another replica had fetched.
+    pub tier_hits: u64,
+    /// Lookups in the tier that found nothing usable: nothing there, or an
+    /// entry that could not be decoded, of another version, for another
+    /// key, with other `Vary` values, or with no freshness left.
+    pub tier_misses: u64,
+    /// Tier calls that failed or took longer than
+    /// [`tier_timeout`](CacheBuilder::tier_timeout).
+    pub tier_errors: u64,
+    /// Tier calls not made because the tier failed within the last
+    /// [`TIER_RETRY`](crate::TIER_RETRY).
+    pub tier_skipped: u64,
+    /// Entries written to the tier.
+    pub tier_writes: u64,
     /// URIs with stored responses.
     pub entries: u64,
     /// Bytes counted against the capacity.
@@ -271,6 +332,22 @@ pub struct CacheStats {
 pub struct CacheBuilder {
     config: Config,
     max_bytes: u64,
+    tier: TierSetting,
+}
+
+#[derive(Clone)]
+struct TierSetting {
+    tier: Option<Arc<dyn CacheTier>>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for TierSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tier")
+            .field("set", &self.tier.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl CacheBuilder {
@@ -335,10 +412,81 @@ impl CacheBuilder {
         self
     }
 
+    /// A second tier behind memory, typically shared by every replica of a
+    /// service (`tollgate_redis::RedisCacheTier`). See [Tier](CacheLayer#tier).
+    ///
+    /// Two layers sharing one tier act as two replicas: what one fetched,
+    /// the other serves.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tollgate_cache::{CacheLayer, CacheStatus, CacheTier, Freshness, FromTier, TierFuture};
+    ///
+    /// /// A tier in a map (no TTLs: an example, not a cache).
+    /// #[derive(Default)]
+    /// struct Map(Mutex<HashMap<String, Bytes>>);
+    ///
+    /// impl CacheTier for Map {
+    ///     fn get(&self, key: &str) -> TierFuture<Option<Bytes>> {
+    ///         let found = self.0.lock().unwrap().get(key).cloned();
+    ///         Box::pin(async move { Ok(found) })
+    ///     }
+    ///     fn put(&self, key: &str, value: Bytes, _ttl: Duration) -> TierFuture<()> {
+    ///         self.0.lock().unwrap().insert(key.to_owned(), value);
+    ///         Box::pin(async { Ok(()) })
+    ///     }
+    ///     fn delete(&self, key: &str) -> TierFuture<()> {
+    ///         self.0.lock().unwrap().remove(key);
+    ///         Box::pin(async { Ok(()) })
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let shared = Arc::new(Map::default());
+    /// let replica = || {
+    ///     CacheLayer::builder(Freshness::Fixed(Duration::from_secs(60)))
+    ///         .tier(shared.clone())
+    ///         .build()
+    /// };
+    /// let upstream = service_fn(|_req: Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("{\"id\":1}"))))
+    /// });
+    /// let get = || Request::get("http://api.test/posts/1").body(());
+    /// let a = replica().layer(upstream).oneshot(get()?).await?;
+    /// assert_eq!(a.extensions().get::<CacheStatus>(), Some(&CacheStatus::Miss));
+    /// let b = replica().layer(upstream).oneshot(get()?).await?;
+    /// assert_eq!(b.extensions().get::<CacheStatus>(), Some(&CacheStatus::Hit));
+    /// assert!(b.extensions().get::<FromTier>().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn tier(mut self, tier: Arc<dyn CacheTier>) -> Self {
+        self.tier.tier = Some(tier);
+        self
+    }
+
+    /// How long a request waits for the [tier](Self::tier) at most, per
+    /// call (default [`DEFAULT_TIER_TIMEOUT`], 10 ms): a slower answer is a
+    /// miss (counted in [`CacheStats::tier_errors`]).
+    pub fn tier_timeout(mut self, timeout: Duration) -> Self {
+        self.tier.timeout = timeout;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> CacheLayer {
+        let tier = self
+            .tier
+            .tier
+            .map(|tier| Tier::new(tier, self.tier.timeout));
         CacheLayer {
-            store: Arc::new(Store::new(self.config, self.max_bytes)),
+            store: Arc::new(Store::new(self.config, self.max_bytes, tier)),
         }
     }
 }

@@ -32,6 +32,7 @@ mod policy;
 mod service;
 mod status;
 mod store;
+mod tier;
 
 pub use body::CacheBody;
 pub use key::normalize_uri;
@@ -41,7 +42,8 @@ pub use layer::{
 };
 pub use policy::{Freshness, MAX_FRESHNESS};
 pub use service::{Cache, ResponseFuture};
-pub use status::{Bypass, CacheStatus, CacheTtl, CoalescedError};
+pub use status::{Bypass, CacheStatus, CacheTtl, CoalescedError, FromTier};
+pub use tier::{CacheTier, TierFuture, DEFAULT_TIER_TIMEOUT, TIER_FORMAT_VERSION, TIER_RETRY};
 pub use tollgate_core::Partition;
 
 /// The README's example, compiled and run as a doc test so it stays true.

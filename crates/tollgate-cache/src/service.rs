@@ -26,8 +26,9 @@ use crate::flight::{FlightKey, Leader, Outcome, Role, Ticket};
 use crate::key::{identity, is_credential, normalize_uri, vary_of};
 use crate::layer::CacheLayer;
 use crate::policy::{decide, Decision};
-use crate::status::{Bypass, CacheStatus, CacheTtl, CoalescedError};
+use crate::status::{Bypass, CacheStatus, CacheTtl, CoalescedError, FromTier};
 use crate::store::{Counters, Store};
+use crate::tier::{decode, encode, public_key, tier_key};
 
 /// Caches responses; made by [`CacheLayer`].
 ///
@@ -164,6 +165,30 @@ where
             .filter(|r| Arc::ptr_eq(&r.store, store))
             .map(|r| r.route);
         match decided.unwrap_or_else(|| route(store, &req)) {
+            Route::Unsafe(uri) if store.tier.is_some() => {
+                Counters::bump(&store.counters.bypassed);
+                // Read-your-writes across the tier too: the response comes
+                // back once the tier's copies are gone (or its calls timed
+                // out).
+                let keys = written_keys(store, &uri, &req);
+                let future = self.inner.call(req);
+                let store = store.clone();
+                ResponseFuture::new(Kind::Slow {
+                    future: Box::pin(async move {
+                        let response = future.await.map_err(Into::into)?;
+                        let status = response.status();
+                        if status.is_success() || status.is_redirection() {
+                            store.invalidate(&uri);
+                            if let Some(tier) = &store.tier {
+                                for key in &keys {
+                                    tier.delete(&store.counters, key).await;
+                                }
+                            }
+                        }
+                        Ok(streamed(response, CacheStatus::Bypass))
+                    }),
+                })
+            }
             Route::Unsafe(uri) => {
                 Counters::bump(&store.counters.bypassed);
                 ResponseFuture::new(Kind::Invalidate {
@@ -364,6 +389,17 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
+    // Only a request that goes upstream pays for its tier key.
+    let tier_key = store.tier.as_ref().and_then(|_| {
+        tier_key(
+            req.method(),
+            &key.uri,
+            req.headers(),
+            req.extensions(),
+            &store.config.credential_headers,
+        )
+    });
+    let tier_key = tier_key.as_deref();
     let mut role = if store.flights.is_unshared(&key, Instant::now()) {
         Role::Alone(store.flights.alone(&key.uri))
     } else {
@@ -372,10 +408,28 @@ where
     loop {
         let waiter = match role {
             Role::Leader(leader, ticket) => {
-                return lead(&store, service, req, &key, found, Some(leader), ticket).await
+                let tier = Tiered {
+                    key: tier_key,
+                    ask: !no_cache,
+                };
+                return lead(
+                    &store,
+                    service,
+                    req,
+                    &key,
+                    found,
+                    Some(leader),
+                    ticket,
+                    tier,
+                )
+                .await;
             }
             Role::Alone(ticket) => {
-                return lead(&store, service, req, &key, found, None, ticket).await
+                let tier = Tiered {
+                    key: tier_key,
+                    ask: !no_cache,
+                };
+                return lead(&store, service, req, &key, found, None, ticket, tier).await;
             }
             Role::Waiter(waiter) => waiter,
         };
@@ -402,7 +456,12 @@ where
                     return Ok(respond(stored, CacheStatus::Hit, now));
                 }
                 let ticket = store.flights.alone(&key.uri);
-                return lead(&store, service, req, &key, found, None, ticket).await;
+                // The leader asked the tier for this key already.
+                let tier = Tiered {
+                    key: tier_key,
+                    ask: false,
+                };
+                return lead(&store, service, req, &key, found, None, ticket, tier).await;
             }
             Outcome::Abandoned => {
                 // The leader was cancelled. Look again, then lead or wait.
@@ -542,6 +601,10 @@ fn build_stored(
 /// answer is stored only if `ticket` is still current (no write to the URI
 /// since it was taken), and shared with the waiters only if the cache could
 /// serve it to them.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one fetch's inputs, from three call sites of one function"
+)]
 async fn lead<S, ReqB, ResB>(
     store: &Store,
     service: S,
@@ -550,6 +613,7 @@ async fn lead<S, ReqB, ResB>(
     found: Option<Arc<Stored>>,
     leader: Option<Leader<'_>>,
     ticket: Ticket<'_>,
+    tier: Tiered<'_>,
 ) -> Result<Response<CacheBody<ResB>>, BoxError>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -577,6 +641,27 @@ where
         headers: req.headers().clone(),
         ttl: req.extensions().get::<CacheTtl>().map(|t| t.0),
     };
+    // Memory had nothing fresh: another replica may have fetched it.
+    if let (true, Some(tier_key)) = (tier.ask, tier.key) {
+        if let Some(stored) = from_tier(store, tier_key, &asked.headers, shared).await {
+            let now = Instant::now();
+            store.insert(
+                &ticket,
+                key.uri.clone(),
+                asked.method,
+                key.identity,
+                &asked.headers,
+                stored.clone(),
+            );
+            store.flights.set_unshared(key, false, unshared_for);
+            finish(leader, Outcome::Shared(stored.clone()));
+            Counters::bump(&store.counters.hits);
+            Counters::bump(&store.counters.tier_hits);
+            let mut response = respond(&stored, CacheStatus::Hit, now);
+            response.extensions_mut().insert(FromTier);
+            return Ok(response);
+        }
+    }
     // A stale entry with validators: ask whether it changed.
     let revalidating = found.clone().filter(|s| s.has_validators());
     if let Some(stored) = &revalidating {
@@ -641,8 +726,8 @@ where
             stored.vary.clone(),
             received,
         ));
-        if decision.is_some() {
-            store.insert(
+        let inserted = decision.is_some()
+            && store.insert(
                 &ticket,
                 key.uri.clone(),
                 asked.method,
@@ -650,7 +735,6 @@ where
                 &asked.headers,
                 renewed.clone(),
             );
-        }
         Counters::bump(&store.counters.revalidated);
         let shareable = decision.is_some() && renewed.is_fresh(received);
         store.flights.set_unshared(key, !shareable, unshared_for);
@@ -662,6 +746,9 @@ where
                 Outcome::NotShared
             },
         );
+        if inserted {
+            to_tier(store, tier.key, &renewed, &ticket).await;
+        }
         let mut response = respond(&renewed, CacheStatus::Revalidated, received);
         // What the layers below recorded (attempts, waits) stays on it.
         let status = CacheStatus::Revalidated;
@@ -727,7 +814,7 @@ where
                 vary,
                 received,
             ));
-            store.insert(
+            let inserted = store.insert(
                 &ticket,
                 key.uri.clone(),
                 asked.method,
@@ -742,11 +829,14 @@ where
             finish(
                 leader,
                 if shareable {
-                    Outcome::Shared(stored)
+                    Outcome::Shared(stored.clone())
                 } else {
                     Outcome::NotShared
                 },
             );
+            if inserted {
+                to_tier(store, tier.key, &stored, &ticket).await;
+            }
             Ok(Response::from_parts(parts, CacheBody::full(bytes)))
         }
         Buffered::Overflow(read, rest) => {
@@ -756,4 +846,87 @@ where
         }
         Buffered::Failed(error) => Err(fail(leader, error)),
     }
+}
+
+/// What a fetch does with the tier: the request's key there (`None`
+/// without a tier, or for a request it cannot serve), and whether to look
+/// in it before going upstream.
+#[derive(Clone, Copy)]
+struct Tiered<'a> {
+    key: Option<&'a str>,
+    ask: bool,
+}
+
+/// A fresh entry for this request from the tier, if it has one the cache
+/// could serve it: of this version, filed under this very key (a tier that
+/// answers another key's entry is a miss), within the per-entry limit, its
+/// `Vary` values matching, fresh, and never `private` for a request
+/// without a credential.
+async fn from_tier(
+    store: &Store,
+    tier_key: &str,
+    request: &HeaderMap,
+    shared: bool,
+) -> Option<Arc<Stored>> {
+    let tier = store.tier.as_ref()?;
+    // No answer is counted as such (errors, skipped), not as a miss.
+    let bytes = tier.get(&store.counters, tier_key).await?;
+    let now = Instant::now();
+    let stored = bytes
+        .filter(|b| b.len() <= store.config.max_entry_bytes)
+        .and_then(|b| decode(b, tier_key, now, tier.wall_ms(now), |h| retention(store, h)))
+        .filter(|s| s.vary.matches(request) && s.is_fresh(now))
+        .filter(|s| !(shared && crate::policy::has_directive(&s.headers, "private")));
+    if stored.is_none() {
+        Counters::bump(&store.counters.tier_misses);
+    }
+    stored.map(Arc::new)
+}
+
+/// Writes a stored response to the tier, with its remaining freshness as
+/// the TTL: not one with no freshness left (or revalidated on every reuse),
+/// not one whose encoding is over the per-entry limit. A write to the URI
+/// while it was being sent deletes it again.
+async fn to_tier(store: &Store, tier_key: Option<&str>, stored: &Stored, ticket: &Ticket<'_>) {
+    let (Some(tier), Some(tier_key)) = (store.tier.as_ref(), tier_key) else {
+        return;
+    };
+    let now = Instant::now();
+    if !stored.is_fresh(now) {
+        return;
+    }
+    let left = stored.fresh_until.saturating_duration_since(now);
+    if left < Duration::from_millis(1) {
+        return;
+    }
+    let Some(value) = encode(tier_key, stored, now, tier.wall_ms(now), left)
+        .filter(|v| v.len() <= store.config.max_entry_bytes)
+    else {
+        return;
+    };
+    tier.put(&store.counters, tier_key, value, left).await;
+    if !ticket.is_current() {
+        tier.delete(&store.counters, tier_key).await;
+    }
+}
+
+/// The tier keys a successful write to `uri` drops: every cached method's,
+/// for requests without a credential and for the writer's.
+fn written_keys<B>(store: &Store, uri: &str, req: &Request<B>) -> Vec<String> {
+    let mut keys = Vec::new();
+    for method in &store.config.methods {
+        keys.push(public_key(method, uri));
+        if let Some(own) = tier_key(
+            method,
+            uri,
+            req.headers(),
+            req.extensions(),
+            &store.config.credential_headers,
+        ) {
+            if !keys.contains(&own) {
+                keys.push(own);
+            }
+        }
+    }
+    keys
 }

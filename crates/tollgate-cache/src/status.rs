@@ -22,3 +22,11 @@ pub struct CacheTtl(pub Duration);
 /// request that led the fetch gets the same error, so every caller reads
 /// one failure the same way.
 pub type CoalescedError = tollgate_core::SharedError;
+
+/// In a response's extensions, beside [`CacheStatus::Hit`]: the response
+/// came from the cache's second tier
+/// ([`CacheBuilder::tier`](crate::CacheBuilder::tier)), not from memory.
+/// It was fetched upstream by another replica (or by this one, before its
+/// memory lost it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FromTier;

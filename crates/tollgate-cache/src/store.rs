@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::entry::{Stored, UriEntry, Variant};
 use crate::flight::{Flights, Ticket};
 use crate::policy::Freshness;
+use crate::tier::Tier;
 
 /// How the cache behaves; set with [`CacheBuilder`](crate::CacheBuilder).
 #[derive(Debug, Clone)]
@@ -37,6 +38,11 @@ pub(crate) struct Counters {
     pub(crate) stale: AtomicU64,
     pub(crate) bypassed: AtomicU64,
     pub(crate) evictions: AtomicU64,
+    pub(crate) tier_hits: AtomicU64,
+    pub(crate) tier_misses: AtomicU64,
+    pub(crate) tier_errors: AtomicU64,
+    pub(crate) tier_skipped: AtomicU64,
+    pub(crate) tier_writes: AtomicU64,
 }
 
 impl Counters {
@@ -50,13 +56,15 @@ pub(crate) struct Store {
     entries: moka::sync::Cache<Arc<str>, Arc<UriEntry>>,
     pub(crate) flights: Flights,
     pub(crate) counters: Arc<Counters>,
+    /// The second tier, if any.
+    pub(crate) tier: Option<Arc<Tier>>,
     /// Held by every change to `entries`: an insert checks its ticket and
     /// replaces the URI's variants with no write slipping in between.
     writes: Mutex<()>,
 }
 
 impl Store {
-    pub(crate) fn new(config: Config, max_bytes: u64) -> Store {
+    pub(crate) fn new(config: Config, max_bytes: u64, tier: Option<Tier>) -> Store {
         let counters = Arc::new(Counters::default());
         let evictions = counters.clone();
         let entries = moka::sync::Cache::builder()
@@ -77,6 +85,7 @@ impl Store {
             entries,
             flights: Flights::default(),
             counters,
+            tier: tier.map(Arc::new),
             writes: Mutex::new(()),
         }
     }

@@ -151,3 +151,8 @@ pub use rate::{
 };
 
 // --- cache tier (the cache helper's) ---
+mod cache;
+pub use cache::{
+    InvalidCacheTier, RedisCacheTier, RedisCacheTierBuilder, DEFAULT_CACHE_NAMESPACE,
+    DEFAULT_CACHE_TIMEOUT,
+};
