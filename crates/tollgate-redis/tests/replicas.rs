@@ -9,9 +9,19 @@
 //! starts Redis and the FakeApi, starts the replicas on a common start
 //! time, takes Redis away and brings it back, and checks the reports.
 //!
-//! The quota test runs in real time (Redis's clock cannot be paused): one
-//! 10 s run. The file takes about 15 s of wall time, its tests running side
-//! by side.
+//! - 4 processes × 16 tasks share a 100/s quota (smooth, burst 10) for
+//!   10 s: every permit's Redis time is recorded; any stretch of Redis time
+//!   holds at most the bound, and the total is at least 90% of the quota.
+//! - One process's 429 with `Retry-After` pauses the other three: the
+//!   upstream sees nothing from any of them during the pause.
+//! - Redis killed, then started again (fail closed, fail open, a local
+//!   share), and Redis slower than the timeout, then fast again: no caller
+//!   waits on the store longer than the timeout, the mode holds, and
+//!   shared mode is back within 1 s.
+//!
+//! Everything runs in real time (Redis's clock cannot be paused); the
+//! quota test is the one 10 s run. The file takes about 20 s of wall time,
+//! its tests running side by side.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -23,7 +33,7 @@ use tokio::time::Instant;
 use tollgate::Client;
 use tollgate_limit::{Quota, RateLimitLayer, RateLimitStore, StoreFuture, UnixNanos};
 use tollgate_redis::{Degraded, RedisRateLimitStore, RedisUnavailable};
-use tollgate_testkit::{FakeApi, Fault, RedisServer, HOW_TO_GET_REDIS};
+use tollgate_testkit::{FakeApi, Fault, FaultProxy, ProxyFault, RedisServer, HOW_TO_GET_REDIS};
 
 /// Set in a replica's environment: which scenario it plays.
 const SCENARIO: &str = "TOLLGATE_REPLICA_SCENARIO";
@@ -725,14 +735,29 @@ struct Outage {
     final_mode: String,
 }
 
-/// Two replicas calling through stores in `mode`; Redis killed 1 s after
-/// the start and started again 1 s later. Checks what holds in every mode:
-/// no caller waits on the store longer than the timeout, the stores go
-/// degraded after the kill and are back in shared mode within 1 s of the
-/// restart. Returns the reports, the time the kill had ended and the
-/// restart's time.
-async fn outage(mode: &str) -> (Vec<Outage>, u64, u64) {
+/// How Redis fails in an outage test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Killed (SIGKILL), then started again on its port, empty.
+    Killed,
+    /// Alive but slow: every exchange held 300 ms by a proxy in front of
+    /// it, then fast again.
+    Slow,
+}
+
+/// Two replicas calling through stores in `mode`; Redis fails 1 s after
+/// the start and is back 1 s later. Checks what holds in every mode: no
+/// caller waits on the store longer than the timeout, the stores go
+/// degraded after the failure and are back in shared mode within 1 s of
+/// Redis. Returns the reports, the time the failure had begun and the time
+/// Redis was back.
+async fn outage(mode: &str, failure: Failure) -> (Vec<Outage>, u64, u64) {
     let mut redis = RedisServer::start().expect(HOW_TO_GET_REDIS);
+    let proxy = FaultProxy::start(redis.addr()).await.expect("proxy");
+    let url = match failure {
+        Failure::Killed => redis.url(),
+        Failure::Slow => format!("redis://{}", proxy.addr()),
+    };
     let api = FakeApi::start().await.expect("FakeApi");
     let start = unix_now() + 1_500 * MS;
     let replicas: Vec<_> = (0..OUTAGE_REPLICAS as usize)
@@ -741,7 +766,7 @@ async fn outage(mode: &str) -> (Vec<Outage>, u64, u64) {
                 "outage",
                 i,
                 &[
-                    ("REDIS", redis.url()),
+                    ("REDIS", url.clone()),
                     ("API", api.url()),
                     ("NAMESPACE", format!("outage-{mode}")),
                     ("MODE", mode.to_owned()),
@@ -754,10 +779,18 @@ async fn outage(mode: &str) -> (Vec<Outage>, u64, u64) {
     // A replica may see the kill before `stop` returns: the kill's time is
     // between the two readings.
     let stopping = unix_now();
-    redis.stop();
+    match failure {
+        Failure::Killed => redis.stop(),
+        Failure::Slow => proxy.inject(ProxyFault::latency(Duration::from_millis(300))),
+    }
     let stopped = unix_now();
     sleep_until_unix(start + OUTAGE_RESTART).await;
-    tokio::task::block_in_place(|| redis.restart()).expect("redis restarts");
+    match failure {
+        Failure::Killed => {
+            tokio::task::block_in_place(|| redis.restart()).expect("redis restarts");
+        }
+        Failure::Slow => proxy.clear_faults(),
+    }
     let restarted = unix_now();
     let mut outages = Vec::new();
     for replica in replicas {
@@ -802,15 +835,18 @@ async fn outage(mode: &str) -> (Vec<Outage>, u64, u64) {
             .find(|(at, m)| *at >= stopping && m == "Degraded")
             .map(|(at, _)| *at)
             .unwrap_or_else(|| panic!("replica {i} never went degraded: {:?}", o.modes));
+        // The last switch back (a slow Redis may answer a probe in time
+        // now and then before it is fast again) came within 1 s.
         let shared_again = o
             .modes
             .iter()
+            .rev()
             .find(|(at, m)| *at > degraded_at && m == "Shared")
             .map(|(at, _)| *at)
             .unwrap_or_else(|| panic!("replica {i} never came back: {:?}", o.modes));
         assert!(
             shared_again <= restarted + NANOS,
-            "replica {i} back in shared mode {:?} after the restart",
+            "replica {i} back in shared mode {:?} after Redis",
             Duration::from_nanos(shared_again.saturating_sub(restarted))
         );
         assert!(o.degradations >= 1 && o.recoveries >= 1);
@@ -838,7 +874,7 @@ fn during(o: &Outage, stopped: u64, restarted: u64) -> Vec<Answer> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_fails_closed_with_a_typed_error_and_shared_mode_returns_within_a_second() {
-    let (outages, stopped, restarted) = outage("closed").await;
+    let (outages, stopped, restarted) = outage("closed", Failure::Killed).await;
     for (i, o) in outages.iter().enumerate() {
         let down = during(o, stopped, restarted);
         assert!(
@@ -864,7 +900,7 @@ async fn killing_redis_fails_closed_with_a_typed_error_and_shared_mode_returns_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_fails_open_admitting_every_caller_and_shared_mode_returns_within_a_second() {
-    let (outages, stopped, restarted) = outage("open").await;
+    let (outages, stopped, restarted) = outage("open", Failure::Killed).await;
     for (i, o) in outages.iter().enumerate() {
         let down = during(o, stopped, restarted);
         assert!(
@@ -884,7 +920,7 @@ async fn killing_redis_fails_open_admitting_every_caller_and_shared_mode_returns
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_leaves_each_replica_its_local_share_and_shared_mode_returns_within_a_second()
 {
-    let (outages, stopped, restarted) = outage("share").await;
+    let (outages, stopped, restarted) = outage("share", Failure::Killed).await;
     let share_rate = u64::from(OUTAGE_RATE / OUTAGE_REPLICAS);
     let share_burst = u64::from(OUTAGE_BURST / OUTAGE_REPLICAS);
     for (i, o) in outages.iter().enumerate() {
@@ -914,6 +950,31 @@ async fn killing_redis_leaves_each_replica_its_local_share_and_shared_mode_retur
                 .iter()
                 .all(|a| a.outcome != 'e'),
             "replica {i}: the local share decides, nothing fails"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_slower_than_the_timeout_holds_no_caller_past_it_and_shared_mode_returns_when_it_is_fast(
+) {
+    let (outages, slowed, fast) = outage("closed", Failure::Slow).await;
+    for (i, o) in outages.iter().enumerate() {
+        // Calls that Redis did not answer in time failed, typed, at the
+        // timeout (the common checks bound how long they waited).
+        let late = during(o, slowed, fast)
+            .iter()
+            .filter(|a| a.outcome == 'e')
+            .count();
+        assert!(
+            late > 0,
+            "replica {i}: nothing timed out while Redis was slow"
+        );
+        assert!(
+            o.calls
+                .iter()
+                .filter(|(at, _)| (slowed + 20 * MS..fast).contains(at))
+                .all(|(_, what)| what == "unavailable" || what == "status200"),
+            "replica {i}: a call failed otherwise than with RedisUnavailable"
         );
     }
 }
