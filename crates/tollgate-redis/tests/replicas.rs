@@ -368,8 +368,15 @@ async fn outage_replica() -> String {
         },
         other => panic!("replica: unknown mode {other}"),
     };
-    let quota = Quota::per_second(OUTAGE_RATE)
-        .and_then(|q| q.with_burst(OUTAGE_BURST))
+    let (rate, burst) = match std::env::var("TOLLGATE_REPLICA_QUOTA") {
+        Ok(quota) => {
+            let (rate, burst) = quota.split_once(' ').expect("rate and burst");
+            (rate.parse().expect("rate"), burst.parse().expect("burst"))
+        }
+        Err(_) => (OUTAGE_RATE, OUTAGE_BURST),
+    };
+    let quota = Quota::per_second(rate)
+        .and_then(|q| q.with_burst(burst))
         .expect("quota");
     let store = RedisRateLimitStore::builder(var("REDIS"))
         .quota(quota)
@@ -537,19 +544,25 @@ fn answers(report: &str) -> Vec<Answer> {
         .collect()
 }
 
-/// Every stretch of sorted permit times `[t_i, t_j]` holds at most `burst +
-/// (t_j - t_i) / interval` permits (the bound GCRA keeps).
-fn assert_within_bound(times: &[u64], burst: u64, interval: u64) {
+/// Every stretch of sorted permit times `[t_i, t_j]` (on `clock`) holds at
+/// most `burst + (t_j - t_i) / interval` permits (the bound GCRA keeps);
+/// a failure names the stretch that passes it most.
+fn assert_within_bound(times: &[u64], burst: u64, interval: u64, clock: &str) {
+    let mut worst: Option<(u64, u64, u64)> = None;
     for i in 0..times.len() {
         for j in i..times.len() {
             let count = (j - i + 1) as u64;
             let allowed = burst + (times[j] - times[i]) / interval;
-            assert!(
-                count <= allowed,
-                "{count} permits in {:?} of Redis time, the bound allows {allowed}",
-                Duration::from_nanos(times[j] - times[i])
-            );
+            if count > allowed && worst.is_none_or(|(c, a, _)| count - allowed > c - a) {
+                worst = Some((count, allowed, times[j] - times[i]));
+            }
         }
+    }
+    if let Some((count, allowed, span)) = worst {
+        panic!(
+            "{count} permits in {:?} of {clock} time, the bound allows {allowed}",
+            Duration::from_nanos(span)
+        );
     }
 }
 
@@ -590,7 +603,7 @@ async fn four_processes_of_sixteen_tasks_share_one_quota_within_its_bound_on_red
     }
     permits.sort_unstable();
     let interval = NANOS / u64::from(QUOTA_RATE);
-    assert_within_bound(&permits, u64::from(QUOTA_BURST), interval);
+    assert_within_bound(&permits, u64::from(QUOTA_BURST), interval, "Redis");
     // The whole run, on Redis's time: not more than the bound, and not
     // starved (at least 90% of the quota over 10 s).
     let quota_permits = u64::from(QUOTA_RATE) * QUOTA_RUN.as_secs();
@@ -752,6 +765,15 @@ enum Failure {
 /// Redis. Returns the reports, the time the failure had begun and the time
 /// Redis was back.
 async fn outage(mode: &str, failure: Failure) -> (Vec<Outage>, u64, u64) {
+    outage_with(mode, failure, (OUTAGE_RATE, OUTAGE_BURST)).await
+}
+
+/// [`outage`] with a quota of `rate` per second and `burst`.
+async fn outage_with(
+    mode: &str,
+    failure: Failure,
+    (rate, burst): (u32, u32),
+) -> (Vec<Outage>, u64, u64) {
     let mut redis = RedisServer::start().expect(HOW_TO_GET_REDIS);
     let proxy = FaultProxy::start(redis.addr()).await.expect("proxy");
     let url = match failure {
@@ -770,6 +792,7 @@ async fn outage(mode: &str, failure: Failure) -> (Vec<Outage>, u64, u64) {
                     ("API", api.url()),
                     ("NAMESPACE", format!("outage-{mode}")),
                     ("MODE", mode.to_owned()),
+                    ("QUOTA", format!("{rate} {burst}")),
                     ("START", start.to_string()),
                 ],
             )
@@ -977,4 +1000,33 @@ async fn a_redis_slower_than_the_timeout_holds_no_caller_past_it_and_shared_mode
             "replica {i}: a call failed otherwise than with RedisUnavailable"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BROKEN: when the store degrades, LocalShare starts each replica's share with a full \
+            burst on top of what Redis just granted, and Redis, answering again, knows nothing of \
+            what the shares granted: the upstream sees about twice the burst (49 to 54 permits \
+            where the bound is 29 to 32)"]
+async fn a_local_share_keeps_the_quotas_bound_across_the_switches_to_degraded_and_back() {
+    // A burst large against the rate makes the switches plain: 4 per second,
+    // burst 20; each of the 2 replicas' share is 2 per second, burst 10.
+    // Redis slow rather than killed, so that it keeps its state: a Redis
+    // restarted empty grants one more burst (its data lost), on top.
+    let (rate, burst) = (4, 20);
+    let (outages, _, _) = outage_with("share", Failure::Slow, (rate, burst)).await;
+    // Every permit of both replicas, on the one system clock (the time
+    // each caller had it: a little after its decision).
+    let mut permits: Vec<u64> = outages
+        .iter()
+        .flat_map(|o| o.answers.iter().filter(|a| a.outcome == 'p').map(|a| a.at))
+        .collect();
+    permits.sort_unstable();
+    // The bound of the whole quota, one permit of slack for the times'
+    // spread: the upstream sees no more, whoever decided.
+    assert_within_bound(
+        &permits,
+        u64::from(burst) + 1,
+        NANOS / u64::from(rate),
+        "the system",
+    );
 }
