@@ -282,8 +282,10 @@ async fn quota_replica() -> String {
     out
 }
 
-/// The pause test's quota: 50 per second, smooth, burst 5.
+/// The pause test's quota: 50 per second, smooth, burst 20 (a burst large
+/// enough to see whether permits resume as one after the pause).
 const PAUSE_RATE: u32 = 50;
+const PAUSE_BURST: u32 = 20;
 /// The pause the upstream asks for (`Retry-After`, seconds).
 const PAUSE_SECS: u64 = 2;
 /// When (after the start) the upstream answers one call with a 429.
@@ -294,7 +296,7 @@ const PAUSE_RUN: Duration = Duration::from_secs(5);
 /// response recorded with its time, status and permit wait.
 async fn pause_replica() -> String {
     let quota = Quota::per_second(PAUSE_RATE)
-        .and_then(|q| q.with_burst(5))
+        .and_then(|q| q.with_burst(PAUSE_BURST))
         .expect("quota");
     let store = RedisRateLimitStore::builder(var("REDIS"))
         .quota(quota)
@@ -708,10 +710,22 @@ async fn a_429_seen_by_one_process_pauses_the_other_three() {
         hits_at(quiet_to),
         "the upstream saw requests during the pause"
     );
-    // And after it, traffic resumed.
+    // And after it, traffic resumed at the quota's rate, not with a burst:
+    // from 50 ms before the pause's end to 200 ms after it, the replicas
+    // had at most 1 + 250 ms / 20 ms answers (a burst would add up to 20).
     assert!(
         hits_at(pause_end + 1_000 * MS) > hits_at(quiet_to),
         "traffic resumed after the pause"
+    );
+    let resumed = reports
+        .iter()
+        .flat_map(|text| lines(text, "response"))
+        .filter(|f| (pause_end - 50 * MS..pause_end + 200 * MS).contains(&num(f[0])))
+        .count() as u64;
+    let rate_allows = 1 + 250 * MS / (NANOS / u64::from(PAUSE_RATE));
+    assert!(
+        resumed <= rate_allows + 2,
+        "{resumed} answers in the 250 ms around the pause's end: a burst after a pause (the rate allows {rate_allows})"
     );
     // The other three learned the pause only through Redis: each had a
     // caller that waited most of it.
