@@ -13,11 +13,14 @@
 //!   10 s: every permit's Redis time is recorded; any stretch of Redis time
 //!   holds at most the bound, and the total is at least 90% of the quota.
 //! - One process's 429 with `Retry-After` pauses the other three: the
-//!   upstream sees nothing from any of them during the pause.
+//!   upstream sees nothing from any of them during the pause, and after it
+//!   they resume at the quota's rate, not with its burst.
 //! - Redis killed, then started again (fail closed, fail open, a local
 //!   share), and Redis slower than the timeout, then fast again: no caller
 //!   waits on the store longer than the timeout, the mode holds, and
 //!   shared mode is back within 1 s.
+//! - (Ignored, BROKEN) a local share keeps the whole quota's bound across
+//!   the switches to degraded and back.
 //!
 //! Everything runs in real time (Redis's clock cannot be paused); the
 //! quota test is the one 10 s run. The file takes about 20 s of wall time,
