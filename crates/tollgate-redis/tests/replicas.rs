@@ -12,7 +12,8 @@
 //! - 4 processes × 16 tasks share a 100/s quota (smooth, burst 10) for
 //!   10 s: every permit's Redis time is recorded; any stretch of Redis time
 //!   holds at most the bound, and the total is at least 90% of the quota.
-//! - One process's 429 with `Retry-After` pauses the other three: the
+//! - One process's 429 with `Retry-After` (or a 200 whose `RateLimit`
+//!   field says nothing remains) pauses the other three: the
 //!   upstream sees nothing from any of them during the pause, and after it
 //!   they resume at the quota's rate, not with its burst.
 //! - Redis killed, then started again (fail closed, fail open, a local
@@ -23,12 +24,13 @@
 //!   the switches to degraded and back.
 //!
 //! Everything runs in real time (Redis's clock cannot be paused); the
-//! quota test is the one 10 s run. The file takes about 20 s of wall time,
+//! quota test is the one 10 s run. The file takes about 23 s of wall time,
 //! its tests running side by side.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -324,10 +326,15 @@ async fn pause_replica() -> String {
                         Ok(Ok(response)) => {
                             let _ = writeln!(
                                 out,
-                                "response {} {} {}",
+                                "response {} {} {} {}",
                                 unix_now(),
                                 response.status().as_u16(),
-                                response.summary().permit_wait.as_nanos()
+                                response.summary().permit_wait.as_nanos(),
+                                // The upstream's pause, whatever the status.
+                                u8::from(
+                                    response.status() == 429
+                                        || response.headers().contains_key("ratelimit")
+                                )
                             );
                         }
                         Ok(Err(e)) => {
@@ -472,12 +479,12 @@ struct Replica {
 
 /// Starts this test binary as replica `index` of `scenario`.
 fn spawn_replica(scenario: &str, index: usize, vars: &[(&str, String)]) -> Replica {
+    // Tests run side by side: each replica its own file.
+    static SPAWNED: AtomicUsize = AtomicUsize::new(0);
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "replica-{}-{scenario}-{index}-{}.txt",
+        "replica-{}-{}-{scenario}-{index}.txt",
         std::process::id(),
-        vars.iter()
-            .find(|(k, _)| *k == "NAMESPACE")
-            .map_or("", |(_, v)| v.as_str())
+        SPAWNED.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_file(&out);
     let mut command =
@@ -634,6 +641,28 @@ async fn four_processes_of_sixteen_tasks_share_one_quota_within_its_bound_on_red
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_seen_by_one_process_pauses_the_other_three() {
+    pauses_every_process(
+        Fault::status(http::StatusCode::TOO_MANY_REQUESTS)
+            .times(1)
+            .retry_after(&PAUSE_SECS.to_string()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ratelimit_field_with_nothing_remaining_seen_by_one_process_pauses_the_other_three() {
+    // A 200 whose `RateLimit` field says nothing remains for 2 s.
+    pauses_every_process(
+        Fault::status(http::StatusCode::OK)
+            .times(1)
+            .header("ratelimit", &format!("\"default\";r=0;t={PAUSE_SECS}")),
+    )
+    .await;
+}
+
+/// Four processes calling one upstream; one call is answered with
+/// `fault` (a pause of [`PAUSE_SECS`]); every process holds it.
+async fn pauses_every_process(fault: Fault) {
     let redis = RedisServer::start().expect(HOW_TO_GET_REDIS);
     let api = FakeApi::start().await.expect("FakeApi");
     let start = unix_now() + 1_500 * MS;
@@ -653,12 +682,7 @@ async fn a_429_seen_by_one_process_pauses_the_other_three() {
         .collect();
     // The upstream's view: its request count every 5 ms.
     sleep_until_unix(start + u64::try_from(PAUSE_AT.as_nanos()).unwrap_or(0)).await;
-    api.inject(
-        "/posts/1",
-        Fault::status(http::StatusCode::TOO_MANY_REQUESTS)
-            .times(1)
-            .retry_after(&PAUSE_SECS.to_string()),
-    );
+    api.inject("/posts/1", fault);
     let mut samples = Vec::new();
     let sampling_end = Instant::now() + Duration::from_millis(3_500);
     while Instant::now() < sampling_end {
@@ -676,20 +700,20 @@ async fn a_429_seen_by_one_process_pauses_the_other_three() {
         let failed = lines(text, "failed");
         assert!(failed.is_empty(), "calls failed: {failed:?}");
     }
-    // Exactly one call, in one replica, got the 429.
-    let saw_429: Vec<usize> = reports
+    // Exactly one call, in one replica, was told to pause.
+    let told: Vec<usize> = reports
         .iter()
         .enumerate()
-        .filter(|(_, text)| lines(text, "response").iter().any(|f| f[1] == "429"))
+        .filter(|(_, text)| lines(text, "response").iter().any(|f| f[3] == "1"))
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(saw_429.len(), 1, "one replica saw the 429: {saw_429:?}");
-    let learner = saw_429[0];
+    assert_eq!(told.len(), 1, "one replica was told to pause: {told:?}");
+    let learner = told[0];
     let t429 = lines(&reports[learner], "response")
         .iter()
-        .find(|f| f[1] == "429")
+        .find(|f| f[3] == "1")
         .map(|f| num(f[0]))
-        .expect("the 429's time");
+        .expect("the pause's time");
     assert!(
         lines(&reports[learner], "pauses")
             .iter()
