@@ -4,10 +4,16 @@
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/posts/1 \
 //!     --requests 10000 --concurrency 64
 //! cargo run --release --example loadgen       # against an embedded FakeApi
+//! # replicas of one client: run this in several terminals, one quota between them
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/posts/1 \
+//!     --rate 100/s --redis redis://127.0.0.1:6379 --requests 2000
 //! ```
 //!
 //! Prints the count of each status and error kind, requests per second, and
-//! p50/p99/max latency; a progress line on a terminal.
+//! p50/p99/max latency; a progress line on a terminal. With `--redis`, the
+//! rate limiter's state is in Redis (`tollgate_redis::RedisRateLimitStore`),
+//! so every loadgen process pointing at the same Redis and namespace shares
+//! the one quota, and the summary says the store's mode and what it did.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -35,6 +41,9 @@ struct Options {
     rate: Option<tollgate_limit::Quota>,
     burst: Option<u32>,
     cache: Option<Duration>,
+    redis: Option<String>,
+    redis_namespace: String,
+    redis_degraded: tollgate_redis::Degraded,
 }
 
 const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C] [--timeout-ms MS]
@@ -48,7 +57,13 @@ const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C]
   --rate N/PERIOD    at most N in any window of PERIOD (e.g. 100/60s, 5/500ms)
   --burst N          the smooth rate's burst (default N of --rate): match the upstream's,
                      e.g. --rate 20/s --burst 5 against nginx `limit_req rate=20r/s burst=5`
-  --cache SECS       cache responses for SECS seconds (CacheLayer, fixed TTL); the summary counts hits";
+  --cache SECS       cache responses for SECS seconds (CacheLayer, fixed TTL); the summary counts hits
+  --redis URL        keep the --rate quota in Redis (redis:// or rediss://): every loadgen
+                     process with the same Redis and namespace shares it, as replicas do
+  --redis-namespace NS  the quota's namespace in Redis (default loadgen)
+  --redis-degraded closed | open | share:N
+                     while Redis is down or slower than 50 ms: refuse (default), admit
+                     everything, or keep this process to 1/N of the quota";
 
 fn parse() -> Result<Options, String> {
     let mut o = Options {
@@ -61,6 +76,9 @@ fn parse() -> Result<Options, String> {
         rate: None,
         burst: None,
         cache: None,
+        redis: None,
+        redis_namespace: "loadgen".to_owned(),
+        redis_degraded: tollgate_redis::Degraded::FailClosed,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -102,6 +120,9 @@ fn parse() -> Result<Options, String> {
             "--cache" => {
                 o.cache = Some(Duration::from_secs(number(value("--cache")?, "--cache")?));
             }
+            "--redis" => o.redis = Some(value("--redis")?),
+            "--redis-namespace" => o.redis_namespace = value("--redis-namespace")?,
+            "--redis-degraded" => o.redis_degraded = parse_degraded(&value("--redis-degraded")?)?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -114,7 +135,27 @@ fn parse() -> Result<Options, String> {
                 .map_err(|e| format!("--burst: {e}"))?,
         );
     }
+    if o.redis.is_some() && o.rate.is_none() {
+        return Err("--redis shares the --rate quota: give --rate too".to_owned());
+    }
     Ok(o)
+}
+
+/// `closed`, `open` or `share:N` (this process's share of N replicas).
+fn parse_degraded(text: &str) -> Result<tollgate_redis::Degraded, String> {
+    use tollgate_redis::Degraded;
+    match text {
+        "closed" => Ok(Degraded::FailClosed),
+        "open" => Ok(Degraded::FailOpen),
+        _ => text
+            .strip_prefix("share:")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n > 0)
+            .map(|replicas| Degraded::LocalShare { replicas })
+            .ok_or_else(|| {
+                format!("--redis-degraded: `{text}` is not closed, open or share:N (N >= 1)")
+            }),
+    }
 }
 
 /// `20/s` and `20/m` are smooth quotas; `100/60s` and `5/500ms` are windows.
@@ -200,8 +241,28 @@ async fn main() -> ExitCode {
     if let Some(n) = opts.retries {
         builder = builder.retry(tollgate_retry::RetryLayer::new().max_retries(n));
     }
+    let mut store = None;
     if let Some(quota) = opts.rate {
-        builder = builder.rate_limit(tollgate_limit::RateLimitLayer::new(quota));
+        let layer = match &opts.redis {
+            None => tollgate_limit::RateLimitLayer::new(quota),
+            Some(redis) => {
+                // Connects lazily: a Redis that is down now is the degraded
+                // mode's to answer, not an error here.
+                match tollgate_redis::RedisRateLimitStore::builder(redis.as_str())
+                    .quota(quota)
+                    .namespace(opts.redis_namespace.as_str())
+                    .degraded(opts.redis_degraded)
+                    .build()
+                {
+                    Ok(s) => store.insert(s).layer(),
+                    Err(e) => {
+                        eprintln!("loadgen: --redis: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+        };
+        builder = builder.rate_limit(layer);
     }
     if let Some(n) = opts.concurrency_limit {
         builder = builder.concurrency_limit(tollgate_limit::ConcurrencyLimitLayer::new(n));
@@ -222,6 +283,12 @@ async fn main() -> ExitCode {
         "loadgen: {} requests to {url} at concurrency {}",
         opts.requests, opts.concurrency
     );
+    if store.is_some() {
+        println!(
+            "loadgen: the rate limit is shared through Redis (namespace `{}`, {:?} while Redis is down)",
+            opts.redis_namespace, opts.redis_degraded
+        );
+    }
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -311,6 +378,20 @@ async fn main() -> ExitCode {
         println!(
             "cache       {} hits, {} misses, {} coalesced",
             stats.hits, stats.misses, stats.coalesced
+        );
+    }
+    if let Some(store) = &store {
+        let s = store.stats();
+        println!(
+            "redis       mode {:?}: {} decided in Redis, {} by the degraded mode, {} by the deny cache; \
+             {} degradations, {} recoveries, {} pauses shared",
+            store.mode(),
+            s.shared,
+            s.degraded,
+            s.deny_cache,
+            s.degradations,
+            s.recoveries,
+            s.pauses
         );
     }
     ExitCode::SUCCESS
