@@ -82,7 +82,7 @@
 //! |------|-----------------------------|
 //! | [`Degraded::FailClosed`] (default) | every caller fails with a `StoreError` ([`RedisUnavailable`]); the facade says `ErrorKind::LimiterUnavailable`; nothing is sent |
 //! | [`Degraded::FailOpen`] | every caller is admitted |
-//! | [`Degraded::LocalShare`] | each replica keeps `count / replicas` of each quota in process |
+//! | [`Degraded::LocalShare`] | each replica keeps `count / replicas` of each quota per period in process: smooth, without a burst, its first permit one interval after the outage began (Redis may have granted a burst just before); back in shared mode, each key it decided resumes in Redis without a burst |
 //!
 //! A probe asks Redis every [`PROBE_INTERVAL`] (100 ms) and switches back
 //! to shared mode when it answers (logged, counted). A caller never waits
@@ -106,11 +106,12 @@
 //!   key here has a TTL, so the `volatile-*` policies may evict live
 //!   state), and with replication or persistence where that matters. The
 //!   deny cache and pauses held in process soften it; they do not undo it.
-//! - **An outage in local-share mode** can admit up to the quota plus the
-//!   shares within one period: Redis does not learn what the shares handed
-//!   out. Each replica's share learns what Redis gave that replica (so a
-//!   replica that used its share before the outage starts from there), not
-//!   what Redis gave the others.
+//! - **An outage in local-share mode** keeps the quota's bound only as far
+//!   as the replicas count is right and each replica's clock runs at the
+//!   same rate: the shares start one interval after the outage, with no
+//!   burst, and learn what Redis gave this replica before it, not what it
+//!   gave the others; a share's grants never reach Redis, which resumes
+//!   those keys without a burst (at most 1 024 keys a replica).
 //! - **One key's throughput per replica is one permit per round trip**:
 //!   the layer keeps callers first come, first served, and only a lane's
 //!   head asks Redis. Over loopback that is some 10 000 per second; over a

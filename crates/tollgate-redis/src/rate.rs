@@ -32,6 +32,10 @@ pub const DEFAULT_DENY_CACHE_KEYS: usize = 10_000;
 /// How often a degraded store asks Redis whether it is back.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How many keys decided by the local share while Redis was away are
+/// resumed without a burst when it is back.
+const MAX_RESUMED_KEYS: usize = 1_024;
+
 /// The largest window quota (permits per period) kept in Redis: a window
 /// keeps one timestamp per permit in its period.
 pub const MAX_WINDOW_COUNT: u32 = 1_000_000;
@@ -47,8 +51,11 @@ pub enum Degraded {
     /// Admit every caller: the upstream's own limit is all that holds.
     FailOpen,
     /// Each replica limits itself to its share of the quota: `count /
-    /// replicas` per period (at least one), burst likewise, in process.
-    /// With the replicas counted right, the upstream sees at most the quota.
+    /// replicas` per period (at least one), in process, smooth and without
+    /// a burst, its first permit one share interval after the outage began
+    /// (Redis may have granted a burst just before). Back in shared mode,
+    /// the keys it decided resume in Redis without a burst. With the
+    /// replicas counted right, the upstream sees at most the quota.
     LocalShare {
         /// How many replicas share the quota (0 is taken as 1).
         replicas: u32,
@@ -290,12 +297,14 @@ impl RedisRateLimitBuilder {
         }
         let mut args = Vec::with_capacity(self.quotas.len());
         let mut fallback = Vec::new();
+        let mut share_interval = 0;
         for quota in &self.quotas {
             args.push(QuotaArgs::new(quota)?);
             if let Degraded::LocalShare { replicas } = self.degraded {
                 let share =
                     local_share(quota, replicas.max(1)).ok_or(BuildError::NoLocalShare(*quota))?;
                 fallback.push(MemoryStore::new(&share, self.deny_cache_keys.max(1_000)));
+                share_interval = share_interval.max(Gcra::new(&share).interval());
             }
         }
         let conn = if self.cluster {
@@ -323,6 +332,9 @@ impl RedisRateLimitBuilder {
                 degraded: self.degraded,
                 clock: self.clock,
                 fallback,
+                share_interval,
+                degraded_since: AtomicU64::new(0),
+                degraded_keys: Mutex::new(HashMap::new()),
                 deny: DenyCache::new(self.deny_cache_keys),
                 health: Health::default(),
                 stats: Counters::default(),
@@ -333,19 +345,15 @@ impl RedisRateLimitBuilder {
 }
 
 /// A quota's share for one of `replicas`: `count / replicas` per period
-/// (at least one), the burst likewise. Never more than the quota: when
-/// that share is not a valid quota, a smaller one (burst 1), else `None`.
+/// (at least one), smooth and without a burst, whatever the quota's kind.
+/// The share takes over from Redis in the middle of a period, after Redis
+/// may have granted a burst: a burst of its own on top would pass the
+/// quota's bound (a smooth share with no burst keeps a window's bound too:
+/// at most `count / replicas` in any period). `None` when no such quota
+/// exists (more than one permit per nanosecond).
 fn local_share(quota: &Quota, replicas: u32) -> Option<Quota> {
     let count = (quota.count() / replicas).max(1);
-    match quota.kind() {
-        QuotaKind::Smooth => {
-            let per = Quota::per(count, quota.period()).ok()?;
-            per.with_burst((quota.burst() / replicas).max(1))
-                .ok()
-                .or_else(|| per.with_burst(1).ok())
-        }
-        QuotaKind::Window => Quota::window(count, quota.period()).ok(),
-    }
+    Quota::per(count, quota.period()).ok()?.with_burst(1).ok()
 }
 
 /// A quota as the script's arguments.
@@ -464,6 +472,14 @@ struct Inner {
     degraded: Degraded,
     clock: Clock,
     fallback: Vec<MemoryStore>,
+    /// The longest interval of the local shares: a key's first local
+    /// permit comes no sooner than this after the store degraded.
+    share_interval: u64,
+    /// When the store last degraded, on the caller's clock.
+    degraded_since: AtomicU64,
+    /// The keys the local share decided while degraded (their Redis keys),
+    /// by keyed hash.
+    degraded_keys: Mutex<HashMap<u64, Vec<String>>>,
     deny: DenyCache,
     health: Health,
     stats: Counters,
@@ -619,16 +635,28 @@ impl Inner {
         now: UnixNanos,
         delay: u64,
     ) -> Result<RedisDecision, CallError> {
-        let mut invocation = self.script.prepare_invoke();
-        if op == "probe" {
-            invocation.key(format!(
+        let keys = if op == "probe" {
+            vec![format!(
                 "{}:rl{FORMAT_VERSION}:{{probe}}:probe",
                 self.namespace
-            ));
+            )]
         } else {
-            for k in self.keys(key) {
-                invocation.key(k);
-            }
+            self.keys(key)
+        };
+        self.call_keys(op, keys, now, delay).await
+    }
+
+    /// [`call`](Self::call) with the Redis keys given.
+    async fn call_keys(
+        &self,
+        op: &str,
+        keys: Vec<String>,
+        now: UnixNanos,
+        delay: u64,
+    ) -> Result<RedisDecision, CallError> {
+        let mut invocation = self.script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
         }
         let (ns, nn) = pair(now);
         let (ds, dn) = pair(delay);
@@ -696,6 +724,17 @@ impl Inner {
             })),
             Degraded::FailOpen => Ok(Ok(())),
             Degraded::LocalShare { .. } => {
+                if self.used_while_degraded(key) {
+                    // Redis may have granted a burst just before: a share
+                    // starts one interval after the outage did, never at
+                    // once (one immediate permit per replica would pass
+                    // the quota's bound).
+                    let since = self.degraded_since.load(Ordering::Acquire).min(now);
+                    let until = since.saturating_add(self.share_interval);
+                    for store in &self.fallback {
+                        store.pause_sync(key, now, until);
+                    }
+                }
                 // Every quota's share conforms first, so a refusal by one
                 // spends no other (two callers racing may spend one share
                 // for nothing: never more than the share).
@@ -713,6 +752,46 @@ impl Inner {
                     }
                 }
                 Ok(Ok(()))
+            }
+        }
+    }
+
+    /// Remembers that the local share decided for `key` (at most
+    /// [`MAX_RESUMED_KEYS`]), so that Redis resumes it without a burst.
+    /// Whether this is the key's first local decision of this outage.
+    fn used_while_degraded(&self, key: &str) -> bool {
+        let mut used = self
+            .degraded_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let hash = self.deny.hasher.hash_one(key);
+        if used.contains_key(&hash) {
+            return false;
+        }
+        if used.len() < MAX_RESUMED_KEYS {
+            used.insert(hash, self.keys(key));
+        }
+        true
+    }
+
+    /// Back in shared mode: each key the local share decided resumes in
+    /// Redis without a burst (a pause ending now: Redis does not know what
+    /// the shares granted meanwhile, and a burst on top would pass the
+    /// quota's bound).
+    async fn resume_without_burst(&self) {
+        let used: Vec<Vec<String>> = self
+            .degraded_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, keys)| keys)
+            .collect();
+        for keys in used {
+            // Redis's clock (or the caller's, 0 then: a pause ending in
+            // the past changes nothing there; caller-clock stores resume
+            // from their local share's own no-burst state).
+            if self.call_keys("pause", keys, 0, 1).await.is_err() {
+                return;
             }
         }
     }
@@ -743,8 +822,9 @@ fn classify(e: &redis::RedisError) -> CallError {
 
 /// Switches to the degraded mode (once per outage: logged and counted) and
 /// starts the probe that switches back.
-fn degrade(inner: &Arc<Inner>, reason: &str) {
+fn degrade(inner: &Arc<Inner>, reason: &str, now: UnixNanos) {
     if !inner.health.degraded.swap(true, Ordering::AcqRel) {
+        inner.degraded_since.store(now, Ordering::Release);
         bump(&inner.stats.degradations);
         tracing::warn!(
             redis = %inner.url,
@@ -797,6 +877,7 @@ async fn probe(guard: ProbeGuard) {
         if let Err(CallError::Unavailable(_)) = inner.call("probe", "", 0, 0).await {
             continue;
         }
+        inner.resume_without_burst().await;
         inner.health.degraded.store(false, Ordering::Release);
         bump(&inner.stats.recoveries);
         tracing::info!(redis = %inner.url, "redis rate-limit store back in shared mode");
@@ -825,7 +906,7 @@ impl Inner {
             }
             Err(CallError::Refused(reason)) => Err(StoreError::new(RedisUnavailable { reason })),
             Err(CallError::Unavailable(reason)) => {
-                degrade(&self, &reason);
+                degrade(&self, &reason, now);
                 self.fallback_answer(&key, now)
             }
         }
@@ -846,7 +927,7 @@ impl Inner {
             Err(CallError::Refused(reason)) => Err(StoreError::new(RedisUnavailable { reason })),
             Err(CallError::Unavailable(reason)) => {
                 // Held here (deny cache, local share) though not shared.
-                degrade(&self, &reason);
+                degrade(&self, &reason, now);
                 Ok(())
             }
         }

@@ -329,14 +329,23 @@ async fn a_hung_redis_never_holds_a_caller_past_the_timeout_in_any_mode() {
                 }
             }
             Degraded::LocalShare { .. } => {
-                // Half of the burst of 10 for each of two replicas.
-                let mut admitted = usize::from(first.unwrap().is_ok());
+                // Half of 10 a minute for each of two replicas, smooth,
+                // without a burst, from one interval (12 s) after the
+                // outage began.
+                assert_eq!(first.unwrap(), Err(12 * SEC));
+                let mut admitted = 0;
                 for _ in 0..20 {
                     // Degraded: answered at once, without Redis.
-                    let answer = store.check("k", 0).now_or_later().expect("ready");
+                    let answer = store.check("k", 12 * SEC).now_or_later().expect("ready");
                     admitted += usize::from(answer.unwrap().is_ok());
                 }
-                assert_eq!(admitted, 5);
+                assert_eq!(admitted, 1);
+                let at = store
+                    .check("k", 12 * SEC)
+                    .await
+                    .unwrap()
+                    .expect_err("no burst");
+                assert_eq!(at, 24 * SEC);
             }
             _ => unreachable!(),
         }
