@@ -581,15 +581,16 @@ fn assert_within_bound(times: &[u64], burst: u64, interval: u64, clock: &str) {
 /// The scenarios run one at a time: each starts several processes whose
 /// timing is the thing measured, and two machines' worth of processes on
 /// two cores would measure the machine.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    // tokio's mutex: not poisoned by a failing scenario, and held across
+    // awaits on each test's own runtime.
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_of_sixteen_tasks_share_one_quota_within_its_bound_on_redis_time() {
-    let _one_at_a_time = one_at_a_time();
+    let _one_at_a_time = one_at_a_time().await;
     let redis = RedisServer::start().expect(HOW_TO_GET_REDIS);
     let api = FakeApi::start().await.expect("FakeApi");
     let start = unix_now() + 1_500 * MS;
@@ -651,7 +652,7 @@ async fn four_processes_of_sixteen_tasks_share_one_quota_within_its_bound_on_red
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_seen_by_one_process_pauses_the_other_three() {
-    let _one_at_a_time = one_at_a_time();
+    let _one_at_a_time = one_at_a_time().await;
     pauses_every_process(
         Fault::status(http::StatusCode::TOO_MANY_REQUESTS)
             .times(1)
@@ -662,7 +663,7 @@ async fn a_429_seen_by_one_process_pauses_the_other_three() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ratelimit_field_with_nothing_remaining_seen_by_one_process_pauses_the_other_three() {
-    let _one_at_a_time = one_at_a_time();
+    let _one_at_a_time = one_at_a_time().await;
     // A 200 whose `RateLimit` field says nothing remains for 2 s.
     pauses_every_process(
         Fault::status(http::StatusCode::OK)
@@ -950,7 +951,7 @@ fn during(o: &Outage, stopped: u64, restarted: u64) -> Vec<Answer> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_fails_closed_with_a_typed_error_and_shared_mode_returns_within_a_second() {
-    let _one_at_a_time = one_at_a_time();
+    let _one_at_a_time = one_at_a_time().await;
     let (outages, stopped, restarted) = outage("closed", Failure::Killed).await;
     for (i, o) in outages.iter().enumerate() {
         let down = during(o, stopped, restarted);
@@ -977,7 +978,7 @@ async fn killing_redis_fails_closed_with_a_typed_error_and_shared_mode_returns_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_fails_open_admitting_every_caller_and_shared_mode_returns_within_a_second() {
-    let _one_at_a_time = one_at_a_time();
+    let _one_at_a_time = one_at_a_time().await;
     let (outages, stopped, restarted) = outage("open", Failure::Killed).await;
     for (i, o) in outages.iter().enumerate() {
         let down = during(o, stopped, restarted);
@@ -998,7 +999,7 @@ async fn killing_redis_fails_open_admitting_every_caller_and_shared_mode_returns
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_leaves_each_replica_its_local_share_and_shared_mode_returns_within_a_second()
 {
-    let _one_at_a_time = one_at_a_time();
+    let _one_at_a_time = one_at_a_time().await;
     let (outages, stopped, restarted) = outage("share", Failure::Killed).await;
     let share_rate = u64::from(OUTAGE_RATE / OUTAGE_REPLICAS);
     let share_burst = u64::from(OUTAGE_BURST / OUTAGE_REPLICAS);
@@ -1060,7 +1061,7 @@ async fn a_redis_slower_than_the_timeout_holds_no_caller_past_it_and_shared_mode
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_share_keeps_the_quotas_bound_across_the_switches_to_degraded_and_back() {
-    let _one_at_a_time = one_at_a_time();
+    let _one_at_a_time = one_at_a_time().await;
     // A burst large against the rate makes the switches plain: 4 per second,
     // burst 20; each of the 2 replicas' share is 2 per second, burst 10.
     // Redis slow rather than killed, so that it keeps its state: a Redis
