@@ -119,17 +119,39 @@ for i = 1, quotas do
   }
 end
 
--- Reads each quota's state.
+-- A versioned time: "1:<s>:<ns>" (nil when it is not one).
+local function decv(v)
+  local ver, s, n = string.match(v, '^(%d+):(%d+):(%d+)$')
+  if ver ~= VERSION then return nil end
+  return dec(s .. ':' .. n)
+end
+
+-- Reads the pause and every smooth quota's state in one MGET, then each
+-- window's. (A pause key of another type reads as no pause: it can only
+-- hold back less than a pause would, never pass the quota.)
+local names = {pause_key}
+for i = 1, quotas do
+  if q[i].kind == 'g' then names[#names + 1] = q[i].state end
+end
+local values = redis.call('MGET', unpack(names))
+local pus, pun
+if values[1] then
+  pus, pun = decv(values[1])
+  if not pus then return bad_format(pause_key) end
+end
+local at = 2
 for i = 1, quotas do
   local x = q[i]
   if x.kind == 'g' then
-    local v = redis.call('GET', x.state)
+    local v = values[at]
+    at = at + 1
     x.ts, x.tn = 0, 0
     if v then
-      local ver, rest = string.match(v, '^(%d+):(.*)$')
-      if ver ~= VERSION then return bad_format(x.state) end
-      x.ts, x.tn = dec(rest)
+      x.ts, x.tn = decv(v)
       if not x.ts then return bad_format(x.state) end
+    elseif redis.call('EXISTS', x.state) == 1 then
+      -- MGET answers nil for a value of another type too.
+      return bad_format(x.state)
     end
   else
     local h = redis.call('HMGET', x.state, 'v', 'pu', 're', 'rn')
@@ -143,16 +165,6 @@ for i = 1, quotas do
     end
     x.len = redis.call('LLEN', x.grants)
   end
-end
-
--- The pause in force, if any.
-local pus, pun
-local pv = redis.call('GET', pause_key)
-if pv then
-  local ver, rest = string.match(pv, '^(%d+):(.*)$')
-  if ver ~= VERSION then return bad_format(pause_key) end
-  pus, pun = dec(rest)
-  if not pus then return bad_format(pause_key) end
 end
 
 if ARGV[1] == 'pause' then
@@ -237,8 +249,15 @@ if refused then return {1, ats, atn, now_s, now_n} end
 for i = 1, quotas do
   local x = q[i]
   if x.kind == 'g' then
-    redis.call('SET', x.state, VERSION .. ':' .. enc(x.nts, x.ntn))
-    expire_at(x.state, x.nts, x.ntn, now_s, now_n)
+    -- One call: the value and its expiry (as expire_at, inline).
+    local ds, dn = sub(x.nts, x.ntn, now_s, now_n)
+    local ms = ds * 1000 + math.ceil(dn / 1000000) + 1000
+    if ms > 9000000000000 then
+      redis.call('SET', x.state, VERSION .. ':' .. enc(x.nts, x.ntn))
+      redis.call('PERSIST', x.state)
+    else
+      redis.call('SET', x.state, VERSION .. ':' .. enc(x.nts, x.ntn), 'PX', string.format('%d', ms))
+    end
   else
     redis.call('RPUSH', x.grants, enc(now_s, now_n))
     redis.call('LTRIM', x.grants, -x.count, -1)

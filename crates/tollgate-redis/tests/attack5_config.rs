@@ -102,11 +102,15 @@ async fn namespaces_that_prefix_each_other_never_share_a_quota() {
     let redis = redis();
     let quota = Quota::window(1, Duration::from_secs(3_600)).unwrap();
     let a = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .namespace("a")
         .quota(quota)
         .build()
         .unwrap();
     let b = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .namespace("a:rl1r")
         .quota(quota)
         .build()
@@ -122,6 +126,8 @@ async fn namespaces_that_prefix_each_other_never_share_a_quota() {
 async fn hostile_keys_each_get_their_own_quota_and_never_reach_redis() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(1, Duration::from_secs(3_600)).unwrap())
         .build()
         .unwrap();
@@ -247,6 +253,8 @@ async fn quotas_at_the_ends_of_their_ranges_decide_without_error() {
     ];
     for (i, quota) in cases.into_iter().enumerate() {
         let store = RedisRateLimitStore::builder(redis.url())
+            // Not a test of timeouts: room for a loaded machine.
+            .timeout(std::time::Duration::from_secs(2))
             .namespace(format!("quota-{i}"))
             .quota(quota)
             .build()
@@ -260,6 +268,8 @@ async fn quotas_at_the_ends_of_their_ranges_decide_without_error() {
         }
     }
     let over = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(MAX_WINDOW_COUNT + 1, Duration::from_secs(1)).unwrap())
         .build();
     assert!(matches!(over, Err(BuildError::WindowTooLarge(_))));
@@ -271,6 +281,8 @@ async fn quotas_at_the_ends_of_their_ranges_decide_without_error() {
 async fn a_slow_quota_refuses_for_its_interval_on_redis_time() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per(1, Duration::from_secs(3_600)).unwrap())
         .build()
         .unwrap();

@@ -136,6 +136,8 @@ async fn fail_open_admits_while_redis_hangs_whatever_the_layers_store_timeout() 
 async fn callers_dropped_mid_script_never_loosen_the_quota_nor_desync_the_connection() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(5, Duration::from_secs(3_600)).unwrap())
         .deny_cache_keys(0)
         .build()
@@ -207,6 +209,8 @@ async fn a_slow_redis_never_holds_a_caller_past_the_timeout() {
 async fn sixty_four_callers_racing_outages_count_each_outage_and_recovery_once() {
     let mut redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(1_000_000).unwrap())
         .degraded(Degraded::FailOpen)
         .build()
@@ -249,6 +253,8 @@ async fn sixty_four_callers_racing_outages_count_each_outage_and_recovery_once()
 async fn a_redis_that_pings_but_cannot_decide_is_one_outage_not_a_flapping_mode() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(1_000_000).unwrap())
         .degraded(Degraded::FailOpen)
         .build()
@@ -279,6 +285,8 @@ async fn a_redis_that_pings_but_cannot_decide_is_one_outage_not_a_flapping_mode(
 async fn a_pause_learned_while_degraded_still_holds_after_redis_returns() {
     let mut redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(1_000).unwrap())
         .degraded(Degraded::FailOpen)
         .build()
@@ -306,6 +314,8 @@ async fn a_pause_learned_while_degraded_still_holds_after_redis_returns() {
 async fn a_pause_learned_while_degraded_holds_even_with_a_full_deny_cache() {
     let mut redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(1, Duration::from_secs(3_600)).unwrap())
         .degraded(Degraded::FailOpen)
         .deny_cache_keys(16)
@@ -339,6 +349,8 @@ fn shared_mode_returns_when_the_runtime_that_degraded_the_store_is_gone() {
         .unwrap();
     let store = first.block_on(async {
         RedisRateLimitStore::builder(redis.url())
+            // Not a test of timeouts: room for a loaded machine.
+            .timeout(std::time::Duration::from_secs(2))
             .quota(Quota::per_second(1_000).unwrap())
             .degraded(Degraded::FailOpen)
             .build()

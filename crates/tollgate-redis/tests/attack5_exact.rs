@@ -181,6 +181,8 @@ async fn a_window_at_the_last_nanosecond_decides_as_in_process() {
     let redis = RedisServer::start().expect(HOW_TO_GET_REDIS);
     let q = Quota::window(1, Duration::from_millis(1)).unwrap();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(q)
         .clock(Clock::Caller)
         .deny_cache_keys(0)

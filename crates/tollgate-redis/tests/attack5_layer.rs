@@ -269,6 +269,8 @@ async fn fail_closed_through_the_facade_is_typed_and_sends_nothing_with_a_short_
     let mut redis = redis();
     let api = FakeApi::start().await.unwrap();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(100).unwrap())
         .degraded(Degraded::FailClosed)
         .build()

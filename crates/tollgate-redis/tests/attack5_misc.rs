@@ -180,6 +180,8 @@ async fn unreadable_state_is_a_typed_error_in_the_lenient_modes_too() {
     let mut conn = raw(&redis.url()).await;
     for mode in [Degraded::FailOpen, Degraded::LocalShare { replicas: 2 }] {
         let store = RedisRateLimitStore::builder(redis.url())
+            // Not a test of timeouts: room for a loaded machine.
+            .timeout(std::time::Duration::from_secs(2))
             .quota(Quota::per_second(10).unwrap())
             .quota(Quota::window(10, Duration::from_secs(60)).unwrap())
             .degraded(mode)

@@ -46,6 +46,8 @@ async fn admitted(store: &RedisRateLimitStore, key: &str, now: u64, tries: usize
 async fn a_redis_restarted_empty_never_admits_a_spent_quota_again() {
     let mut redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(5, Duration::from_secs(3_600)).unwrap())
         .deny_cache_keys(0)
         .degraded(Degraded::FailClosed)
@@ -75,6 +77,8 @@ async fn a_redis_restarted_empty_never_admits_a_spent_quota_again() {
 async fn a_flushed_or_evicted_state_never_admits_a_spent_quota_again() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(5, Duration::from_secs(3_600)).unwrap())
         .deny_cache_keys(0)
         .build()
@@ -92,6 +96,8 @@ async fn a_flushed_or_evicted_state_never_admits_a_spent_quota_again() {
 async fn local_share_across_an_outage_never_admits_more_than_the_quota() {
     let mut redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(4, Duration::from_secs(3_600)).unwrap())
         .degraded(Degraded::LocalShare { replicas: 1 })
         .deny_cache_keys(0)
@@ -116,10 +122,14 @@ async fn local_share_across_an_outage_never_admits_more_than_the_quota() {
 async fn a_pause_holds_back_replicas_configured_with_another_quota() {
     let redis = redis();
     let old = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(10).unwrap())
         .build()
         .unwrap();
     let new = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(20).unwrap())
         .build()
         .unwrap();
@@ -137,10 +147,14 @@ async fn a_pause_holds_back_replicas_configured_with_another_quota() {
 async fn replicas_with_different_quotas_keep_separate_state_as_documented() {
     let redis = redis();
     let a = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(2, Duration::from_secs(3_600)).unwrap())
         .build()
         .unwrap();
     let b = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(3, Duration::from_secs(3_600)).unwrap())
         .build()
         .unwrap();
@@ -154,6 +168,8 @@ async fn replicas_with_different_quotas_keep_separate_state_as_documented() {
 async fn script_flush_mid_run_is_no_outage_and_loses_no_state() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(10, Duration::from_secs(3_600)).unwrap())
         .deny_cache_keys(0)
         .build()
@@ -209,6 +225,8 @@ async fn racing_replicas_over_two_quotas_admit_exactly_the_tighter_bound() {
     assert_eq!(total, 10);
     let mut conn = raw(&redis.url()).await;
     let probe = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(smooth)
         .quota(window)
         .build()
@@ -230,6 +248,8 @@ async fn racing_replicas_over_two_quotas_admit_exactly_the_tighter_bound() {
 async fn pauses_at_the_ends_of_time_hold_and_never_shorten() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(10).unwrap())
         .quota(Quota::window(10, Duration::from_secs(1)).unwrap())
         .deny_cache_keys(0)
@@ -277,6 +297,8 @@ async fn pauses_at_the_ends_of_time_hold_and_never_shorten() {
 async fn every_key_written_expires_soon_after_it_stops_constraining() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per(1, Duration::from_secs(10)).unwrap())
         .quota(Quota::window(2, Duration::from_secs(20)).unwrap())
         .build()
@@ -337,6 +359,8 @@ async fn a_local_share_is_never_more_than_count_over_replicas() {
 async fn a_window_at_the_largest_count_records_pauses_and_expires() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::window(tollgate_redis::MAX_WINDOW_COUNT, Duration::from_secs(60)).unwrap())
         .deny_cache_keys(0)
         .build()

@@ -30,10 +30,14 @@ async fn one_replicas_429_pauses_the_other_before_it_sends_anything() {
     );
     let quota = Quota::per_second(100).unwrap();
     let store_a = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(quota)
         .build()
         .unwrap();
     let store_b = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(quota)
         .build()
         .unwrap();
@@ -54,6 +58,8 @@ async fn redis_down_fails_closed_with_a_typed_error_and_sends_nothing() {
     let mut redis = RedisServer::start().expect(HOW_TO_GET_REDIS);
     let api = FakeApi::start().await.unwrap();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(100).unwrap())
         .degraded(Degraded::FailClosed)
         .build()

@@ -35,10 +35,14 @@ async fn replicas_on_redis_time_share_one_quota_whatever_their_clocks_say() {
     let redis = redis();
     let quota = Quota::per_minute(2).unwrap().with_burst(2).unwrap();
     let a = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(quota)
         .build()
         .unwrap();
     let b = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(quota)
         .build()
         .unwrap();
@@ -69,11 +73,15 @@ async fn a_call_refused_by_one_quota_spends_nothing_of_another() {
         .unwrap();
     let window = Quota::window(1, Duration::from_secs(3_600)).unwrap();
     let both = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(hourly)
         .quota(window)
         .build()
         .unwrap();
     let hourly_only = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(hourly)
         .build()
         .unwrap();
@@ -91,6 +99,8 @@ async fn a_call_refused_by_one_quota_spends_nothing_of_another() {
 async fn the_key_never_reaches_redis_and_every_key_expires() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(10).unwrap())
         .quota(Quota::window(5, Duration::from_secs(2)).unwrap())
         .namespace("ns")
@@ -138,6 +148,8 @@ async fn the_key_never_reaches_redis_and_every_key_expires() {
 async fn state_of_another_format_is_a_typed_error_never_a_decision() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(1).unwrap())
         .quota(Quota::window(1, Duration::from_secs(1)).unwrap())
         .degraded(Degraded::FailOpen)
@@ -210,10 +222,14 @@ async fn a_pause_learned_by_one_replica_holds_back_the_others() {
     let redis = redis();
     let quota = Quota::per_second(100).unwrap();
     let a = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(quota)
         .build()
         .unwrap();
     let b = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(quota)
         .build()
         .unwrap();
@@ -227,6 +243,8 @@ async fn a_pause_learned_by_one_replica_holds_back_the_others() {
     // A shorter pause never shortens it.
     b.pause("api", 7 * SEC, 8 * SEC).await.unwrap();
     let b2 = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(quota)
         .build()
         .unwrap();
@@ -238,6 +256,8 @@ async fn a_pause_learned_by_one_replica_holds_back_the_others() {
 async fn the_deny_cache_answers_a_refused_key_at_once_until_its_time() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_minute(1).unwrap())
         .clock(Clock::Caller)
         .build()
@@ -268,6 +288,8 @@ async fn the_deny_cache_answers_a_refused_key_at_once_until_its_time() {
 async fn a_full_deny_cache_forgets_nothing_it_must_hold() {
     let redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_minute(1).unwrap())
         .clock(Clock::Caller)
         .deny_cache_keys(16)
@@ -357,6 +379,8 @@ async fn a_hung_redis_never_holds_a_caller_past_the_timeout_in_any_mode() {
 async fn redis_killed_and_restarted_shared_mode_returns_by_itself() {
     let mut redis = redis();
     let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
         .quota(Quota::per_second(1_000).unwrap())
         .degraded(Degraded::LocalShare { replicas: 4 })
         .build()
@@ -474,4 +498,28 @@ async fn racing_replicas_never_share_a_permit() {
         admitted += usize::from(task.await.unwrap().is_ok());
     }
     assert_eq!(admitted, 50);
+}
+
+#[tokio::test]
+async fn a_smooth_state_of_another_type_is_a_typed_error() {
+    let redis = redis();
+    let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
+        .quota(Quota::per_second(1).unwrap())
+        .build()
+        .unwrap();
+    let keys = store.redis_keys("k");
+    let mut conn = raw(&redis.url()).await;
+    let _: () = redis::cmd("HSET")
+        .arg(&keys[1])
+        .arg("v")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let err = store.check("k", 0).await.expect_err("a hash for a string");
+        assert!(err.to_string().contains("format"), "{err}");
+    }
 }
