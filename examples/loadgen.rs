@@ -58,8 +58,9 @@ const USAGE: &str = "usage: loadgen [--url URL] [--requests N] [--concurrency C]
   --burst N          the smooth rate's burst (default N of --rate): match the upstream's,
                      e.g. --rate 20/s --burst 5 against nginx `limit_req rate=20r/s burst=5`
   --cache SECS       cache responses for SECS seconds (CacheLayer, fixed TTL); the summary counts hits
-  --redis URL        keep the --rate quota in Redis (redis:// or rediss://): every loadgen
-                     process with the same Redis and namespace shares it, as replicas do
+  --redis URL        keep the --rate quota in Redis (redis:// or rediss://), and with --cache
+                     a second cache tier there: every loadgen process with the same Redis and
+                     namespace shares them, as replicas do
   --redis-namespace NS  the quota's namespace in Redis (default loadgen)
   --redis-degraded closed | open | share:N
                      while Redis is down or slower than 50 ms: refuse (default), admit
@@ -135,8 +136,11 @@ fn parse() -> Result<Options, String> {
                 .map_err(|e| format!("--burst: {e}"))?,
         );
     }
-    if o.redis.is_some() && o.rate.is_none() {
-        return Err("--redis shares the --rate quota: give --rate too".to_owned());
+    if o.redis.is_some() && o.rate.is_none() && o.cache.is_none() {
+        return Err(
+            "--redis shares the --rate quota and the --cache tier: give --rate or --cache too"
+                .to_owned(),
+        );
     }
     Ok(o)
 }
@@ -267,7 +271,33 @@ async fn main() -> ExitCode {
     if let Some(n) = opts.concurrency_limit {
         builder = builder.concurrency_limit(tollgate_limit::ConcurrencyLimitLayer::new(n));
     }
-    let cache = opts.cache.map(tollgate_cache::CacheLayer::new);
+    // With --redis too, the cache has a second tier in Redis: every
+    // loadgen process serves what one of them fetched.
+    let mut tier = None;
+    let cache = match (opts.cache, &opts.redis) {
+        (None, _) => None,
+        (Some(ttl), None) => Some(tollgate_cache::CacheLayer::new(ttl)),
+        (Some(ttl), Some(redis)) => {
+            match tollgate_redis::RedisCacheTier::builder(redis.as_str())
+                .namespace(opts.redis_namespace.as_str())
+                .build()
+            {
+                Ok(t) => {
+                    let t = Arc::new(t);
+                    tier = Some(Arc::clone(&t));
+                    Some(
+                        tollgate_cache::CacheLayer::builder(tollgate_cache::Freshness::Fixed(ttl))
+                            .tier(t)
+                            .build(),
+                    )
+                }
+                Err(e) => {
+                    eprintln!("loadgen: --redis (cache tier): {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     if let Some(cache) = &cache {
         builder = builder.cache(cache.clone());
     }
@@ -379,6 +409,12 @@ async fn main() -> ExitCode {
             "cache       {} hits, {} misses, {} coalesced",
             stats.hits, stats.misses, stats.coalesced
         );
+        if tier.is_some() {
+            println!(
+                "cache tier  {} hits from Redis, {} misses, {} errors, {} writes",
+                stats.tier_hits, stats.tier_misses, stats.tier_errors, stats.tier_writes
+            );
+        }
     }
     if let Some(store) = &store {
         let s = store.stats();
