@@ -813,3 +813,67 @@ async fn tiny_and_huge_ttls() {
     assert_eq!((status, tiered), (CacheStatus::Hit, true));
     let _ = api;
 }
+
+// ---------------------------------------------------------------------------
+// Invalidation and size.
+
+/// `invalidate` drops memory at once but sends the tier's deletes on a
+/// task of its own and returns: a read made right after it (same replica,
+/// same task) finds memory empty, asks the tier before that task has run,
+/// gets the invalidated entry back, and files it in memory again under a
+/// current ticket. The invalidation is undone for the entry's whole
+/// freshness.
+#[tokio::test(start_paused = true)]
+#[ignore = "BROKEN: invalidate returns before its tier deletes run; a read right after it re-fills memory with the invalidated entry"]
+async fn a_read_right_after_invalidate_never_gets_the_invalidated_entry() {
+    let tier = KnobTier::default();
+    let (api, up) = api();
+    let a = replica(&tier, fixed(60));
+    send(&a, &up, get("/p/1").body(()).expect("req")).await;
+    // The resource changed behind the cache's back; the application says so.
+    api.version.store(1, Ordering::SeqCst);
+    a.invalidate(&"http://api.test/p/1".parse().expect("uri"));
+    let (status, tiered, served) = send(&a, &up, get("/p/1").body(()).expect("req")).await;
+    assert!(
+        served.starts_with("v1 "),
+        "served the invalidated entry: {served:?} ({status:?}, from tier: {tiered})"
+    );
+    // And it did not stick in memory either.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let (_, _, again) = send(&a, &up, get("/p/1").body(()).expect("req")).await;
+    assert!(again.starts_with("v1 "), "{again:?}");
+}
+
+/// The per-entry limit on the way back: an encoding at the reader's
+/// `max_entry_bytes` is used; one byte over is a miss, not an error.
+#[tokio::test(start_paused = true)]
+async fn a_tier_entry_at_the_limit_is_used_and_one_byte_over_is_a_miss() {
+    let tier = KnobTier::default();
+    let (api, up) = api();
+    let a = replica(&tier, fixed(60));
+    send(&a, &up, get("/p/1").body(()).expect("req")).await;
+    let size = tier
+        .entries
+        .lock()
+        .expect("lock")
+        .values()
+        .next()
+        .expect("one")
+        .0
+        .len();
+    let at = CacheLayer::builder(fixed(60))
+        .tier(Arc::new(tier.clone()))
+        .max_entry_bytes(size)
+        .build();
+    let (_, tiered, _) = send(&at, &up, get("/p/1").body(()).expect("req")).await;
+    assert!(tiered, "an entry exactly at the limit is read");
+    let under = CacheLayer::builder(fixed(60))
+        .tier(Arc::new(tier.clone()))
+        .max_entry_bytes(size - 1)
+        .build();
+    let calls = api.calls.load(Ordering::SeqCst);
+    let (status, tiered, served) = send(&under, &up, get("/p/1").body(()).expect("req")).await;
+    assert_eq!((status, tiered), (CacheStatus::Miss, false));
+    assert!(served.starts_with("v0 "));
+    assert_eq!(api.calls.load(Ordering::SeqCst), calls + 1);
+}

@@ -316,3 +316,28 @@ async fn sixty_four_tasks_over_four_replicas_keep_one_entry_per_credential() {
     // Each replica's leaders went upstream at most once per credential.
     assert!(api.hits("/users/1") <= 12, "{}", api.hits("/users/1"));
 }
+
+/// `CacheLayer::invalidate` returns before its `DEL`s are sent (they go
+/// on a task of their own): the next read on the same replica finds memory
+/// empty, its `GET` reaches Redis before the `DEL`, and the invalidated
+/// entry is served and filed in memory again.
+#[tokio::test]
+#[ignore = "BROKEN: invalidate returns before its Redis DELs are sent; the next read gets the invalidated entry back from Redis"]
+async fn a_read_right_after_invalidate_never_gets_the_invalidated_entry_from_redis() {
+    let server = RedisServer::start().expect(HOW_TO_GET_REDIS);
+    let api = FakeApi::start().await.expect("fake api");
+    let (layer, a) = replica(&server.url(), fixed());
+    send(&a, get(&api, "/posts/1").body(Empty::new()).expect("req")).await;
+    assert_eq!(keys(&server.url()).await.len(), 1);
+    let hits = api.hits("/posts/1");
+    let uri: http::Uri = format!("{}/posts/1", api.url()).parse().expect("uri");
+    layer.invalidate(&uri);
+    let response = send(&a, get(&api, "/posts/1").body(Empty::new()).expect("req")).await;
+    assert!(
+        !from_tier(&response) && status(&response) == CacheStatus::Miss,
+        "served the invalidated entry ({:?}, from tier: {})",
+        status(&response),
+        from_tier(&response)
+    );
+    assert_eq!(api.hits("/posts/1"), hits + 1);
+}
