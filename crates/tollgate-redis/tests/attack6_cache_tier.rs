@@ -341,3 +341,28 @@ async fn a_read_right_after_invalidate_never_gets_the_invalidated_entry_from_red
     );
     assert_eq!(api.hits("/posts/1"), hits + 1);
 }
+
+/// Redis dies between a fill and a write: the write and the reads after it
+/// still succeed, and nothing is served from the dead tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_between_a_fill_and_a_write_fails_no_request() {
+    let mut server = RedisServer::start().expect(HOW_TO_GET_REDIS);
+    let api = FakeApi::start().await.expect("fake api");
+    let (layer, a) = replica_within(&server.url(), fixed(), Duration::from_millis(200));
+    send(&a, get(&api, "/posts/1").body(Empty::new()).expect("req")).await;
+    server.stop();
+    let started = Instant::now();
+    let delete = Request::delete(format!("{}/posts/1", api.url()))
+        .body(Empty::new())
+        .expect("req");
+    let response = send(&a, delete).await;
+    assert!(response.status().is_success());
+    let read = send(&a, get(&api, "/posts/1").body(Empty::new()).expect("req")).await;
+    assert!(!from_tier(&read));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(layer.stats().tier_errors >= 1, "{:?}", layer.stats());
+}
