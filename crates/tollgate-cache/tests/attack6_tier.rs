@@ -943,3 +943,76 @@ async fn an_upstream_age_carries_across_replicas() {
     let response = b.layer(up.clone()).oneshot(request()).await.expect("b");
     assert_eq!(status(&response), CacheStatus::Miss, "60 s of age: stale");
 }
+
+/// The followers of a flight whose leader found the entry in the tier get
+/// the stored response as `Coalesced`, which drops `Age` ("fresh from
+/// upstream"): a 50-second-old response is handed to them with no `Age`
+/// at all, as if the origin had just sent it (RFC 9111 §4: a stored
+/// response used without validation MUST carry its current age).
+#[tokio::test(start_paused = true)]
+#[ignore = "BROKEN: followers of a leader's tier hit get the old entry as Coalesced with no Age header"]
+async fn followers_of_a_tier_hit_get_the_entrys_age() {
+    let tier = KnobTier::default();
+    let (api, up) = api();
+    let a = replica(&tier, fixed(60));
+    let b = replica(&tier, fixed(60));
+    send(&a, &up, get("/p/1").body(()).expect("req")).await;
+    tokio::time::advance(Duration::from_secs(50)).await;
+    *tier.get_delay.lock().expect("lock") = Duration::from_millis(2);
+    let service = b.layer(up.clone());
+    let tasks: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(service.clone().oneshot(get("/p/1").body(()).expect("req"))))
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        let response = task.await.expect("task").expect("response");
+        seen.push((
+            status(&response),
+            response
+                .headers()
+                .get(AGE)
+                .map(|v| v.to_str().expect("age").to_owned()),
+        ));
+    }
+    assert_eq!(api.calls.load(Ordering::SeqCst), 1, "all from the tier");
+    for (status, age) in &seen {
+        assert_eq!(age.as_deref(), Some("50"), "{status:?}: {seen:?}");
+    }
+}
+
+/// The same with nothing in the tier: the leader fetches a response the
+/// upstream says is already 30 s old (`Age: 30`); the leader's caller sees
+/// `Age: 30`, its followers see no `Age`. (Not the tier's own doing: the
+/// `Coalesced` path drops `Age` whatever the entry's age.)
+#[tokio::test(start_paused = true)]
+#[ignore = "BROKEN: Coalesced followers lose the upstream's Age (the leader gets Age: 30, followers none)"]
+async fn followers_of_a_fetch_get_the_upstreams_age() {
+    let tier = KnobTier::default();
+    *tier.get_delay.lock().expect("lock") = Duration::from_millis(2);
+    let (_api, up) = api();
+    let a = replica(&tier, fixed(60));
+    let service = a.layer(up);
+    let request = || {
+        get("/p/1")
+            .header("x-reply-age", "30")
+            .body(())
+            .expect("req")
+    };
+    let tasks: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(service.clone().oneshot(request())))
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        let response = task.await.expect("task").expect("response");
+        seen.push((
+            status(&response),
+            response
+                .headers()
+                .get(AGE)
+                .map(|v| v.to_str().expect("age").to_owned()),
+        ));
+    }
+    for (status, age) in &seen {
+        assert_eq!(age.as_deref(), Some("30"), "{status:?}: {seen:?}");
+    }
+}
