@@ -1016,3 +1016,45 @@ async fn followers_of_a_fetch_get_the_upstreams_age() {
         assert_eq!(age.as_deref(), Some("30"), "{status:?}: {seen:?}");
     }
 }
+
+/// A request in origin form (`/p/1`, the authority in `Host`), as a
+/// gateway forwarding by `Host` sees them: the cache key is the URI
+/// alone, so two hosts' `/p/1` are one entry, and through the shared tier
+/// (one namespace for every service by default) a replica serving
+/// `b.test` answers with what another fetched from `a.test`. The
+/// effective request URI (RFC 9110 §7.1) includes the `Host`. (Memory
+/// alone does the same within one layer; the tier spreads it to every
+/// replica and service on the namespace.)
+#[tokio::test(start_paused = true)]
+#[ignore = "BROKEN: the cache/tier key ignores Host for origin-form URIs; one host's response is served for another's"]
+async fn an_origin_form_request_never_gets_another_hosts_response() {
+    let tier = KnobTier::default();
+    let echo = tower::util::BoxCloneSyncService::new(service_fn(|req: Request<()>| async move {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .map_or("-", |v| v.to_str().unwrap_or("?"))
+            .to_owned();
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+            "{} on {host}",
+            req.uri()
+        )))))
+    }));
+    let a = replica(&tier, fixed(60));
+    let b = replica(&tier, fixed(60));
+    let on = |host: &str| {
+        Request::get("/p/1")
+            .header(http::header::HOST, host)
+            .body(())
+            .expect("req")
+    };
+    let first = a
+        .layer(echo.clone())
+        .oneshot(on("a.test"))
+        .await
+        .expect("a");
+    assert_eq!(body(first).await, "/p/1 on a.test");
+    let second = b.layer(echo).oneshot(on("b.test")).await.expect("b");
+    let tiered = from_tier(&second);
+    assert_eq!(body(second).await, "/p/1 on b.test", "from tier: {tiered}");
+}
