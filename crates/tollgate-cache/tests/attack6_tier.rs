@@ -1058,3 +1058,68 @@ async fn an_origin_form_request_never_gets_another_hosts_response() {
     let tiered = from_tier(&second);
     assert_eq!(body(second).await, "/p/1 on b.test", "from tier: {tiered}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any single bit flipped anywhere in a real entry: never a panic and
+    /// never an error. (What is served may differ from what was stored,
+    /// body or status: see
+    /// `a_bit_flipped_entry_is_a_miss_never_a_wrong_response`.)
+    #[test]
+    fn a_single_bit_flip_never_panics_nor_fails_the_request(bit in 0usize..4096) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let tier = KnobTier::default();
+            let (_api, up) = api();
+            let a = replica(&tier, fixed(60));
+            send(&a, &up, get("/p/1").body(()).expect("req")).await;
+            let stored = tier.entries.lock().expect("lock").values().next().expect("one").0.clone();
+            let bit = bit % (stored.len() * 8);
+            let mut flipped = stored.to_vec();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            let flipped = Bytes::from(flipped);
+            *tier.mangle.lock().expect("lock") = Some(Box::new(move |_| flipped.clone()));
+            let b = replica(&tier, fixed(60));
+            let response = b
+                .layer(up.clone())
+                .oneshot(get("/p/1").body(()).expect("req"))
+                .await;
+            assert!(response.is_ok(), "bit {bit}: an error");
+        });
+    }
+}
+
+/// `Vary` on 200 request headers: written, read back and matched by a
+/// replica with the same values; one value different is a miss.
+#[tokio::test(start_paused = true)]
+async fn vary_on_many_headers_holds_across_replicas() {
+    let tier = KnobTier::default();
+    let (_api, up) = api();
+    let a = replica(&tier, fixed(60));
+    let b = replica(&tier, fixed(60));
+    let names: Vec<String> = (0..200).map(|i| format!("x-v{i}")).collect();
+    let request = |last: &str| {
+        let mut builder = get("/p/1").header("x-reply-vary", names.join(", "));
+        for (i, name) in names.iter().enumerate() {
+            let value = if i + 1 == names.len() {
+                last.to_owned()
+            } else {
+                format!("v{i}")
+            };
+            builder = builder.header(name.as_str(), value);
+        }
+        builder.body(()).expect("req")
+    };
+    send(&a, &up, request("same")).await;
+    assert_eq!(tier.puts.load(Ordering::SeqCst), 1);
+    let (_, tiered, _) = send(&b, &up, request("same")).await;
+    assert!(tiered);
+    let c = replica(&tier, fixed(60));
+    let (status, tiered, _) = send(&c, &up, request("other")).await;
+    assert_eq!((status, tiered), (CacheStatus::Miss, false));
+}
