@@ -1123,3 +1123,35 @@ async fn vary_on_many_headers_holds_across_replicas() {
     let (status, tiered, _) = send(&c, &up, request("other")).await;
     assert_eq!((status, tiered), (CacheStatus::Miss, false));
 }
+
+/// The same skip with a healthy tier: one read of an unrelated key was
+/// slow a moment ago, so the tier is "resting" when a write comes in, and
+/// the write sends none of its deletes. Nothing retries them; once the
+/// rest is over every replica serves the pre-write entries, the writer
+/// included.
+#[tokio::test(start_paused = true)]
+#[ignore = "BROKEN: a write while the tier rests (after one unrelated slow read) sends no deletes at all; pre-write entries stay shared"]
+async fn a_write_while_the_tier_rests_still_drops_the_tiers_entries() {
+    let tier = KnobTier::default();
+    let (api, up) = api();
+    let a = replica(&tier, fixed(60));
+    let b = replica(&tier, fixed(60));
+    send(&a, &up, as_w("/p/1")).await;
+    // One slow read of another key.
+    *tier.get_delay.lock().expect("lock") = DEFAULT_TIER_TIMEOUT * 2;
+    send(&a, &up, get("/other").body(()).expect("req")).await;
+    *tier.get_delay.lock().expect("lock") = Duration::ZERO;
+    let put = Request::put("http://api.test/p/1")
+        .header(AUTHORIZATION, "Bearer w")
+        .body(())
+        .expect("req");
+    a.layer(up.clone()).oneshot(put).await.expect("write");
+    assert_eq!(api.version.load(Ordering::SeqCst), 1);
+    tokio::time::advance(TIER_RETRY).await;
+    let (status, tiered, after) = send(&b, &up, as_w("/p/1")).await;
+    assert!(
+        after.starts_with("v1 "),
+        "pre-write data after the write: {after:?} ({status:?}, from tier: {tiered}; {} deletes sent)",
+        tier.deletes.load(Ordering::SeqCst)
+    );
+}
