@@ -411,3 +411,45 @@ async fn a_foreign_value_type_under_one_key_is_a_miss_for_that_key_only() {
     );
     assert_eq!(b_layer.stats().tier_errors, 0, "{:?}", b_layer.stats());
 }
+
+/// A Redis 6 ms away (every round trip fits the 10 ms `tier_timeout`, but
+/// connecting plus the first command does not): the tier must still come
+/// into use by itself, the connection being made in the background rather
+/// than abandoned with each timed-out call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_whose_connect_outlasts_the_tier_timeout_still_comes_into_use() {
+    let server = RedisServer::start().expect(HOW_TO_GET_REDIS);
+    let api = FakeApi::start().await.expect("fake api");
+    let proxy = tollgate_testkit::FaultProxy::start(server.addr())
+        .await
+        .expect("proxy");
+    proxy.inject(tollgate_testkit::ProxyFault::latency(
+        Duration::from_millis(6),
+    ));
+    let url = format!("redis://{}", proxy.addr());
+    let (layer, a) = replica_within(&url, fixed(), DEFAULT_TIER_TIMEOUT);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut i = 0;
+    while layer.stats().tier_writes == 0 {
+        i += 1;
+        let response = send(
+            &a,
+            get(&api, &format!("/posts/{i}"))
+                .body(Empty::new())
+                .expect("req"),
+        )
+        .await;
+        assert!(response.status().is_success());
+        assert!(
+            Instant::now() < deadline,
+            "never connected within 4 s: {:?}",
+            layer.stats()
+        );
+        tokio::time::sleep(TIER_RETRY).await;
+    }
+    assert!(
+        layer.stats().tier_errors >= 1,
+        "the first call (connect + GET) outlasted the timeout: {:?}",
+        layer.stats()
+    );
+}
