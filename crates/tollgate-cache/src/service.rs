@@ -899,9 +899,15 @@ async fn to_tier(store: &Store, tier_key: Option<&str>, stored: &Stored, ticket:
     if left < Duration::from_millis(1) {
         return;
     }
-    let Some(value) = encode(tier_key, stored, now, tier.wall_ms(now), left)
-        .filter(|v| v.len() <= store.config.max_entry_bytes)
-    else {
+    let Some(value) = encode(
+        tier_key,
+        stored,
+        now,
+        tier.wall_ms(now),
+        left,
+        &store.config.credential_headers,
+    )
+    .filter(|v| v.len() <= store.config.max_entry_bytes) else {
         return;
     };
     tier.put(&store.counters, tier_key, value, left).await;

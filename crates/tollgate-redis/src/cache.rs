@@ -213,11 +213,17 @@ impl CacheTier for RedisCacheTier {
         let mut connection = self.manager.clone();
         let key = self.redis_key(key);
         Box::pin(async move {
-            let value: Option<Vec<u8>> = redis::cmd("GET")
+            let value: Result<Option<Vec<u8>>, redis::RedisError> = redis::cmd("GET")
                 .arg(&key)
                 .query_async(&mut connection)
-                .await?;
-            Ok(value.map(Bytes::from))
+                .await;
+            match value {
+                Ok(value) => Ok(value.map(Bytes::from)),
+                // A value of another type under this one key (written by
+                // something else): a miss for it, not a failing tier.
+                Err(e) if e.to_string().contains("WRONGTYPE") => Ok(None),
+                Err(e) => Err(e.into()),
+            }
         })
     }
 
