@@ -1012,8 +1012,32 @@ impl RateLimitStore for RedisRateLimitStore {
 /// makes one key wait as long as another, never admits anything. Bounded:
 /// when a shard is full, passed entries are dropped, and if none has
 /// passed the new one is not remembered (Redis is asked instead).
+/// The deny cache's maps hold keys already hashed (keyed SipHash): they
+/// use the hash as it is rather than hashing it again.
+#[derive(Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else still hashes soundly.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type DenyMap = HashMap<u64, UnixNanos, std::hash::BuildHasherDefault<Prehashed>>;
+
 struct DenyCache {
-    shards: Box<[Mutex<HashMap<u64, UnixNanos>>]>,
+    shards: Box<[Mutex<DenyMap>]>,
     /// Room per shard for refusals.
     per_shard: usize,
     /// Whether any pause was held (with no room for refusals, the cache
@@ -1031,16 +1055,17 @@ const PAUSE_ROOM: usize = 64;
 impl DenyCache {
     fn new(keys: usize) -> DenyCache {
         DenyCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(DenyMap::default())).collect(),
             per_shard: keys.div_ceil(SHARDS),
             holds_pauses: AtomicBool::new(false),
             hasher: RandomState::new(),
         }
     }
 
-    fn shard(&self, hash: u64) -> &Mutex<HashMap<u64, UnixNanos>> {
-        // The low bits pick the shard; the map hashes the whole.
-        &self.shards[usize::try_from(hash % SHARDS as u64).unwrap_or(0)]
+    fn shard(&self, hash: u64) -> &Mutex<DenyMap> {
+        // Middle bits pick the shard: the map uses the hash as it is, its
+        // low bits for the bucket and its top bits for the tag.
+        &self.shards[usize::try_from((hash >> 32) % SHARDS as u64).unwrap_or(0)]
     }
 
     /// The time a refusal named, while it is still ahead.
