@@ -1,5 +1,6 @@
 //! Two replicas of an axum gateway acting as one client of their upstream:
-//! one rate-limit quota and one learned pause, shared through Redis.
+//! one rate-limit quota, one learned pause and one cache tier, shared
+//! through Redis.
 //!
 //! Each replica has its own Tollgate client whose rate limiter keeps its
 //! state in Redis (`tollgate_redis::RedisRateLimitStore`, same Redis, same
@@ -7,7 +8,9 @@
 //! replicas are driven at once; the upstream sees the one quota (10 per
 //! second), not one per replica. Then the upstream answers one call of
 //! replica A with `429` and `Retry-After: 1`: replica B's next call waits
-//! out the pause A learned, though B never saw a 429.
+//! out the pause A learned, though B never saw a 429. Last, a user fetched
+//! through replica A's cache is served to replica B from the cache's Redis
+//! tier (`tollgate_redis::RedisCacheTier`), without a second upstream call.
 //!
 //! ```text
 //! cargo run --example redis_replicas                    # starts its own redis-server
@@ -46,11 +49,26 @@ const PER_SECOND: u32 = 10;
 /// How long both replicas are driven.
 const DRIVE: Duration = Duration::from_secs(2);
 
-/// One replica: its upstream client and what it admitted.
+/// One replica: its upstream client and what it admitted, and a client
+/// whose cache has a second tier in Redis.
 #[derive(Clone)]
 struct Replica {
     upstream: Client,
     admitted: Arc<AtomicU64>,
+    cached: Client,
+    cache: tollgate_cache::CacheLayer,
+}
+
+/// `GET /users/{id}`: the upstream's user, through a cache whose second
+/// tier (Redis) both replicas share.
+async fn user(
+    State(replica): State<Replica>,
+    Path(id): Path<u64>,
+) -> (StatusCode, String) {
+    match replica.cached.get(format!("/users/{id}")).send().await {
+        Ok(response) => (response.status(), response.text()),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")),
+    }
 }
 
 /// `GET /posts/{id}`: the upstream's post, through the shared limiter. The
@@ -90,12 +108,24 @@ async fn replica(
     let client = Client::builder(upstream)
         .rate_limit(store.layer().max_wait(Duration::from_secs(5)))
         .build()?;
+    let tier = tollgate_redis::RedisCacheTier::builder(redis)
+        .namespace(namespace)
+        .build()?;
+    let cache = tollgate_cache::CacheLayer::builder(tollgate_cache::Freshness::Fixed(
+        Duration::from_secs(60),
+    ))
+    .tier(Arc::new(tier))
+    .build();
+    let cached = Client::builder(upstream).cache(cache.clone()).build()?;
     let state = Replica {
         upstream: client,
         admitted: Arc::new(AtomicU64::new(0)),
+        cached,
+        cache,
     };
     let app = Router::new()
         .route("/posts/{id}", get(post))
+        .route("/users/{id}", get(user))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -216,6 +246,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         answer.status(),
         asked.elapsed().as_secs_f64(),
         api.hits("/posts/*").saturating_sub(before + 1)
+    );
+
+    // One cache tier: what replica A fetched, replica B serves from Redis.
+    let _ = callers_a.get("/users/1").send().await?;
+    let _ = callers_b.get("/users/1").send().await?;
+    let (sa, sb) = (a.cache.stats(), b.cache.stats());
+    println!(
+        "GET /users/1 through A, then through B: the upstream saw {} call; A: {} miss, \
+         wrote {} entry to Redis; B: {} hit from the Redis tier",
+        api.hits("/users/1"),
+        sa.misses,
+        sa.tier_writes,
+        sb.tier_hits
     );
     for (name, store) in [("A", &store_a), ("B", &store_b)] {
         let s = store.stats();
