@@ -61,10 +61,7 @@ struct Replica {
 
 /// `GET /users/{id}`: the upstream's user, through a cache whose second
 /// tier (Redis) both replicas share.
-async fn user(
-    State(replica): State<Replica>,
-    Path(id): Path<u64>,
-) -> (StatusCode, String) {
+async fn user(State(replica): State<Replica>, Path(id): Path<u64>) -> (StatusCode, String) {
     match replica.cached.get(format!("/users/{id}")).send().await {
         Ok(response) => (response.status(), response.text()),
         Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")),

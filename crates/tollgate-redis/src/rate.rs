@@ -1055,7 +1055,9 @@ const PAUSE_ROOM: usize = 64;
 impl DenyCache {
     fn new(keys: usize) -> DenyCache {
         DenyCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(DenyMap::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(DenyMap::default()))
+                .collect(),
             per_shard: keys.div_ceil(SHARDS),
             holds_pauses: AtomicBool::new(false),
             hasher: RandomState::new(),
