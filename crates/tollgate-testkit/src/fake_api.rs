@@ -105,6 +105,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// | `DELETE /{resource}/{id}` | `200` with `{}` |
 /// | `GET /metadata?id=1&id=2..` | `{"items": [..]}`, one record per known id (1 to 1000), each once |
 /// | any method `/anything/..` | echoes method, path, query pairs, headers and body as JSON |
+/// | any method `/redirect/{n}` | `302` to `/redirect/{n-1}` (a relative `Location`); `/redirect/1` to `/anything/redirected` |
+/// | any method `/redirect-to?url=U&status=S` | `S` (default `302`, any `3xx`) with `Location: U` as given, percent-decoded to raw bytes (so a test can send one that is not UTF-8) |
 /// | `POST /oauth/token` | after [`issue_tokens`](FakeApi::issue_tokens): an OAuth2 client-credentials grant |
 ///
 /// Writes are not persisted, as on JSONPlaceholder. A body that is not JSON
@@ -661,6 +663,11 @@ fn route(state: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &
     if uri.path() == "/oauth/token" && *method == Method::POST {
         return grant(state, headers, body);
     }
+    // Redirects answer before the bearer check, as a CDN or a load balancer
+    // in front of an API would: the hop they point to is what is checked.
+    if let Some(reply) = redirect(uri) {
+        return reply;
+    }
     if let Some(expected) = lock(&state.bearer).as_deref() {
         let ok = !expected.is_empty()
             && headers
@@ -870,4 +877,81 @@ fn echo(method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Reply 
             "body": String::from_utf8_lossy(body),
         }),
     )
+}
+
+/// The redirect routes (see the table on [`FakeApi`]), or `None` for any
+/// other path.
+fn redirect(uri: &Uri) -> Option<Reply> {
+    let path = uri.path();
+    if let Some(n) = path.strip_prefix("/redirect/") {
+        let Ok(n) = n.parse::<u64>() else {
+            return Some(not_found());
+        };
+        let location = match n {
+            0 => return Some(not_found()),
+            1 => "/anything/redirected".to_owned(),
+            n => format!("/redirect/{}", n - 1),
+        };
+        return Some(redirect_reply(StatusCode::FOUND, location.as_bytes()));
+    }
+    if path != "/redirect-to" {
+        return None;
+    }
+    let mut url = None;
+    let mut status = StatusCode::FOUND;
+    for pair in uri.query().unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "url" => url = Some(percent_decode(value)),
+            "status" => match value
+                .parse::<u16>()
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+            {
+                Some(s) if s.is_redirection() => status = s,
+                _ => return Some(bad_request("status must be a 3xx code")),
+            },
+            _ => {}
+        }
+    }
+    match url {
+        Some(url) => Some(redirect_reply(status, &url)),
+        None => Some(bad_request("url is missing")),
+    }
+}
+
+fn redirect_reply(status: StatusCode, location: &[u8]) -> Reply {
+    let mut reply = json_reply(status, &json!({"redirect": true}));
+    match HeaderValue::from_bytes(location) {
+        Ok(value) => {
+            reply.headers_mut().insert(http::header::LOCATION, value);
+            reply
+        }
+        Err(_) => bad_request("the Location cannot be a header value"),
+    }
+}
+
+/// `%XX` to the byte it names, `+` to a space; anything else as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }

@@ -7,7 +7,8 @@
 //!                      wait and the body read (handed down as `Deadline`)
 //!  3 cache             `Layers::cache`; its fast path, `Stack::cache_fast_path`,
 //!                      answers a fresh hit before the service is entered
-//!  4 (redirects)       a slot: joins with its own issue
+//!  4 redirects         `Layers::redirect`: each hop a new request through
+//!                      everything below (tower-http's follow-redirect)
 //!  5 retry             `Layers::retry`, with each attempt's body read whole
 //!                      just below it (`buffer::Buffer`)
 //!  6 (circuit breaker) a slot: joins with its own issue
@@ -86,6 +87,10 @@ impl<S> Layer<S> for FeatureOff {
 type CacheLayer = tollgate_cache::CacheLayer;
 #[cfg(not(feature = "cache"))]
 type CacheLayer = FeatureOff;
+#[cfg(feature = "redirect")]
+pub(crate) type RedirectLayer = crate::redirect::RedirectLayer;
+#[cfg(not(feature = "redirect"))]
+pub(crate) type RedirectLayer = FeatureOff;
 #[cfg(feature = "retry")]
 type RetryLayer = tollgate_retry::RetryLayer;
 #[cfg(not(feature = "retry"))]
@@ -108,6 +113,7 @@ type ConcurrencyLimitLayer = FeatureOff;
 #[derive(Clone, Default)]
 pub(crate) struct Layers {
     pub(crate) cache: Option<CacheLayer>,
+    pub(crate) redirect: Option<RedirectLayer>,
     pub(crate) retry: Option<RetryLayer>,
     pub(crate) rate_limit: Option<RateLimitLayer>,
     pub(crate) auth: Option<AuthLayer>,
@@ -154,8 +160,9 @@ impl Layers {
         let mut stages: Vec<Option<Stage>> = Vec::with_capacity(8);
         // 3 cache
         stages.push(stage(self.cache));
-        // 4 redirects: join here, above retry (each hop a new request through
-        //   everything below; credentials dropped on a change of origin).
+        // 4 redirects: above retry, so each hop is a new request through
+        //   everything below (a permit each, auth's origin check each).
+        stages.push(stage(self.redirect));
         // 5 retry, over the body buffer
         stages.push(stage(
             self.retry.map(|retry| RetryStage { retry, max_body }),
