@@ -66,6 +66,18 @@ pub struct ClientBuilder {
     secret_headers: Vec<HeaderName>,
     #[cfg_attr(not(feature = "redirect"), allow(dead_code))]
     secret_query: Vec<String>,
+    /// The codecs decoded (position 10b), each on with its feature: gzip,
+    /// deflate, brotli, zstd.
+    #[cfg_attr(
+        not(any(
+            feature = "gzip",
+            feature = "deflate",
+            feature = "brotli",
+            feature = "zstd"
+        )),
+        allow(dead_code)
+    )]
+    codecs: [bool; 4],
 }
 
 /// Builds the stack over a caller's transport: the closure keeps its type.
@@ -151,7 +163,47 @@ impl ClientBuilder {
             redirect: crate::RedirectPolicy::default(),
             secret_headers: Vec::new(),
             secret_query: Vec::new(),
+            codecs: [true; 4],
         }
+    }
+
+    /// Whether to ask for gzip bodies and decode them (on by default with
+    /// the `gzip` feature). Decoding sits just above the transport (stack
+    /// position 10b), so the body limit
+    /// ([`max_response_body`](Self::max_response_body)), the retry layer
+    /// and the cache all see the decoded body: a small body that inflates
+    /// past the limit is an [`ErrorKind::BodyTooLarge`] error, not memory.
+    /// A decoded response has no `Content-Encoding` nor `Content-Length`.
+    /// A caller's own `Accept-Encoding` header is sent as it is; a body in
+    /// a coding turned off (or `identity`) is left as it came.
+    #[cfg(feature = "gzip")]
+    pub fn gzip(mut self, enable: bool) -> Self {
+        self.codecs[0] = enable;
+        self
+    }
+
+    /// Whether to ask for deflate (zlib) bodies and decode them (on by
+    /// default with the `deflate` feature); see [`gzip`](Self::gzip).
+    #[cfg(feature = "deflate")]
+    pub fn deflate(mut self, enable: bool) -> Self {
+        self.codecs[1] = enable;
+        self
+    }
+
+    /// Whether to ask for brotli (`br`) bodies and decode them (on by
+    /// default with the `brotli` feature); see [`gzip`](Self::gzip).
+    #[cfg(feature = "brotli")]
+    pub fn brotli(mut self, enable: bool) -> Self {
+        self.codecs[2] = enable;
+        self
+    }
+
+    /// Whether to ask for zstd bodies and decode them (on by default with
+    /// the `zstd` feature); see [`gzip`](Self::gzip).
+    #[cfg(feature = "zstd")]
+    pub fn zstd(mut self, enable: bool) -> Self {
+        self.codecs[3] = enable;
+        self
     }
 
     /// Which redirects to follow (stack position 4, above retry: each hop
@@ -782,6 +834,31 @@ impl ClientBuilder {
                 self.secret_query,
                 self.secret_headers,
             )?);
+        }
+        #[cfg(any(
+            feature = "gzip",
+            feature = "deflate",
+            feature = "brotli",
+            feature = "zstd"
+        ))]
+        {
+            let on = |i: usize, compiled: bool| compiled && self.codecs[i];
+            if on(0, cfg!(feature = "gzip"))
+                || on(1, cfg!(feature = "deflate"))
+                || on(2, cfg!(feature = "brotli"))
+                || on(3, cfg!(feature = "zstd"))
+            {
+                let layer = tower_http::decompression::DecompressionLayer::new();
+                #[cfg(feature = "gzip")]
+                let layer = layer.gzip(self.codecs[0]);
+                #[cfg(feature = "deflate")]
+                let layer = layer.deflate(self.codecs[1]);
+                #[cfg(feature = "brotli")]
+                let layer = layer.br(self.codecs[2]);
+                #[cfg(feature = "zstd")]
+                let layer = layer.zstd(self.codecs[3]);
+                layers.decompression = Some(layer);
+            }
         }
         let finish = Finish {
             layers,

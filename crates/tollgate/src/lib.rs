@@ -64,6 +64,9 @@
 //!                                SetRequestHeaderLayer, ...): each attempt as sent
 //!             10 concurrency     ClientBuilder::concurrency_limit (tollgate-limit):
 //!                                FIFO queue, bounded in length and time
+//!             10b decompression  features gzip (default), deflate, brotli, zstd
+//!                                (tower-http): Accept-Encoding sent, the body decoded
+//!                                here, so every limit above counts decoded bytes
 //!             11 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
 //!                                HTTPS via rustls/ring; connect timeout over DNS, TCP
 //!                                and TLS; read timeout on every wait for data), or
@@ -99,6 +102,9 @@
 //!   base URL's origin unless the policy allows others; a refused one is an
 //!   [`ErrorKind::Redirect`] error. [`ApiResponse::url`] is the URL the
 //!   response came from and [`ApiResponse::redirects`] the hops followed.
+//! - Compressed bodies (gzip by default; deflate, brotli and zstd with their
+//!   features) are asked for and decoded below every other layer, so the
+//!   body limit applies to the decoded size (see `ClientBuilder::gzip`).
 //! - Response bodies are buffered up to 16 MiB
 //!   ([`ClientBuilder::max_response_body`]); a larger body is an
 //!   [`ErrorKind::BodyTooLarge`] error, refused from `Content-Length` before

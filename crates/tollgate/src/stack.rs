@@ -18,6 +18,9 @@
 //!  8 auth              `Layers::auth`
 //!  9 attempt timeout   `Layers::attempt_timeout`
 //! 10 concurrency pool  `Layers::concurrency`
+//! 10b decompression    `Layers::decompression` (features `gzip`, `deflate`,
+//!                      `brotli`, `zstd`): sends `Accept-Encoding`, decodes
+//!                      the body, so every limit above counts decoded bytes
 //! 11 transport         hyper-util (`transport.rs`) or `ClientBuilder::transport`
 //! ```
 //!
@@ -91,6 +94,20 @@ type CacheLayer = FeatureOff;
 pub(crate) type RedirectLayer = crate::redirect::RedirectLayer;
 #[cfg(not(feature = "redirect"))]
 pub(crate) type RedirectLayer = FeatureOff;
+#[cfg(any(
+    feature = "gzip",
+    feature = "deflate",
+    feature = "brotli",
+    feature = "zstd"
+))]
+pub(crate) type DecompressionLayer = tower_http::decompression::DecompressionLayer;
+#[cfg(not(any(
+    feature = "gzip",
+    feature = "deflate",
+    feature = "brotli",
+    feature = "zstd"
+)))]
+pub(crate) type DecompressionLayer = FeatureOff;
 #[cfg(feature = "retry")]
 type RetryLayer = tollgate_retry::RetryLayer;
 #[cfg(not(feature = "retry"))]
@@ -121,6 +138,7 @@ pub(crate) struct Layers {
     /// First added, outermost.
     pub(crate) user: Vec<UserLayer>,
     pub(crate) concurrency: Option<ConcurrencyLimitLayer>,
+    pub(crate) decompression: Option<DecompressionLayer>,
 }
 
 /// The built stack: the service (3 to 11, a boxed stage per layer that is
@@ -182,6 +200,10 @@ impl Layers {
         stages.push(stage(attempt_timeout));
         // 10 concurrency pool
         stages.push(stage(self.concurrency));
+        // 10b decompression: just above the transport, so the body every
+        //   layer above reads (the retry buffer, the cache, the call's body
+        //   limit) is the decoded one: a decompression bomb meets the limit.
+        stages.push(stage(self.decompression));
         // 11 transport, at the bottom
         let service = stages
             .into_iter()
