@@ -59,12 +59,16 @@ pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
 ///   per-request [`Credential`](crate::Credential) without the auth layer),
 ///   the header of [`api_key_header`](crate::ClientBuilder::api_key_header),
 ///   the query parameter of
-///   [`api_key_query`](crate::ClientBuilder::api_key_query), and a sensitive
-///   query parameter (see
+///   [`api_key_query`](crate::ClientBuilder::api_key_query) or of a
+///   per-request query credential, and a sensitive query parameter (see
 ///   [`redact_query_param`](crate::ClientBuilder::redact_query_param)) that
-///   the request itself carried are removed, even from a later hop back on
-///   one origin. The auth layer decides for itself, by the URL of each hop,
-///   and sends the client's credential only to its origins;
+///   the request itself carried are removed (from a `Location` that echoes
+///   them), even on a later hop back to the first origin. The auth layer
+///   decides for itself, by the URL of each hop, and sends the client's
+///   credential only to its origins. (A limit: the query parameter of an
+///   `AuthLayer` given whole to `ClientBuilder::auth` is not known here, so
+///   a server that echoes it into a `Location` for an allowed other origin
+///   sends it there; use the `api_key_query` shortcut);
 /// - a `Location` that is not `http` or `https`, or carries user
 ///   information (`http://user:pw@host/`), is an [`ErrorKind::Redirect`]
 ///   error; one that is missing, not UTF-8 or not a URL leaves the 3xx as
@@ -342,6 +346,11 @@ fn has_userinfo(uri: &Uri) -> bool {
     uri.authority().is_some_and(|a| a.as_str().contains('@'))
 }
 
+/// The query parameter of a per-request credential put on the request
+/// itself (without an auth layer): removed after leaving the origin.
+#[derive(Clone, Debug)]
+pub(crate) struct SecretQuery(pub(crate) String);
+
 /// What the redirect layer knows of the client.
 pub(crate) struct Config {
     rule: Rule,
@@ -606,10 +615,12 @@ impl Policy<RequestBody, BoxError> for CallPolicy {
                 self.origin = OriginKey::of(req.uri());
                 self.visited.push((req.method().clone(), req.uri().clone()));
                 let carried = query_names(req.uri());
+                let own = req.extensions().get::<SecretQuery>().map(|s| &s.0);
                 self.strip_query = self
                     .config
                     .secret_query
                     .iter()
+                    .chain(own)
                     .chain(
                         self.config
                             .sensitive_query

@@ -322,6 +322,17 @@ async fn no_credential_of_any_kind_reaches_another_origin() {
         .expect("sent");
     let hop = other.last_request("/anything/leak").expect("hop");
     assert_eq!(hop.header("authorization"), None);
+    let key = tollgate::Credential::api_key_query("appid", "k3y").expect("key");
+    let _ = plain
+        .get(to_other("appid=k3y"))
+        .credential(key)
+        .send()
+        .await
+        .expect("sent");
+    let hop = other.last_request("/anything/leak").expect("hop");
+    let query = hop.uri.query().unwrap_or_default();
+    assert!(!query.contains("k3y"), "{query}");
+    assert!(query.contains("page=2"), "{query}");
 }
 
 /// Go's CVE-2024-45336: a → b, then b → b again must not bring a's
