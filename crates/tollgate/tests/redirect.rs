@@ -549,3 +549,57 @@ async fn the_calls_deadline_spans_every_hop() {
         .expect_err("deadline");
     assert_eq!(err.kind(), ErrorKind::Timeout);
 }
+
+/// curl's CVE-2018-1000007 and CVE-2022-27776: a move from https to http on
+/// the same host is a change of origin.
+#[tokio::test]
+async fn https_to_http_on_the_same_host_is_another_origin() {
+    use http::Method;
+    use tollgate_testkit::{Reply, StubTransport};
+
+    let stub = StubTransport::new();
+    stub.on(
+        Method::GET,
+        "/start",
+        Reply::status(StatusCode::FOUND).header("location", "http://api.test/next"),
+    );
+    stub.on(Method::GET, "/next", Reply::json(serde_json::json!({})));
+    let strict = Client::builder("https://api.test")
+        .transport(stub.clone())
+        .build()
+        .expect("client");
+    let err = strict.get("/start").send().await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Redirect);
+    assert_eq!(stub.hits(&Method::GET, "/next"), 0);
+
+    let allow = || {
+        RedirectPolicy::default()
+            .allow_origin("http://api.test")
+            .expect("origin")
+    };
+    let clients = [
+        Client::builder("https://api.test")
+            .transport(stub.clone())
+            .default_header("authorization", "Bearer over-tls-only")
+            .redirect(allow())
+            .build()
+            .expect("client"),
+        Client::builder("https://api.test")
+            .transport(stub.clone())
+            .bearer_auth("over-tls-only")
+            .redirect(allow())
+            .build()
+            .expect("client"),
+    ];
+    for client in clients {
+        let res = client.get("/start").send().await.expect("followed");
+        assert_eq!(res.redirects(), 1);
+        assert_eq!(res.url().scheme_str(), Some("http"));
+        let received = stub.received();
+        let first = &received[received.len() - 2];
+        let hop = &received[received.len() - 1];
+        assert_eq!(first.header("authorization"), Some("Bearer over-tls-only"));
+        assert_eq!(hop.uri.path(), "/next");
+        assert_eq!(hop.header("authorization"), None);
+    }
+}
