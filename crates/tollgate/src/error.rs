@@ -218,6 +218,12 @@ impl Error {
         self.inner.kind == ErrorKind::Decode
     }
 
+    /// Whether a redirect was refused ([`ErrorKind::Redirect`]), as
+    /// reqwest's `Error::is_redirect`.
+    pub fn is_redirect(&self) -> bool {
+        self.inner.kind == ErrorKind::Redirect
+    }
+
     /// The method of the request this error belongs to, if it got that far.
     pub fn method(&self) -> Option<&Method> {
         self.inner.method.as_ref()

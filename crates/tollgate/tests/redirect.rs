@@ -68,6 +68,7 @@ async fn ten_hops_are_followed_by_default_and_the_eleventh_is_a_redirect_error()
         .await
         .expect_err("11 hops");
     assert_eq!(err.kind(), ErrorKind::Redirect);
+    assert!(err.is_redirect());
     assert!(err.to_string().contains("too many redirects"), "{err}");
 }
 
