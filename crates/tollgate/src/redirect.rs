@@ -448,11 +448,9 @@ where
         let policy = CallPolicy {
             config: self.config.clone(),
             trail: trail.clone(),
-            extensions: None,
-            origin: None,
+            first: None,
+            chain: None,
             left: false,
-            strip_query: Vec::new(),
-            visited: Vec::new(),
         };
         RedirectFuture {
             inner: FollowRedirect::with_policy(ready, policy).call(req),
@@ -465,7 +463,8 @@ where
 #[derive(Default)]
 struct Trail {
     hops: u32,
-    /// The last request's URL, as sent (after any query was removed).
+    /// The last hop's URL, as sent (after any query was removed); `None`
+    /// until a redirect is followed.
     url: Option<Uri>,
 }
 
@@ -506,16 +505,58 @@ where
 pub(crate) struct CallPolicy {
     config: Arc<Config>,
     trail: Arc<Mutex<Trail>>,
-    /// The first request's extensions, put back on every hop.
-    extensions: Option<Extensions>,
+    /// The call's own request, as far as later hops need it. Only cheap
+    /// clones here: most calls are never redirected, and pay for nothing
+    /// more (see `chain`).
+    first: Option<First>,
+    /// Worked out at the first redirect.
+    chain: Option<Chain>,
+    /// Whether the chain has left the first request's origin (for good).
+    left: bool,
+}
+
+/// The call's own request.
+#[derive(Clone)]
+struct First {
+    method: Method,
+    uri: Uri,
+    /// Put back on every hop.
+    extensions: Extensions,
+}
+
+/// What a redirected call needs, worked out at its first redirect.
+#[derive(Clone)]
+struct Chain {
     /// The first request's origin.
     origin: Option<OriginKey>,
-    /// Whether the chain has left that origin (for good).
-    left: bool,
-    /// Query parameters to remove once the chain has left.
+    /// Query parameters to remove once the chain has left that origin.
     strip_query: Vec<String>,
     /// Every (method, URL) of the chain, to tell a loop.
     visited: Vec<(Method, Uri)>,
+}
+
+impl Chain {
+    fn of(first: &First, config: &Config) -> Chain {
+        let carried = query_names(&first.uri);
+        let own = first.extensions.get::<SecretQuery>().map(|s| &s.0);
+        let strip_query = config
+            .secret_query
+            .iter()
+            .chain(own)
+            .chain(
+                config
+                    .sensitive_query
+                    .iter()
+                    .filter(|s| carried.iter().any(|c| c.eq_ignore_ascii_case(s))),
+            )
+            .cloned()
+            .collect();
+        Chain {
+            origin: OriginKey::of(&first.uri),
+            strip_query,
+            visited: vec![(first.method.clone(), first.uri.clone())],
+        }
+    }
 }
 
 impl CallPolicy {
@@ -560,15 +601,21 @@ impl CallPolicy {
                 }
             }
         }
-        if self
+        let chain = match (&mut self.chain, &self.first) {
+            (Some(chain), _) => chain,
+            (chain @ None, Some(first)) => chain.insert(Chain::of(first, &self.config)),
+            // tower-http shows the policy the call's request first.
+            (None, None) => return Err(RedirectError::Refused("no first request".into())),
+        };
+        if chain
             .visited
             .iter()
             .any(|(m, u)| m == attempt.method() && u == next)
         {
             return Err(RedirectError::Loop);
         }
-        self.visited.push((attempt.method().clone(), next.clone()));
-        if self.origin.as_ref() != Some(&origin) {
+        chain.visited.push((attempt.method().clone(), next.clone()));
+        if chain.origin.as_ref() != Some(&origin) {
             self.left = true;
         }
         self.trail
@@ -596,7 +643,8 @@ impl CallPolicy {
         for name in sensitive {
             headers.remove(name);
         }
-        if let Some(uri) = without_params(req.uri(), &self.strip_query) {
+        let strip_query = self.chain.as_ref().map_or(&[][..], |c| &c.strip_query[..]);
+        if let Some(uri) = without_params(req.uri(), strip_query) {
             *req.uri_mut() = uri;
         }
     }
@@ -608,39 +656,27 @@ impl Policy<RequestBody, BoxError> for CallPolicy {
     }
 
     fn on_request(&mut self, req: &mut Request<RequestBody>) {
-        match &self.extensions {
+        match &self.first {
             None => {
                 // The call's own request: remember what later hops need.
-                self.extensions = Some(req.extensions().clone());
-                self.origin = OriginKey::of(req.uri());
-                self.visited.push((req.method().clone(), req.uri().clone()));
-                let carried = query_names(req.uri());
-                let own = req.extensions().get::<SecretQuery>().map(|s| &s.0);
-                self.strip_query = self
-                    .config
-                    .secret_query
-                    .iter()
-                    .chain(own)
-                    .chain(
-                        self.config
-                            .sensitive_query
-                            .iter()
-                            .filter(|s| carried.iter().any(|c| c.eq_ignore_ascii_case(s))),
-                    )
-                    .cloned()
-                    .collect();
+                self.first = Some(First {
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    extensions: req.extensions().clone(),
+                });
             }
-            Some(extensions) => {
-                *req.extensions_mut() = extensions.clone();
+            Some(first) => {
+                *req.extensions_mut() = first.extensions.clone();
                 if self.left {
                     self.strip(req);
                 }
+                // A hop: its URL, as sent, is the response's.
+                self.trail
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .url = Some(req.uri().clone());
             }
         }
-        self.trail
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .url = Some(req.uri().clone());
     }
 
     fn clone_body(&self, body: &RequestBody) -> Option<RequestBody> {
