@@ -105,6 +105,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// | `DELETE /{resource}/{id}` | `200` with `{}` |
 /// | `GET /metadata?id=1&id=2..` | `{"items": [..]}`, one record per known id (1 to 1000), each once |
 /// | any method `/anything/..` | echoes method, path, query pairs, headers and body as JSON |
+/// | any method `/redirect/{n}` | `302` to `/redirect/{n-1}` (a relative `Location`); `/redirect/1` to `/anything/redirected` |
+/// | any method `/redirect-to?url=U&status=S` | `S` (default `302`, any `3xx`) with `Location: U` as given, percent-decoded to raw bytes (so a test can send one that is not UTF-8) |
+/// | `GET /encoded/{codec}` (`gzip`, `deflate`, `br`, `zstd`) | `{"codec": .., "posts": [..]}` in that coding when `Accept-Encoding` names it (else as it is), with `Content-Encoding` and `Content-Length` |
+/// | `GET /bomb/{codec}?size=N` | `N` zero bytes (default 64 MiB) in that coding whatever was asked: a decompression bomb (a 64 MiB one is some 64 KiB in gzip) |
 /// | `POST /oauth/token` | after [`issue_tokens`](FakeApi::issue_tokens): an OAuth2 client-credentials grant |
 ///
 /// Writes are not persisted, as on JSONPlaceholder. A body that is not JSON
@@ -661,6 +665,14 @@ fn route(state: &State, method: &Method, uri: &Uri, headers: &HeaderMap, body: &
     if uri.path() == "/oauth/token" && *method == Method::POST {
         return grant(state, headers, body);
     }
+    // Redirects answer before the bearer check, as a CDN or a load balancer
+    // in front of an API would: the hop they point to is what is checked.
+    if let Some(reply) = redirect(uri) {
+        return reply;
+    }
+    if let Some(reply) = encoded(uri, headers) {
+        return reply;
+    }
     if let Some(expected) = lock(&state.bearer).as_deref() {
         let ok = !expected.is_empty()
             && headers
@@ -870,4 +882,199 @@ fn echo(method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Reply 
             "body": String::from_utf8_lossy(body),
         }),
     )
+}
+
+/// The redirect routes (see the table on [`FakeApi`]), or `None` for any
+/// other path.
+fn redirect(uri: &Uri) -> Option<Reply> {
+    let path = uri.path();
+    if let Some(n) = path.strip_prefix("/redirect/") {
+        let Ok(n) = n.parse::<u64>() else {
+            return Some(not_found());
+        };
+        let location = match n {
+            0 => return Some(not_found()),
+            1 => "/anything/redirected".to_owned(),
+            n => format!("/redirect/{}", n - 1),
+        };
+        return Some(redirect_reply(StatusCode::FOUND, location.as_bytes()));
+    }
+    if path != "/redirect-to" {
+        return None;
+    }
+    let mut url = None;
+    let mut status = StatusCode::FOUND;
+    for pair in uri.query().unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "url" => url = Some(percent_decode(value)),
+            "status" => match value
+                .parse::<u16>()
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+            {
+                Some(s) if s.is_redirection() => status = s,
+                _ => return Some(bad_request("status must be a 3xx code")),
+            },
+            _ => {}
+        }
+    }
+    match url {
+        Some(url) => Some(redirect_reply(status, &url)),
+        None => Some(bad_request("url is missing")),
+    }
+}
+
+fn redirect_reply(status: StatusCode, location: &[u8]) -> Reply {
+    let mut reply = json_reply(status, &json!({"redirect": true}));
+    match HeaderValue::from_bytes(location) {
+        Ok(value) => {
+            reply.headers_mut().insert(http::header::LOCATION, value);
+            reply
+        }
+        Err(_) => bad_request("the Location cannot be a header value"),
+    }
+}
+
+/// `%XX` to the byte it names, `+` to a space; anything else as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The compressed routes (see the table on [`FakeApi`]), or `None` for any
+/// other path.
+fn encoded(uri: &Uri, headers: &HeaderMap) -> Option<Reply> {
+    let path = uri.path();
+    if let Some(codec) = path.strip_prefix("/encoded/") {
+        let body = serde_json::to_vec(&json!({"codec": codec, "posts": data::posts(Some(1))}))
+            .unwrap_or_default();
+        let asked = headers
+            .get_all(http::header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.split(';').next().unwrap_or_default().trim() == codec);
+        if !asked {
+            return Some(json_reply(
+                StatusCode::OK,
+                &serde_json::from_slice(&body).unwrap_or_default(),
+            ));
+        }
+        return Some(match encode(codec, &body) {
+            Some(bytes) => encoded_reply(codec, "application/json; charset=utf-8", bytes),
+            None => not_found(),
+        });
+    }
+    let codec = path.strip_prefix("/bomb/")?;
+    let size = match query_u64(uri, "size") {
+        Some(Some(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(None) => 64 << 20,
+        None => return Some(bad_request("size must be a number")),
+    };
+    Some(match encode_zeros(codec, size) {
+        Some(bytes) => encoded_reply(codec, "application/octet-stream", bytes),
+        None => not_found(),
+    })
+}
+
+fn encoded_reply(codec: &str, content_type: &'static str, bytes: Vec<u8>) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(bytes)));
+    let headers = reply.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(value) = HeaderValue::from_str(codec) {
+        headers.insert(http::header::CONTENT_ENCODING, value);
+    }
+    reply
+}
+
+/// `body` in `codec`; `None` for a codec this server does not know.
+fn encode(codec: &str, body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let out = match codec {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(body).ok()?;
+            e.finish().ok()?
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(body).ok()?;
+            e.finish().ok()?
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                e.write_all(body).ok()?;
+                e.flush().ok()?;
+            }
+            out
+        }
+        "zstd" => zstd::encode_all(body, 3).ok()?,
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// `size` zero bytes in `codec`, encoded a megabyte at a time.
+fn encode_zeros(codec: &str, size: usize) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let chunk = vec![0u8; 1 << 20];
+    let feed = |w: &mut dyn Write| -> Option<()> {
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            w.write_all(&chunk[..n]).ok()?;
+            left -= n;
+        }
+        Some(())
+    };
+    let out = match codec {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            feed(&mut e)?;
+            e.finish().ok()?
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+            feed(&mut e)?;
+            e.finish().ok()?
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut e = brotli::CompressorWriter::new(&mut out, 1 << 16, 1, 22);
+                feed(&mut e)?;
+                e.flush().ok()?;
+            }
+            out
+        }
+        "zstd" => {
+            let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).ok()?;
+            feed(&mut e)?;
+            e.finish().ok()?
+        }
+        _ => return None,
+    };
+    Some(out)
 }

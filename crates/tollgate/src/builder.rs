@@ -57,6 +57,27 @@ pub struct ClientBuilder {
     layers: Layers,
     #[cfg(feature = "auth")]
     auth: Option<Auth>,
+    /// Position 4, made into a layer at `build`.
+    #[cfg(feature = "redirect")]
+    redirect: crate::RedirectPolicy,
+    /// The header and query names of the builder's API key, kept off a
+    /// redirect to another origin.
+    #[cfg_attr(not(feature = "redirect"), allow(dead_code))]
+    secret_headers: Vec<HeaderName>,
+    #[cfg_attr(not(feature = "redirect"), allow(dead_code))]
+    secret_query: Vec<String>,
+    /// The codecs decoded (position 10b), each on with its feature: gzip,
+    /// deflate, brotli, zstd.
+    #[cfg_attr(
+        not(any(
+            feature = "gzip",
+            feature = "deflate",
+            feature = "brotli",
+            feature = "zstd"
+        )),
+        allow(dead_code)
+    )]
+    codecs: [bool; 4],
 }
 
 /// Builds the stack over a caller's transport: the closure keeps its type.
@@ -138,7 +159,65 @@ impl ClientBuilder {
             layers: Layers::default(),
             #[cfg(feature = "auth")]
             auth: None,
+            #[cfg(feature = "redirect")]
+            redirect: crate::RedirectPolicy::default(),
+            secret_headers: Vec::new(),
+            secret_query: Vec::new(),
+            codecs: [true; 4],
         }
+    }
+
+    /// Whether to ask for gzip bodies and decode them (on by default with
+    /// the `gzip` feature). Decoding sits just above the transport (stack
+    /// position 10b), so the body limit
+    /// ([`max_response_body`](Self::max_response_body)), the retry layer
+    /// and the cache all see the decoded body: a small body that inflates
+    /// past the limit is an [`ErrorKind::BodyTooLarge`] error, not memory.
+    /// A decoded response has no `Content-Encoding` nor `Content-Length`.
+    /// A caller's own `Accept-Encoding` header is sent as it is; a body in
+    /// a coding turned off (or `identity`) is left as it came.
+    #[cfg(feature = "gzip")]
+    pub fn gzip(mut self, enable: bool) -> Self {
+        self.codecs[0] = enable;
+        self
+    }
+
+    /// Whether to ask for deflate (zlib) bodies and decode them (on by
+    /// default with the `deflate` feature); see [`gzip`](Self::gzip).
+    #[cfg(feature = "deflate")]
+    pub fn deflate(mut self, enable: bool) -> Self {
+        self.codecs[1] = enable;
+        self
+    }
+
+    /// Whether to ask for brotli (`br`) bodies and decode them (on by
+    /// default with the `brotli` feature); see [`gzip`](Self::gzip).
+    #[cfg(feature = "brotli")]
+    pub fn brotli(mut self, enable: bool) -> Self {
+        self.codecs[2] = enable;
+        self
+    }
+
+    /// Whether to ask for zstd bodies and decode them (on by default with
+    /// the `zstd` feature); see [`gzip`](Self::gzip).
+    #[cfg(feature = "zstd")]
+    pub fn zstd(mut self, enable: bool) -> Self {
+        self.codecs[3] = enable;
+        self
+    }
+
+    /// Which redirects to follow (stack position 4, above retry: each hop
+    /// is a new request through retry, the rate limiter, auth and the
+    /// pool). The default, [`RedirectPolicy::default`](crate::RedirectPolicy::default),
+    /// follows up to 10 hops on the base URL's origin; a redirect elsewhere
+    /// is an [`ErrorKind::Redirect`] error unless the policy allows that
+    /// origin, and credentials never follow a chain off the request's
+    /// origin. [`RedirectPolicy::none`](crate::RedirectPolicy::none) returns
+    /// every 3xx as it is.
+    #[cfg(feature = "redirect")]
+    pub fn redirect(mut self, policy: crate::RedirectPolicy) -> Self {
+        self.redirect = policy;
+        self
     }
 
     fn fail(mut self, err: Error) -> Self {
@@ -643,7 +722,10 @@ impl ClientBuilder {
     /// An API key in the header `name` on every request to the base URL's
     /// origin.
     #[cfg(feature = "auth")]
-    pub fn api_key_header(self, name: impl AsRef<str>, key: impl AsRef<str>) -> Self {
+    pub fn api_key_header(mut self, name: impl AsRef<str>, key: impl AsRef<str>) -> Self {
+        if let Ok(header) = HeaderName::try_from(name.as_ref()) {
+            self.secret_headers.push(header);
+        }
         self.auth_or_fail(tollgate_auth::AuthLayer::api_key_header(name, key))
     }
 
@@ -651,8 +733,9 @@ impl ClientBuilder {
     /// base URL's origin. The parameter is added below the tracing span, and
     /// its name is redacted in tracing output anyway.
     #[cfg(feature = "auth")]
-    pub fn api_key_query(self, name: impl AsRef<str>, key: impl AsRef<str>) -> Self {
+    pub fn api_key_query(mut self, name: impl AsRef<str>, key: impl AsRef<str>) -> Self {
         let redact = name.as_ref().to_owned();
+        self.secret_query.push(redact.clone());
         self.auth_or_fail(tollgate_auth::AuthLayer::api_key_query(name, key))
             .redact_query_param(redact)
     }
@@ -736,8 +819,49 @@ impl ClientBuilder {
                 "tollgate/",
                 env!("CARGO_PKG_VERSION")
             )));
+        #[allow(unused_mut, reason = "the redirect feature sets a layer")]
+        let mut layers = self.layers;
+        #[cfg(feature = "redirect")]
+        if self.redirect.follows() {
+            let base_uri: http::Uri = base
+                .as_str()
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::Builder, "the base URL is not a valid URI"))?;
+            layers.redirect = Some(crate::redirect::RedirectLayer::new(
+                self.redirect,
+                &base_uri,
+                self.sensitive_query.clone(),
+                self.secret_query,
+                self.secret_headers,
+            )?);
+        }
+        #[cfg(any(
+            feature = "gzip",
+            feature = "deflate",
+            feature = "brotli",
+            feature = "zstd"
+        ))]
+        {
+            let on = |i: usize, compiled: bool| compiled && self.codecs[i];
+            if on(0, cfg!(feature = "gzip"))
+                || on(1, cfg!(feature = "deflate"))
+                || on(2, cfg!(feature = "brotli"))
+                || on(3, cfg!(feature = "zstd"))
+            {
+                let layer = tower_http::decompression::DecompressionLayer::new();
+                #[cfg(feature = "gzip")]
+                let layer = layer.gzip(self.codecs[0]);
+                #[cfg(feature = "deflate")]
+                let layer = layer.deflate(self.codecs[1]);
+                #[cfg(feature = "brotli")]
+                let layer = layer.br(self.codecs[2]);
+                #[cfg(feature = "zstd")]
+                let layer = layer.zstd(self.codecs[3]);
+                layers.decompression = Some(layer);
+            }
+        }
         let finish = Finish {
-            layers: self.layers,
+            layers,
             #[cfg(feature = "auth")]
             auth: self.auth,
             base: &base,

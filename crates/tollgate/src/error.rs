@@ -62,6 +62,11 @@ pub enum ErrorKind {
     /// No credential could be had: the token refresh failed or timed out
     /// (its source is a `tollgate_auth::AuthError`).
     Auth,
+    /// A redirect was refused: to an origin the redirect policy does not
+    /// allow, to a scheme other than `http`/`https` or a URL with user
+    /// information, a loop, more hops than the policy's limit, or the
+    /// policy's own refusal (see `RedirectPolicy`).
+    Redirect,
 }
 
 impl ErrorKind {
@@ -85,6 +90,7 @@ impl ErrorKind {
             ErrorKind::LimiterUnavailable => "the rate limiter's store could not decide",
             ErrorKind::Auth => "getting a credential failed",
             ErrorKind::NotInBatch => "the batched answer has no item with this id",
+            ErrorKind::Redirect => "redirect refused",
         }
     }
 }
@@ -210,6 +216,12 @@ impl Error {
     /// Whether the body was not the expected JSON.
     pub fn is_decode(&self) -> bool {
         self.inner.kind == ErrorKind::Decode
+    }
+
+    /// Whether a redirect was refused ([`ErrorKind::Redirect`]), as
+    /// reqwest's `Error::is_redirect`.
+    pub fn is_redirect(&self) -> bool {
+        self.inner.kind == ErrorKind::Redirect
     }
 
     /// The method of the request this error belongs to, if it got that far.
@@ -352,6 +364,11 @@ pub(crate) fn classify(err: BoxError) -> Error {
         #[cfg(feature = "limit")]
         if e.is::<tollgate_limit::rate::StoreError>() {
             kind = Some(ErrorKind::LimiterUnavailable);
+            break;
+        }
+        #[cfg(feature = "redirect")]
+        if e.is::<crate::redirect::RedirectError>() {
+            kind = Some(ErrorKind::Redirect);
             break;
         }
         #[cfg(feature = "auth")]

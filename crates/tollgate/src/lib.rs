@@ -30,7 +30,7 @@
 //!
 //! A call passes down through the layers and its response comes back up,
 //! outermost first, in the order of the repository's `docs/ARCHITECTURE.md`
-//! (the numbers are its positions; 4 and 6 are for layers still to come).
+//! (the numbers are its positions; 6 is for a layer still to come).
 //! The stack is built in one place, the crate's `stack.rs`. A layer the
 //! builder did not switch on is absent, not a no-op.
 //!
@@ -43,7 +43,10 @@
 //!                                is answered before the stack is entered, by the
 //!                                layer's own rules); concurrent misses for one URL
 //!                                make one request
-//!             (4 redirects, not yet)
+//!              4 redirects       ClientBuilder::redirect (tower-http's follow-redirect):
+//!                                up to 10 hops on the base URL's origin by default,
+//!                                each hop a new request through everything below;
+//!                                credentials never follow a chain off the origin
 //!              5 retry           ClientBuilder::retry (tollgate-retry): gets the
 //!                                call's deadline, starts no retry that would pass it;
 //!                                each attempt's body is read whole just below it, so
@@ -61,6 +64,9 @@
 //!                                SetRequestHeaderLayer, ...): each attempt as sent
 //!             10 concurrency     ClientBuilder::concurrency_limit (tollgate-limit):
 //!                                FIFO queue, bounded in length and time
+//!             10b decompression  features gzip (default), deflate, brotli, zstd
+//!                                (tower-http): Accept-Encoding sent, the body decoded
+//!                                here, so every limit above counts decoded bytes
 //!             11 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
 //!                                HTTPS via rustls/ring; connect timeout over DNS, TCP
 //!                                and TLS; read timeout on every wait for data), or
@@ -92,6 +98,13 @@
 //!   wait for the response head and for each piece of its body, so a body
 //!   that stalls after the headers gives back its connection and pool
 //!   slot.
+//! - Redirects are followed up to 10 hops ([`RedirectPolicy`]), only on the
+//!   base URL's origin unless the policy allows others; a refused one is an
+//!   [`ErrorKind::Redirect`] error. [`ApiResponse::url`] is the URL the
+//!   response came from and [`ApiResponse::redirects`] the hops followed.
+//! - Compressed bodies (gzip by default; deflate, brotli and zstd with their
+//!   features) are asked for and decoded below every other layer, so the
+//!   body limit applies to the decoded size (see `ClientBuilder::gzip`).
 //! - Response bodies are buffered up to 16 MiB
 //!   ([`ClientBuilder::max_response_body`]); a larger body is an
 //!   [`ErrorKind::BodyTooLarge`] error, refused from `Content-Length` before
@@ -123,6 +136,8 @@ mod builder;
 mod client;
 mod endpoint;
 mod error;
+#[cfg(feature = "redirect")]
+mod redirect;
 mod request;
 mod response;
 mod stack;
@@ -138,6 +153,10 @@ pub use client::{
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};
+#[cfg(feature = "redirect")]
+pub use redirect::{
+    Action as RedirectAction, Attempt as RedirectAttempt, RedirectPolicy, DEFAULT_MAX_REDIRECTS,
+};
 pub use request::RequestBuilder;
 pub use response::{ApiResponse, Summary};
 pub use stack::AttemptService;

@@ -483,6 +483,14 @@ impl RequestBuilder {
             if inner.stack.has_auth {
                 request.extensions_mut().insert(credential);
             } else {
+                // Its query parameter, if it is one, stays off a redirect
+                // chain that leaves the origin (see `RedirectPolicy`).
+                #[cfg(feature = "redirect")]
+                if let Some(name) = credential.query_name() {
+                    request
+                        .extensions_mut()
+                        .insert(crate::redirect::SecretQuery(name.to_owned()));
+                }
                 credential.apply(&mut request, true);
             }
         }

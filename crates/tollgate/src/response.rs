@@ -20,8 +20,12 @@ use crate::error::{Error, ErrorKind};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {
-    /// Attempts made, the first included (1 without a retry layer).
+    /// Attempts made, the first included (1 without a retry layer). After
+    /// redirects, the attempts of the last hop.
     pub attempts: u32,
+    /// Redirects followed (0 without the redirect layer, or when the
+    /// response came from the cache).
+    pub redirects: u32,
     /// Whether the body came from the cache rather than from this call's
     /// own download: a hit, a response shared with a concurrent identical
     /// call, a stale entry renewed by a `304`, or a stale entry served
@@ -30,7 +34,8 @@ pub struct Summary {
     /// What the cache did (`None` without a cache layer).
     #[cfg(feature = "cache")]
     pub cache: Option<tollgate_cache::CacheStatus>,
-    /// Time spent waiting for a rate-limit permit (zero without a limiter).
+    /// Time spent waiting for a rate-limit permit (zero without a limiter;
+    /// after redirects, the last hop's wait).
     pub permit_wait: Duration,
     /// Time spent in the concurrency pool's queue (zero without a pool, or
     /// when a slot was free).
@@ -45,6 +50,7 @@ impl Default for Summary {
     fn default() -> Self {
         Summary {
             attempts: 1,
+            redirects: 0,
             from_cache: false,
             #[cfg(feature = "cache")]
             cache: None,
@@ -63,6 +69,10 @@ impl Summary {
         #[cfg(feature = "retry")]
         if let Some(record) = extensions.get::<tollgate_retry::RetryRecord>() {
             summary.attempts = record.attempts;
+        }
+        #[cfg(feature = "redirect")]
+        if let Some(followed) = extensions.get::<crate::redirect::Followed>() {
+            summary.redirects = followed.hops;
         }
         #[cfg(feature = "limit")]
         if let Some(wait) = extensions.get::<tollgate_limit::QueueWait>() {
@@ -84,7 +94,12 @@ impl Summary {
                 summary.attempts = 0;
             }
         }
-        #[cfg(not(any(feature = "retry", feature = "limit", feature = "cache")))]
+        #[cfg(not(any(
+            feature = "retry",
+            feature = "limit",
+            feature = "cache",
+            feature = "redirect"
+        )))]
         let _ = extensions;
         summary
     }
@@ -148,6 +163,12 @@ impl ApiResponse {
         elapsed: Duration,
         summary: Summary,
     ) -> Self {
+        // After redirects, the URL the response came from.
+        #[cfg(feature = "redirect")]
+        let url = parts
+            .extensions
+            .get::<crate::redirect::Followed>()
+            .map_or(url, |f| f.url.clone());
         ApiResponse {
             method,
             url,
@@ -187,9 +208,18 @@ impl ApiResponse {
         &self.method
     }
 
-    /// The URL the request was sent to.
+    /// The URL the response came from: the request's, or after redirects
+    /// the last one followed (as sent: without a credential the chain
+    /// dropped, and without one the auth layer added below).
     pub fn url(&self) -> &Uri {
         &self.url
+    }
+
+    /// How many redirects were followed to get this response (see
+    /// [`RedirectPolicy`](crate::RedirectPolicy); also
+    /// [`Summary::redirects`]).
+    pub fn redirects(&self) -> u32 {
+        self.summary.redirects
     }
 
     /// The whole body.
@@ -303,7 +333,8 @@ impl ApiResponse {
         }
     }
 
-    /// A structured record for logs: status, headers, data (the JSON body,
+    /// A structured record for logs: status, the URL it came from (without
+    /// its query), the redirects followed, headers, data (the JSON body,
     /// else the text, else `null`), `received_at` (RFC 3339), `elapsed_ms`
     /// and the summary. Values of `Set-Cookie`, `Cookie` and
     /// `Authorization`, and headers marked sensitive, show as `"REDACTED"`.
@@ -335,6 +366,8 @@ impl ApiResponse {
             "received_at": humantime::format_rfc3339_millis(self.received_at).to_string(),
             "elapsed_ms": self.elapsed.as_secs_f64() * 1e3,
             "attempts": self.summary.attempts,
+            "redirects": self.summary.redirects,
+            "url": crate::url::display_without_query(&self.url).to_string(),
             "from_cache": self.summary.from_cache,
             "permit_wait_ms": self.summary.permit_wait.as_secs_f64() * 1e3,
             "queue_wait_ms": self.summary.queue_wait.as_secs_f64() * 1e3,

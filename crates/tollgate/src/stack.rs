@@ -7,7 +7,8 @@
 //!                      wait and the body read (handed down as `Deadline`)
 //!  3 cache             `Layers::cache`; its fast path, `Stack::cache_fast_path`,
 //!                      answers a fresh hit before the service is entered
-//!  4 (redirects)       a slot: joins with its own issue
+//!  4 redirects         `Layers::redirect`: each hop a new request through
+//!                      everything below (tower-http's follow-redirect)
 //!  5 retry             `Layers::retry`, with each attempt's body read whole
 //!                      just below it (`buffer::Buffer`)
 //!  6 (circuit breaker) a slot: joins with its own issue
@@ -17,6 +18,9 @@
 //!  8 auth              `Layers::auth`
 //!  9 attempt timeout   `Layers::attempt_timeout`
 //! 10 concurrency pool  `Layers::concurrency`
+//! 10b decompression    `Layers::decompression` (features `gzip`, `deflate`,
+//!                      `brotli`, `zstd`): sends `Accept-Encoding`, decodes
+//!                      the body, so every limit above counts decoded bytes
 //! 11 transport         hyper-util (`transport.rs`) or `ClientBuilder::transport`
 //! ```
 //!
@@ -86,6 +90,24 @@ impl<S> Layer<S> for FeatureOff {
 type CacheLayer = tollgate_cache::CacheLayer;
 #[cfg(not(feature = "cache"))]
 type CacheLayer = FeatureOff;
+#[cfg(feature = "redirect")]
+pub(crate) type RedirectLayer = crate::redirect::RedirectLayer;
+#[cfg(not(feature = "redirect"))]
+pub(crate) type RedirectLayer = FeatureOff;
+#[cfg(any(
+    feature = "gzip",
+    feature = "deflate",
+    feature = "brotli",
+    feature = "zstd"
+))]
+pub(crate) type DecompressionLayer = tower_http::decompression::DecompressionLayer;
+#[cfg(not(any(
+    feature = "gzip",
+    feature = "deflate",
+    feature = "brotli",
+    feature = "zstd"
+)))]
+pub(crate) type DecompressionLayer = FeatureOff;
 #[cfg(feature = "retry")]
 type RetryLayer = tollgate_retry::RetryLayer;
 #[cfg(not(feature = "retry"))]
@@ -108,6 +130,7 @@ type ConcurrencyLimitLayer = FeatureOff;
 #[derive(Clone, Default)]
 pub(crate) struct Layers {
     pub(crate) cache: Option<CacheLayer>,
+    pub(crate) redirect: Option<RedirectLayer>,
     pub(crate) retry: Option<RetryLayer>,
     pub(crate) rate_limit: Option<RateLimitLayer>,
     pub(crate) auth: Option<AuthLayer>,
@@ -115,6 +138,7 @@ pub(crate) struct Layers {
     /// First added, outermost.
     pub(crate) user: Vec<UserLayer>,
     pub(crate) concurrency: Option<ConcurrencyLimitLayer>,
+    pub(crate) decompression: Option<DecompressionLayer>,
 }
 
 /// The built stack: the service (3 to 11, a boxed stage per layer that is
@@ -154,8 +178,9 @@ impl Layers {
         let mut stages: Vec<Option<Stage>> = Vec::with_capacity(8);
         // 3 cache
         stages.push(stage(self.cache));
-        // 4 redirects: join here, above retry (each hop a new request through
-        //   everything below; credentials dropped on a change of origin).
+        // 4 redirects: above retry, so each hop is a new request through
+        //   everything below (a permit each, auth's origin check each).
+        stages.push(stage(self.redirect));
         // 5 retry, over the body buffer
         stages.push(stage(
             self.retry.map(|retry| RetryStage { retry, max_body }),
@@ -175,6 +200,10 @@ impl Layers {
         stages.push(stage(attempt_timeout));
         // 10 concurrency pool
         stages.push(stage(self.concurrency));
+        // 10b decompression: just above the transport, so the body every
+        //   layer above reads (the retry buffer, the cache, the call's body
+        //   limit) is the decoded one: a decompression bomb meets the limit.
+        stages.push(stage(self.decompression));
         // 11 transport, at the bottom
         let service = stages
             .into_iter()
