@@ -51,7 +51,6 @@ pub(crate) fn redacted(url: &str) -> String {
 /// use and again after a failure, each attempt bounded by `timeout`, each
 /// answer too. Never blocks and never fails because Redis is down: only a
 /// URL that cannot be used is an error.
-#[allow(dead_code, reason = "the cache tier connects without TLS options")]
 pub(crate) fn manager(url: &str, timeout: Duration) -> Result<ConnectionManager, InvalidRedisUrl> {
     manager_with(url, timeout, &Tls::default())
 }

@@ -4,20 +4,18 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
+use common::redis;
 use std::time::Duration;
 
 use http::{Request, Response};
 use tokio::time::Instant;
 use tollgate_limit::{Quota, RateLimitStore};
 use tollgate_redis::{BuildError, Degraded, Mode, RedisRateLimitStore, MAX_WINDOW_COUNT};
-use tollgate_testkit::{RedisServer, HOW_TO_GET_REDIS};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 const SEC: u64 = 1_000_000_000;
-
-fn redis() -> RedisServer {
-    RedisServer::start().expect(HOW_TO_GET_REDIS)
-}
 
 /// CRC16/XMODEM, Redis Cluster's key hash.
 fn crc16(bytes: &[u8]) -> u16 {

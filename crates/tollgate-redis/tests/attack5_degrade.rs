@@ -9,6 +9,9 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
+use common::{raw, redis};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,22 +20,10 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tollgate_limit::{Quota, RateLimitStore};
 use tollgate_redis::{Degraded, Mode, RedisRateLimitStore};
-use tollgate_testkit::{FaultProxy, ProxyFault, RedisServer, HOW_TO_GET_REDIS};
+use tollgate_testkit::{FaultProxy, ProxyFault};
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 
 const SEC: u64 = 1_000_000_000;
-
-fn redis() -> RedisServer {
-    RedisServer::start().expect(HOW_TO_GET_REDIS)
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 /// One call through `layer` to an upstream that counts what reaches it.
 async fn through(

@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
+use common::{blackhole, redis};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,27 +20,10 @@ use tokio::time::Instant;
 use tollgate::{Client, ErrorKind};
 use tollgate_limit::{Quota, RateLimitLayer, RateLimitStore, RateLimited};
 use tollgate_redis::{Degraded, Mode, RedisRateLimitStore};
-use tollgate_testkit::{FakeApi, FaultProxy, ProxyFault, RedisServer, HOW_TO_GET_REDIS};
+use tollgate_testkit::{FakeApi, FaultProxy, ProxyFault, RedisServer};
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 
 const SEC: u64 = 1_000_000_000;
-
-fn redis() -> RedisServer {
-    RedisServer::start().expect(HOW_TO_GET_REDIS)
-}
-
-/// A TCP listener that accepts and never answers: Redis hung.
-async fn blackhole() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("redis://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    (url, task)
-}
 
 type Svc = tower::util::BoxCloneSyncService<Request<String>, Response<String>, BoxError>;
 

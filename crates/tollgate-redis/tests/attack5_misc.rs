@@ -7,26 +7,17 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
+use common::{raw, redis};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tollgate_limit::{Quota, RateLimitStore};
 use tollgate_redis::{Degraded, Mode, RedisRateLimitStore};
-use tollgate_testkit::{FaultMix, FaultProxy, ProxyFault, RedisServer, HOW_TO_GET_REDIS};
+use tollgate_testkit::{FaultMix, FaultProxy, ProxyFault};
 
 const SEC: u64 = 1_000_000_000;
-
-fn redis() -> RedisServer {
-    RedisServer::start().expect(HOW_TO_GET_REDIS)
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 /// The redis-server's process id, from `INFO server`.
 async fn pid(url: &str) -> String {

@@ -6,26 +6,16 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
+use common::{raw, redis};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tollgate_limit::{Quota, RateLimitStore};
 use tollgate_redis::{Degraded, Mode, RedisRateLimitStore};
-use tollgate_testkit::{RedisServer, HOW_TO_GET_REDIS};
 
 const SEC: u64 = 1_000_000_000;
-
-fn redis() -> RedisServer {
-    RedisServer::start().expect(HOW_TO_GET_REDIS)
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 async fn admitted(store: &RedisRateLimitStore, key: &str, now: u64, tries: usize) -> usize {
     let mut n = 0;

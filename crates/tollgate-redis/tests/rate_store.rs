@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
+use common::{blackhole, raw, redis};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,18 +16,6 @@ use tollgate_redis::{Clock, Degraded, Mode, RedisRateLimitStore};
 use tollgate_testkit::{RedisServer, HOW_TO_GET_REDIS};
 
 const SEC: u64 = 1_000_000_000;
-
-fn redis() -> RedisServer {
-    RedisServer::start().expect(HOW_TO_GET_REDIS)
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 async fn check(store: &RedisRateLimitStore, key: &str, now: u64) -> Result<(), u64> {
     store.check(key, now).await.expect("redis decided")
@@ -304,19 +295,6 @@ async fn a_full_deny_cache_forgets_nothing_it_must_hold() {
     for i in 0..200 {
         assert_eq!(check(&store, &format!("k{i}"), 1).await, Err(60 * SEC));
     }
-}
-
-/// A TCP listener that accepts and never answers: Redis hung.
-async fn blackhole() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("redis://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    (url, task)
 }
 
 #[tokio::test]
