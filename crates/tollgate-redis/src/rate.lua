@@ -27,8 +27,9 @@
 -- hash {v = 1, pu = paused until, re = ramp end, rn = ramp next} and its
 -- grants a list of "<s>:<ns>", oldest first, at most `count` long.
 --
--- Returns {0, now s, now ns} for a permit taken (check) or a pause
--- written, {1, at s, at ns, now s, now ns} for "no permit before at".
+-- Returns {0, now s, now ns} for a permit taken (check), {1, at s, at ns,
+-- now s, now ns} for "no permit before at" (check, or a pause written: the
+-- time a check would name once the pause is in force).
 
 local B = 1000000000
 local MAXS, MAXN = 18446744073, 709551615
@@ -180,7 +181,9 @@ if ARGV[1] == 'pause' then
   else
     redis.call('PEXPIRE', pause_key, string.format('%d', ms))
   end
-  return {0, now_s, now_n}
+  -- Answers as a check would now (below, committing nothing): the pause's
+  -- end, or a quota's later time, so the deny cache holds the true time.
+  pus, pun = us, un
 end
 
 -- A pause holds every quota back until its end, then each resumes at its
@@ -245,6 +248,7 @@ for i = 1, quotas do
   end
 end
 if refused then return {1, ats, atn, now_s, now_n} end
+if ARGV[1] == 'pause' then return {0, now_s, now_n} end
 
 for i = 1, quotas do
   local x = q[i]

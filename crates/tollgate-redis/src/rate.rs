@@ -920,8 +920,13 @@ impl Inner {
         until: UnixNanos,
     ) -> Result<(), StoreError> {
         match self.call("pause", &key, now, until - now).await {
-            Ok(_) => {
+            Ok(decision) => {
                 bump(&self.stats.pauses);
+                // The pause's end, or later when a quota is spent past it:
+                // the time a check would be told, held here as a pause is.
+                if let Err(at) = decision.permit {
+                    self.deny.remember(&key, at, now, true);
+                }
                 Ok(())
             }
             Err(CallError::Refused(reason)) => Err(StoreError::new(RedisUnavailable { reason })),

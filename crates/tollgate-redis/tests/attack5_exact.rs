@@ -195,3 +195,47 @@ async fn a_window_at_the_last_nanosecond_decides_as_in_process() {
         assert_eq!(in_redis, memory.check_sync("k", now), "at {now}");
     }
 }
+
+/// Found by the walk in CI: a pause shorter than a spent quota. The deny
+/// cache held the pause's end (2 ns away) where in process the answer is
+/// the window's end (an hour away): the caller woke early and asked again.
+/// The pause's script now answers as a check would, and that is held.
+#[tokio::test]
+async fn a_short_pause_over_a_spent_quota_names_the_quotas_time() {
+    let redis = RedisServer::start().expect(HOW_TO_GET_REDIS);
+    let t0 = 1_700_000_000_000_000_000;
+    for (name, q) in [
+        (
+            "window",
+            Quota::window(1, Duration::from_secs(3_600)).unwrap(),
+        ),
+        ("smooth", Quota::per(1, Duration::from_secs(3_600)).unwrap()),
+    ] {
+        for deny_cache in [0, 100] {
+            let store = RedisRateLimitStore::builder(redis.url())
+                .namespace(format!("short-pause-{name}-{deny_cache}"))
+                // Not a test of timeouts: room for a loaded machine.
+                .timeout(Duration::from_secs(2))
+                .quota(q)
+                .clock(Clock::Caller)
+                .deny_cache_keys(deny_cache)
+                .build()
+                .unwrap();
+            let memory = MemoryStore::new(&q, 100);
+            assert_eq!(store.check("k", t0).await.unwrap(), Ok(()));
+            assert_eq!(memory.check_sync("k", t0), Ok(()));
+            store.pause("k", t0, t0 + 2).await.unwrap();
+            memory.pause_sync("k", t0, t0 + 2);
+            let in_memory = memory.check_sync("k", t0);
+            assert_eq!(in_memory, Err(t0 + 3_600_000_000_000), "{name}");
+            for now in [t0, t0 + 1, t0 + 2, t0 + 3] {
+                assert_eq!(
+                    store.check("k", now).await.unwrap(),
+                    memory.check_sync("k", now),
+                    "{name}, deny cache {deny_cache}, at t0 + {}",
+                    now - t0
+                );
+            }
+        }
+    }
+}
