@@ -60,6 +60,14 @@ use crate::error::{Error, ErrorKind};
 /// HTTPS origin only inside TLS, so a proxy never sees them; a plain
 /// `http://` origin's requests are readable by an HTTP proxy, as they are
 /// by anything else on the way.
+///
+/// Refusals: a tunnel (`CONNECT`, SOCKS5) the proxy refuses is an
+/// [`ErrorKind::Proxy`] error (with `status()` 407 when an HTTP proxy asked
+/// for credentials). A plain `http://` request sent to an HTTP proxy is
+/// answered by the proxy like by any server: a 407 or 403 from it comes
+/// back as a response with that status (as with reqwest), which
+/// [`ApiResponse::error_for_status`](crate::ApiResponse::error_for_status)
+/// turns into an error.
 #[derive(Clone)]
 pub struct Proxy {
     scope: Scope,

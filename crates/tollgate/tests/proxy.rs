@@ -629,3 +629,64 @@ async fn native_roots_build_and_refuse_the_self_signed_server() {
     assert_eq!(err.kind(), ErrorKind::Connect, "{err:?}");
     assert_eq!(api.total_hits(), 0);
 }
+
+/// A redirect to another origin drops a `Proxy-Authorization` above the
+/// transport; the proxy's own credentials are put on below it, per hop, so
+/// each hop still reaches the proxy authorised, and never the origin.
+#[cfg(feature = "redirect")]
+#[tokio::test]
+async fn each_redirect_hop_reaches_the_proxy_with_its_credentials_and_no_origin_sees_them() {
+    let a = FakeApi::start().await.expect("api");
+    let b = FakeApi::start().await.expect("api");
+    let proxy = HttpProxy::start().await.expect("proxy");
+    proxy.require_basic_auth("me", "pw");
+    let policy = tollgate::RedirectPolicy::limited(5)
+        .allow_origin(&b.url())
+        .expect("origin");
+    let client = Client::builder(a.url())
+        .redirect(policy)
+        .proxy(
+            Proxy::http(proxy.url())
+                .expect("proxy")
+                .basic_auth("me", "pw"),
+        )
+        .build()
+        .expect("client");
+    let target: String = format!("{}/posts/1", b.url())
+        .bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' => char::from(c).to_string(),
+            c => format!("%{c:02X}"),
+        })
+        .collect();
+    let res = client
+        .get(format!("/redirect-to?url={target}&status=302"))
+        .send()
+        .await
+        .expect("followed through the proxy");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.redirects(), 1);
+    assert_eq!(proxy.forwarded().len(), 2);
+    assert_eq!(
+        proxy.proxy_authorizations(),
+        vec![Some("Basic bWU6cHc=".to_owned()); 2]
+    );
+    let first = a.last_request("/redirect-to").expect("first hop");
+    assert_eq!(first.header("proxy-authorization"), None);
+    let second = b.last_request("/posts/1").expect("second hop");
+    assert_eq!(second.header("proxy-authorization"), None);
+}
+
+#[tokio::test]
+async fn an_http_proxys_407_to_a_plain_request_is_its_response() {
+    let api = FakeApi::start().await.expect("api");
+    let proxy = HttpProxy::start().await.expect("proxy");
+    proxy.require_basic_auth("me", "pw");
+    let client = Client::builder(api.url())
+        .proxy(Proxy::all(proxy.url()).expect("proxy"))
+        .build()
+        .expect("client");
+    let res = client.get("/posts/1").send().await.expect("a response");
+    assert_eq!(res.status(), 407);
+    assert_eq!(api.total_hits(), 0);
+}
