@@ -923,6 +923,24 @@ mod tests {
     }
 
     #[test]
+    fn the_transport_settings_debug_shows_no_proxy_credentials() {
+        let mut cfg = crate::transport::TransportConfig::default();
+        cfg.proxies.push(ProxySpec::One(
+            Proxy::all("http://me:url-s3cret@p:1")
+                .expect("proxy")
+                .basic_auth("me", "auth-s3cret"),
+        ));
+        let env =
+            |name: &str| (name == "ALL_PROXY").then(|| "socks5://u:env-s3cret@s:2".to_owned());
+        cfg.proxies
+            .push(ProxySpec::from_env(env).expect("env proxy"));
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("http://p:1"), "{shown}");
+        assert_eq!(NoProxy::from_string(" , "), None);
+    }
+
+    #[test]
     fn cgi_programs_ignore_http_proxy() {
         let env = |name: &str| match name {
             "REQUEST_METHOD" => Some("GET".to_owned()),
