@@ -1,6 +1,8 @@
 //! Test support for Tollgate: [`FakeApi`], a real HTTP server on loopback,
 //! [`FaultProxy`], a TCP proxy that breaks connections on purpose, and
-//! [`StubTransport`], canned answers in process with no sockets.
+//! [`StubTransport`], canned answers in process with no sockets, and
+//! [`HttpProxy`] and [`Socks5Proxy`], forward proxies that record what they
+//! were asked (CONNECT targets, SOCKS5 targets, proxy credentials).
 //!
 //! `FakeApi` serves JSONPlaceholder's resources (`/posts`, `/users`,
 //! `/comments`), a batch endpoint (`/metadata?id=1&id=2..`) and an echo
@@ -43,6 +45,7 @@ mod logs;
 mod proxy;
 mod redis;
 mod stub;
+mod tunnel_proxy;
 
 pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
 pub use fault::Fault;
@@ -50,6 +53,7 @@ pub use logs::CapturedLogs;
 pub use proxy::{FaultMix, FaultProxy, ProxyFault, ProxyStats};
 pub use redis::{RedisServer, HOW_TO_GET_REDIS};
 pub use stub::{Params, Reply, StubTransport};
+pub use tunnel_proxy::{HttpProxy, Socks5Proxy};
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]

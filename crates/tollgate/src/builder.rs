@@ -451,6 +451,136 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends requests through this proxy when it takes their destination
+    /// (its scheme and [`NoProxy`](crate::NoProxy) rules; see
+    /// [`Proxy`](crate::Proxy)). Proxies are tried in the order they were
+    /// added, the first that takes a destination is used, and a
+    /// destination none takes is connected to directly. None is used by
+    /// default, not even the environment's
+    /// ([`proxy_from_env`](Self::proxy_from_env)). Proxy credentials go
+    /// only to the proxy. A custom [`transport`](Self::transport) makes its
+    /// own connections and ignores this.
+    ///
+    /// A proxy that refuses is an [`ErrorKind::Proxy`] error; one that
+    /// cannot be reached is an [`ErrorKind::Connect`] error naming it. The
+    /// connect timeout covers reaching the proxy, its handshake and the
+    /// TLS handshake with the origin.
+    pub fn proxy(mut self, proxy: crate::Proxy) -> Self {
+        if let Some(e) = proxy.error() {
+            return self.fail(e);
+        }
+        self.transport_config
+            .proxies
+            .push(crate::proxy::ProxySpec::One(proxy));
+        self
+    }
+
+    /// Forgets every proxy set so far ([`proxy`](Self::proxy),
+    /// [`proxy_from_env`](Self::proxy_from_env)): connections are direct.
+    pub fn no_proxy(mut self) -> Self {
+        self.transport_config.proxies.clear();
+        self
+    }
+
+    /// Uses the proxies the process environment names: `HTTPS_PROXY` for
+    /// `https://` requests, `HTTP_PROXY` for `http://` ones, `ALL_PROXY`
+    /// for both when the other is unset, and `NO_PROXY` (curl's rules, see
+    /// [`NoProxy`](crate::NoProxy)) for the destinations that bypass them;
+    /// each upper case first, then lower case. The variables are read now,
+    /// not at each request. In a CGI program (`REQUEST_METHOD` set),
+    /// `HTTP_PROXY` is ignored ("httpoxy": a request's `Proxy` header
+    /// arrives there under that name).
+    ///
+    /// Off unless called, unlike reqwest: a library that silently routes
+    /// an application's API traffic (and its credentials' tunnel) through
+    /// whatever proxy the environment names surprises; asking for it is
+    /// one call. A variable set to a URL that cannot be used is an
+    /// [`ErrorKind::Builder`] error from `build` naming the variable, not
+    /// a silent direct connection.
+    pub fn proxy_from_env(self) -> Self {
+        self.proxy_from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// As [`proxy_from_env`](Self::proxy_from_env), with the variables read
+    /// through `var` (a lookup of one variable by name) instead of the
+    /// process environment: for tests, and for settings kept elsewhere.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    ///
+    /// let env = HashMap::from([("HTTPS_PROXY", "http://proxy.internal:3128"), ("NO_PROXY", "localhost")]);
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .proxy_from_env_with(|name| env.get(name).map(|v| v.to_string()))
+    ///     .build()?;
+    /// # let _ = client;
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    pub fn proxy_from_env_with(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
+        match crate::proxy::ProxySpec::from_env(var) {
+            Ok(spec) => {
+                self.transport_config.proxies.push(spec);
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Whether to trust Mozilla's root certificates (webpki-roots; on by
+    /// default).
+    #[cfg(feature = "rustls")]
+    pub fn tls_built_in_webpki_certs(mut self, enable: bool) -> Self {
+        self.transport_config.tls.webpki_roots = enable;
+        self.transport_config.tls.touched = true;
+        self
+    }
+
+    /// Whether to trust the platform's root certificates too (off by
+    /// default; feature `native-roots`), read by rustls-native-certs when
+    /// the client is built: on Linux the system's CA bundle (and
+    /// `SSL_CERT_FILE`/`SSL_CERT_DIR`), on macOS and Windows their
+    /// keychain and certificate store. For a private CA installed on the
+    /// machine; combine with
+    /// [`tls_built_in_webpki_certs(false)`](Self::tls_built_in_webpki_certs)
+    /// to trust the platform's store only. (rustls-native-certs rather than
+    /// rustls-platform-verifier: it keeps rustls's own verifier, the one
+    /// every other setting here configures, and is what reqwest's
+    /// `rustls-tls-native-roots` and hyper-rustls use.) No certificate
+    /// trusted at all is an [`ErrorKind::Builder`] error from `build`.
+    #[cfg(feature = "native-roots")]
+    pub fn tls_built_in_native_certs(mut self, enable: bool) -> Self {
+        self.transport_config.tls.native_roots = enable;
+        self.transport_config.tls.touched = true;
+        self
+    }
+
+    /// Presents this client certificate to servers that ask for one
+    /// (mutual TLS). It is never sent to a proxy (an `https://` proxy's TLS
+    /// has no client certificate). A key that does not fit the certificate
+    /// is an [`ErrorKind::Builder`] error from `build`.
+    #[cfg(feature = "rustls")]
+    pub fn identity(mut self, identity: crate::Identity) -> Self {
+        self.transport_config.tls.identity = Some(identity);
+        self.transport_config.tls.touched = true;
+        self
+    }
+
+    /// Uses the caller's own rustls configuration for TLS (its roots,
+    /// verifier, client certificate, protocol versions and crypto
+    /// provider), to origins and to an `https://` proxy alike. When its
+    /// `alpn_protocols` is empty, tollgate sets them (`h2` and `http/1.1`
+    /// with the `http2` feature, `http/1.1` without) so HTTP/2 is
+    /// negotiated as usual; a list of the caller's is kept (less `h2`
+    /// without the `http2` feature), and the proxy's TLS offers none.
+    /// Combined with another TLS setting
+    /// ([`add_root_certificate_der`](Self::add_root_certificate_der),
+    /// [`identity`](Self::identity), `tls_built_in_*`) it is an
+    /// [`ErrorKind::Builder`] error from `build`, not a silent override.
+    #[cfg(feature = "rustls")]
+    pub fn use_rustls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.transport_config.tls.custom = Some(Arc::new(config));
+        self
+    }
+
     /// The largest response body the client buffers (default 16 MiB). A
     /// larger `Content-Length` fails before reading; a body without one fails
     /// as soon as it passes the limit: [`ErrorKind::BodyTooLarge`], never

@@ -67,6 +67,14 @@ pub enum ErrorKind {
     /// information, a loop, more hops than the policy's limit, or the
     /// policy's own refusal (see `RedirectPolicy`).
     Redirect,
+    /// A proxy answered and refused: it asked for credentials or refused
+    /// the ones it got ([`Error::status`] is then 407 for an HTTP proxy),
+    /// refused the `CONNECT` tunnel (a 403, say) or the SOCKS5 request, or
+    /// broke the handshake. Nothing reached the origin. A proxy that
+    /// cannot be reached at all is [`ErrorKind::Connect`], like any
+    /// connection that cannot be made; a bad proxy URL is
+    /// [`ErrorKind::Builder`].
+    Proxy,
 }
 
 impl ErrorKind {
@@ -91,6 +99,7 @@ impl ErrorKind {
             ErrorKind::Auth => "getting a credential failed",
             ErrorKind::NotInBatch => "the batched answer has no item with this id",
             ErrorKind::Redirect => "redirect refused",
+            ErrorKind::Proxy => "the proxy refused",
         }
     }
 }
@@ -320,6 +329,7 @@ pub(crate) fn classify(err: BoxError) -> Error {
     #[allow(unused_mut, reason = "the limit feature sets it")]
     let mut retry_after = None;
     let mut status = None;
+    let mut proxy_message = None;
     for e in tollgate_core::chain(&*err) {
         // A body read inside an attempt (with retry on).
         if let Some(failed) = e.downcast_ref::<crate::buffer::BodyFailed>() {
@@ -376,11 +386,26 @@ pub(crate) fn classify(err: BoxError) -> Error {
             kind = Some(ErrorKind::Auth);
             break;
         }
+        // A proxy's refusal, or a proxy that could not be reached (the
+        // message then names the proxy, without credentials).
+        if let Some(proxy) = e.downcast_ref::<crate::proxy::ProxyError>() {
+            kind = Some(proxy.kind());
+            status = proxy.status();
+            proxy_message = Some(proxy.to_string());
+            break;
+        }
     }
     let kind =
         kind.unwrap_or_else(|| transport_kind(tollgate_core::TransportFailure::classify(&*err)));
     #[allow(unused_mut, reason = "the retry feature adds to it")]
     let mut message = innermost_message(&*err);
+    if let Some(proxy) = proxy_message {
+        message = if proxy.ends_with(&message) {
+            proxy
+        } else {
+            format!("{proxy}: {message}")
+        };
+    }
     #[cfg(feature = "retry")]
     if let Some(retry) = find::<tollgate_retry::RetryError>(&*err) {
         message = format!("{message} (after {} attempts)", retry.record.attempts);

@@ -69,7 +69,8 @@
 //!                                here, so every limit above counts decoded bytes
 //!             11 transport       hyper-util pooled client (HTTP/1.1, HTTP/2 by ALPN,
 //!                                HTTPS via rustls/ring; connect timeout over DNS, TCP
-//!                                and TLS; read timeout on every wait for data), or
+//!                                and TLS; read timeout on every wait for data; proxies:
+//!                                ClientBuilder::proxy; TLS options: identity, ...), or
 //!                                ClientBuilder::transport
 //!   ◄── ApiResponse: each layer's record (CacheStatus, RetryRecord, PermitWait,
 //!       QueueWait) read into Summary
@@ -122,6 +123,16 @@
 //!   attempts it made; a response returned without waiting out a too-long
 //!   `Retry-After` explains that in its `error_for_status` error
 //!   ([`Error::retry_after`]).
+//! - No proxy unless one is set ([`ClientBuilder::proxy`]); the
+//!   environment's `HTTPS_PROXY`/`NO_PROXY` only with
+//!   [`ClientBuilder::proxy_from_env`], since a library that silently routes
+//!   traffic through an environment's proxy surprises. Proxy credentials go
+//!   to the proxy only (see [`Proxy`]); a proxy that refuses is an
+//!   [`ErrorKind::Proxy`] error.
+//! - TLS trusts Mozilla's roots by default; the platform's store (feature
+//!   `native-roots`), a client certificate (`ClientBuilder::identity`) or a
+//!   whole `rustls::ClientConfig` (`ClientBuilder::use_rustls_config`) are
+//!   options.
 //! - Tracing: one `debug` span per call. `url.full` shows the URL with the
 //!   values of sensitive query parameters (`api_key`, `token`, ... see
 //!   [`DEFAULT_SENSITIVE_QUERY_PARAMS`]) redacted; `Display` and `Debug` of
@@ -136,11 +147,14 @@ mod builder;
 mod client;
 mod endpoint;
 mod error;
+mod proxy;
 #[cfg(feature = "redirect")]
 mod redirect;
 mod request;
 mod response;
 mod stack;
+#[cfg(feature = "rustls")]
+mod tls;
 mod transport;
 mod url;
 
@@ -153,6 +167,7 @@ pub use client::{
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};
+pub use proxy::{NoProxy, Proxy};
 #[cfg(feature = "redirect")]
 pub use redirect::{
     Action as RedirectAction, Attempt as RedirectAttempt, RedirectPolicy, DEFAULT_MAX_REDIRECTS,
@@ -160,6 +175,8 @@ pub use redirect::{
 pub use request::RequestBuilder;
 pub use response::{ApiResponse, Summary};
 pub use stack::AttemptService;
+#[cfg(feature = "rustls")]
+pub use tls::Identity;
 pub use tollgate_core::{Credential, InvalidCredential};
 pub use transport::{RequestBody, ResponseBody};
 
@@ -185,6 +202,9 @@ pub use tollgate_retry as retry;
 pub mod reexports {
     pub use bytes;
     pub use http;
+    /// rustls, for [`ClientBuilder::use_rustls_config`](crate::ClientBuilder::use_rustls_config).
+    #[cfg(feature = "rustls")]
+    pub use rustls;
     pub use serde_json;
     pub use tower;
 }

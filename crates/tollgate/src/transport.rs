@@ -19,7 +19,10 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Service};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
+#[cfg(any(not(feature = "http2"), not(feature = "rustls")))]
+use crate::error::ErrorKind;
+use crate::proxy::{Proxies, ProxyConnector, ProxyHeaders};
 
 /// The request body type of the stack: a complete, cheaply clonable buffer,
 /// so that layers such as retry can replay it.
@@ -38,6 +41,12 @@ pub(crate) struct TransportConfig {
     pub(crate) http2_prior_knowledge: bool,
     #[cfg(feature = "rustls")]
     pub(crate) extra_roots: Vec<Vec<u8>>,
+    /// Roots, client certificate, or a caller's own rustls config.
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: crate::tls::TlsOptions,
+    /// The proxies, in the order they were added (the first that takes a
+    /// destination is used).
+    pub(crate) proxies: Vec<crate::proxy::ProxySpec>,
 }
 
 impl Default for TransportConfig {
@@ -50,20 +59,24 @@ impl Default for TransportConfig {
             http2_prior_knowledge: false,
             #[cfg(feature = "rustls")]
             extra_roots: Vec::new(),
+            #[cfg(feature = "rustls")]
+            tls: crate::tls::TlsOptions::default(),
+            proxies: Vec::new(),
         }
     }
 }
 
-/// The built-in transport's connector.
+/// The built-in transport's connector: TLS over a direct connection or one
+/// through a proxy.
 #[cfg(feature = "rustls")]
-type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
+type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<ProxyConnector>>;
 /// The built-in transport's connector.
 #[cfg(not(feature = "rustls"))]
-type Connector = ConnectTimeout<HttpConnector>;
+type Connector = ConnectTimeout<ProxyConnector>;
 
 /// The built-in transport's concrete type.
 pub(crate) type HyperClient =
-    ReadTimeout<hyper_util::client::legacy::Client<Connector, RequestBody>>;
+    ReadTimeout<ProxyHeaders<hyper_util::client::legacy::Client<Connector, RequestBody>>>;
 
 /// Builds the hyper-util client: HTTP/1.1, HTTP/2 by ALPN over TLS (or by
 /// prior knowledge when asked), HTTPS through rustls with the ring provider.
@@ -97,29 +110,37 @@ pub(crate) fn hyper_client(cfg: &TransportConfig) -> Result<HyperClient, Error> 
         ));
     }
 
+    // Proxies (none by default): the connector below TLS picks a direct
+    // connection, a CONNECT or SOCKS5 tunnel, or an HTTP proxy per
+    // destination; `ProxyHeaders` puts the proxy's credentials on requests
+    // sent to an HTTP proxy in absolute form, and on nothing else.
+    let proxies = Proxies::compile(&cfg.proxies);
     #[cfg(feature = "rustls")]
     {
-        let tls = tls_config(cfg)?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        #[cfg(feature = "http2")]
-        let https = https.enable_all_versions();
-        #[cfg(not(feature = "http2"))]
-        let https = https.enable_http1();
+        let (origin_tls, proxy_tls) = crate::tls::client_configs(&cfg.extra_roots, &cfg.tls)?;
+        let below_tls = ProxyConnector::new(http, proxies.clone(), proxy_tls);
+        // Built from the config as it is (`From`, not the builder, which
+        // panics on a config with ALPN set): `client_configs` sets ALPN.
+        let https = hyper_rustls::HttpsConnector::from((below_tls, origin_tls));
         let connector = ConnectTimeout {
-            inner: https.wrap_connector(http),
+            inner: https,
             timeout: cfg.connect_timeout,
         };
-        Ok(ReadTimeout::new(builder.build(connector), cfg.read_timeout))
+        Ok(ReadTimeout::new(
+            ProxyHeaders::new(builder.build(connector), proxies),
+            cfg.read_timeout,
+        ))
     }
     #[cfg(not(feature = "rustls"))]
     {
         let connector = ConnectTimeout {
-            inner: http,
+            inner: ProxyConnector::new(http, proxies.clone()),
             timeout: cfg.connect_timeout,
         };
-        Ok(ReadTimeout::new(builder.build(connector), cfg.read_timeout))
+        Ok(ReadTimeout::new(
+            ProxyHeaders::new(builder.build(connector), proxies),
+            cfg.read_timeout,
+        ))
     }
 }
 
@@ -373,28 +394,6 @@ pub(crate) fn no_tls(what: &str) -> Error {
              off): refused rather than sent in cleartext"
         ),
     )
-}
-
-#[cfg(feature = "rustls")]
-fn tls_config(cfg: &TransportConfig) -> Result<rustls::ClientConfig, Error> {
-    use std::sync::Arc;
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for der in &cfg.extra_roots {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(der.clone()))
-            .map_err(|e| {
-                Error::new(ErrorKind::Builder, "invalid root certificate").with_source(e)
-            })?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::new(ErrorKind::Builder, "TLS set-up failed").with_source(e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
 }
 
 #[cfg(test)]
