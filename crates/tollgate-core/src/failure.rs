@@ -19,6 +19,7 @@ use crate::{chain, ReadBodyError};
 /// | [`Connect`](Self::Connect) | never sent | any method | `Connect` |
 /// | [`ConnectTimeout`](Self::ConnectTimeout) | never sent | any method | `Connect` |
 /// | [`Tls`](Self::Tls) | never sent | never (a retry would not fix it) | `Connect` |
+/// | [`Refused`](Self::Refused) | never sent | never (a retry would not fix it) | `Connect` (`Proxy` for a proxy's refusal) |
 /// | [`ResetBeforeResponse`](Self::ResetBeforeResponse) | maybe processed | idempotent methods | `Transport` |
 /// | [`ResetMidBody`](Self::ResetMidBody) | processed | idempotent methods | `Body` |
 /// | [`Timeout`](Self::Timeout) | maybe processed | idempotent methods | `Timeout` |
@@ -47,6 +48,13 @@ pub enum TransportFailure {
     /// The TLS handshake failed (a certificate refused, no common
     /// protocol). The request was never sent, and a retry would not help.
     Tls,
+    /// The connection was refused by policy, not by chance: a proxy that
+    /// asked for credentials or refused the ones it got (407), or refused
+    /// the tunnel; an `io::Error` of kind `PermissionDenied` inside a
+    /// connect error. The request was never sent, and a retry would not
+    /// help (a proxy that locks accounts after failed logins must not see
+    /// each call fail several times).
+    Refused,
     /// The connection was closed or reset before a complete response head
     /// arrived: the server may have processed the request.
     ResetBeforeResponse,
@@ -139,14 +147,17 @@ impl TransportFailure {
     pub fn request_not_sent(self) -> bool {
         matches!(
             self,
-            TransportFailure::Connect | TransportFailure::ConnectTimeout | TransportFailure::Tls
+            TransportFailure::Connect
+                | TransportFailure::ConnectTimeout
+                | TransportFailure::Tls
+                | TransportFailure::Refused
         )
     }
 
     /// Whether trying again may succeed: every kind but
-    /// [`Tls`](Self::Tls).
+    /// [`Tls`](Self::Tls) and [`Refused`](Self::Refused).
     pub fn is_transient(self) -> bool {
-        self != TransportFailure::Tls
+        !matches!(self, TransportFailure::Tls | TransportFailure::Refused)
     }
 
     /// Whether time ran out ([`ConnectTimeout`](Self::ConnectTimeout) or
@@ -164,6 +175,7 @@ impl TransportFailure {
             TransportFailure::Connect => "connect",
             TransportFailure::ConnectTimeout => "connect timeout",
             TransportFailure::Tls => "tls",
+            TransportFailure::Refused => "refused",
             TransportFailure::ResetBeforeResponse => "reset before response",
             TransportFailure::ResetMidBody => "reset mid-body",
             TransportFailure::Timeout => "timeout",
@@ -194,6 +206,8 @@ fn connect_failure(error: &(dyn StdError + 'static)) -> TransportFailure {
                 // rustls (through hyper-rustls and tokio-rustls) reports a
                 // refused certificate or a failed handshake as InvalidData.
                 io::ErrorKind::InvalidData => return TransportFailure::Tls,
+                // A proxy's refusal (the facade's proxy connector says so).
+                io::ErrorKind::PermissionDenied => return TransportFailure::Refused,
                 _ => {}
             }
         }
@@ -279,6 +293,8 @@ mod tests {
         assert!(TransportFailure::Connect.request_not_sent());
         assert!(TransportFailure::Tls.request_not_sent());
         assert!(!TransportFailure::Tls.is_transient());
+        assert!(TransportFailure::Refused.request_not_sent());
+        assert!(!TransportFailure::Refused.is_transient());
         assert!(!TransportFailure::ResetBeforeResponse.request_not_sent());
         assert!(TransportFailure::ConnectTimeout.is_timeout());
         let other: tower::BoxError = "boom".into();

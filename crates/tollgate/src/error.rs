@@ -427,7 +427,7 @@ pub(crate) fn classify(err: BoxError) -> Error {
 pub(crate) fn transport_kind(failure: Option<tollgate_core::TransportFailure>) -> ErrorKind {
     use tollgate_core::TransportFailure as F;
     match failure {
-        Some(F::Connect | F::ConnectTimeout | F::Tls) => ErrorKind::Connect,
+        Some(F::Connect | F::ConnectTimeout | F::Tls | F::Refused) => ErrorKind::Connect,
         Some(F::Timeout) => ErrorKind::Timeout,
         Some(F::ResetMidBody) => ErrorKind::Body,
         _ => ErrorKind::Transport,

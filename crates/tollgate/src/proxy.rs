@@ -551,16 +551,45 @@ impl ProxyError {
     }
 
     fn new(via: &Via, failure: Failure, detail: impl Into<String>) -> Self {
-        ProxyError {
+        let error = ProxyError {
             shown: via.shown.clone(),
             failure,
             detail: detail.into(),
             source: None,
+        };
+        if error.is_refusal() {
+            // What the retry layer reads: a refusal, never transient.
+            error.with_source(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+        } else {
+            error
         }
     }
 
+    /// The proxy answered and said no: asking again would get the same.
+    fn is_refusal(&self) -> bool {
+        matches!(self.failure, Failure::AuthRequired | Failure::Refused)
+    }
+
+    /// Sets the error's source; a refusal's source is a `PermissionDenied`
+    /// I/O error wrapping it, which `tollgate_core::TransportFailure` reads
+    /// as [`Refused`](tollgate_core::TransportFailure::Refused): never
+    /// retried.
     fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+        let source = source.into();
+        self.source = Some(
+            if self.is_refusal()
+                && source
+                    .downcast_ref::<std::io::Error>()
+                    .is_none_or(|e| e.kind() != std::io::ErrorKind::PermissionDenied)
+            {
+                Box::new(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    source,
+                ))
+            } else {
+                source
+            },
+        );
         self
     }
 

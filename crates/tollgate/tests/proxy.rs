@@ -690,3 +690,48 @@ async fn an_http_proxys_407_to_a_plain_request_is_its_response() {
     assert_eq!(res.status(), 407);
     assert_eq!(api.total_hits(), 0);
 }
+
+/// A proxy's refusal is no transient failure: with retry on, a 407 or a
+/// refused tunnel is asked for once (a proxy that locks accounts after
+/// failed logins must not see one call fail three times), a POST as a GET.
+#[tokio::test]
+async fn a_proxy_refusal_is_never_retried() {
+    let api = FakeApi::start().await.expect("api");
+    let front = tls_front(api.addr(), H1_H2, None).await;
+    for refusal in ["407", "403"] {
+        let proxy = HttpProxy::start().await.expect("proxy");
+        if refusal == "407" {
+            proxy.require_basic_auth("me", "pw");
+        } else {
+            proxy.refuse_with(403);
+        }
+        let client = Client::builder(front.url())
+            .add_root_certificate_der(front.root.to_vec())
+            .proxy(
+                Proxy::all(proxy.url())
+                    .expect("proxy")
+                    .basic_auth("me", "wrong"),
+            )
+            .retry(tollgate::retry::RetryLayer::new())
+            .build()
+            .expect("client");
+        for post in [false, true] {
+            let before = proxy.connections();
+            let call = if post {
+                client
+                    .post("/posts")
+                    .json(&serde_json::json!({"title": "t"}))
+            } else {
+                client.get("/posts/1")
+            };
+            let err = call.send().await.expect_err("refused");
+            assert_eq!(err.kind(), ErrorKind::Proxy, "{refusal}: {err:?}");
+            assert_eq!(
+                proxy.connections() - before,
+                1,
+                "{refusal}, post {post}: the proxy was asked once"
+            );
+        }
+    }
+    assert_eq!(api.total_hits(), 0);
+}
