@@ -1193,3 +1193,104 @@ async fn the_mtls_identity_is_never_offered_to_an_https_proxy() {
         "the identity reached the proxy"
     );
 }
+
+/// A TLS listener on 127.0.0.1 piping each connection to `upstream`; when
+/// `client_root` is set it requires a client certificate chaining to it.
+async fn tls_front(
+    upstream: SocketAddr,
+    alpn: &[&[u8]],
+    client_root: Option<CertificateDer<'static>>,
+) -> (Hostile, CertificateDer<'static>) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let root = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_root {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).expect("client root");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .expect("verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(vec![root.clone()], key)
+        .expect("config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let front = Hostile::start(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let Ok(mut up) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+        }
+    })
+    .await;
+    (front, root)
+}
+
+/// Through a CONNECT tunnel the mTLS identity reaches the origin that
+/// requires it (parity with a direct connection), the proxy sees neither
+/// the origin's bearer nor anything but the CONNECT, and the TRACE logs of
+/// an HTTP/2 exchange inside the tunnel show no credential.
+#[tokio::test]
+async fn through_a_tunnel_mtls_reaches_the_origin_and_logs_show_no_bearer() {
+    let logs = logs();
+    let api = FakeApi::start().await.expect("api");
+    api.require_bearer("Adv7TunnelBearer");
+    let (identity, client_cert) = client_identity_and_cert();
+    let (front, root) = tls_front(api.addr(), &[b"h2", b"http/1.1"], Some(client_cert)).await;
+    let proxy = HttpProxy::start().await.expect("proxy");
+    proxy.require_basic_auth("me", "Adv7TunnelPw");
+    let client = Client::builder(front.url("https"))
+        .add_root_certificate_der(root.to_vec())
+        .identity(identity)
+        .bearer_auth("Adv7TunnelBearer")
+        .proxy(
+            Proxy::all(proxy.url())
+                .expect("proxy")
+                .basic_auth("me", "Adv7TunnelPw"),
+        )
+        .build()
+        .expect("client");
+    let res = client
+        .get("/posts/1")
+        .send()
+        .await
+        .expect("mTLS through CONNECT");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(proxy.connect_targets(), vec![front.addr.to_string()]);
+    for head in proxy.heads() {
+        assert!(head.starts_with("CONNECT "), "{head}");
+        assert!(!head.contains("Adv7TunnelBearer"), "{head}");
+    }
+    let text = logs.contents();
+    assert!(
+        text.lines().any(|l| l.contains("h2::")),
+        "the TRACE subscriber saw the HTTP/2 exchange"
+    );
+    for secret in [
+        "Adv7TunnelBearer".to_owned(),
+        "Adv7TunnelPw".to_owned(),
+        b64("me:Adv7TunnelPw"),
+    ] {
+        assert!(!text.contains(&secret), "{secret} in the TRACE logs");
+    }
+}
