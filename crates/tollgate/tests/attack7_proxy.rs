@@ -1293,3 +1293,78 @@ async fn through_a_tunnel_mtls_reaches_the_origin_and_logs_show_no_bearer() {
         assert!(!text.contains(&secret), "{secret} in the TRACE logs");
     }
 }
+
+/// A CONNECT proxy that answers 200 and then plays the origin with a
+/// certificate of its own (one the client even trusts, but for another
+/// name; or one it does not trust): the handshake is refused, the call is a
+/// connect error, and not a byte of the request (the bearer) reaches the
+/// proxy.
+#[tokio::test]
+async fn a_proxy_playing_the_origin_never_sees_the_request() {
+    let _ = logs();
+    for trusted in [true, false] {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["evil.test".to_owned()]).expect("cert");
+        let mitm_cert = certified.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![mitm_cert.clone()], key)
+            .expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let captured = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = captured.clone();
+        let proxy = Hostile::start(move |mut tcp| {
+            let acceptor = acceptor.clone();
+            let sink = sink.clone();
+            async move {
+                let _ = read_head(&mut tcp).await;
+                if tcp
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend_from_slice(&buf[..n]);
+                }
+            }
+        })
+        .await;
+        let mut builder = Client::builder("https://127.0.0.1:9")
+            .bearer_auth("Adv7MitmBearer")
+            .connect_timeout(Duration::from_millis(500))
+            .proxy(Proxy::all(proxy.url("http")).expect("proxy"));
+        if trusted {
+            builder = builder.add_root_certificate_der(mitm_cert.to_vec());
+        }
+        let client = builder.build().expect("client");
+        let err = fails_quickly(&client, Duration::from_secs(2)).await;
+        assert_eq!(err.kind(), ErrorKind::Connect, "trusted={trusted}: {err:?}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+        assert_eq!(proxy.connections(), 1);
+        let seen = captured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert!(
+            seen.is_empty(),
+            "trusted={trusted}: the proxy read {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+}
