@@ -1368,3 +1368,55 @@ async fn a_proxy_playing_the_origin_never_sees_the_request() {
         );
     }
 }
+
+/// A refused tunnel gives its pool slot back: with a pool of one, call
+/// after call to a refusing proxy each end with the refusal (none waits
+/// for a slot a failed call kept), and a stalled proxy's slot comes back at
+/// the connect timeout.
+#[tokio::test]
+async fn a_refused_or_stalled_tunnel_gives_its_pool_slot_back() {
+    use tollgate_limit::ConcurrencyLimitLayer;
+    let _ = logs();
+    let refusing = HttpProxy::start().await.expect("proxy");
+    refusing.refuse_with(403);
+    let client = Client::builder(NOWHERE_TLS)
+        .concurrency_limit(ConcurrencyLimitLayer::new(1))
+        .timeout(Duration::from_secs(5))
+        .proxy(Proxy::all(refusing.url()).expect("proxy"))
+        .build()
+        .expect("client");
+    for _ in 0..5 {
+        let err = fails_quickly(&client, Duration::from_secs(2)).await;
+        assert_eq!(err.kind(), ErrorKind::Proxy, "{err:?}");
+    }
+    assert_eq!(refusing.connections(), 5);
+
+    let silent = Hostile::start(stall).await;
+    let client = Client::builder(NOWHERE_TLS)
+        .concurrency_limit(ConcurrencyLimitLayer::new(1))
+        .connect_timeout(Duration::from_millis(200))
+        .timeout(Duration::from_secs(5))
+        .proxy(Proxy::all(silent.url("http")).expect("proxy"))
+        .build()
+        .expect("client");
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("/").send().await })
+        })
+        .collect();
+    let started = tokio::time::Instant::now();
+    for call in calls {
+        let err = call.await.expect("task").expect_err("stalled proxy");
+        assert!(
+            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Connect),
+            "{err:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(silent.connections(), 3);
+}
