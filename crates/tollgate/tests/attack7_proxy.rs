@@ -1420,3 +1420,47 @@ async fn a_refused_or_stalled_tunnel_gives_its_pool_slot_back() {
     );
     assert_eq!(silent.connections(), 3);
 }
+
+/// An https origin redirecting to plain http (allowed): the first hop is a
+/// CONNECT tunnel, the second goes to the proxy in clear, and carries none
+/// of the origin's credentials (bearer, API key) for the proxy to read.
+#[tokio::test]
+async fn a_downgrade_redirect_puts_no_origin_credential_in_clear_before_the_proxy() {
+    let _ = logs();
+    let api = FakeApi::start().await.expect("api");
+    let (front, root) = tls_front(api.addr(), &[b"http/1.1"], None).await;
+    let proxy = HttpProxy::start().await.expect("proxy");
+    let client = Client::builder(front.url("https"))
+        .add_root_certificate_der(root.to_vec())
+        .bearer_auth("Adv7DowngradeBearer")
+        .api_key_header("x-api-key", "Adv7DowngradeKey")
+        .redirect(tollgate::RedirectPolicy::limited(3).allow_any_origin())
+        .proxy(Proxy::all(proxy.url()).expect("proxy"))
+        .build()
+        .expect("client");
+    let target: String = format!("{}/posts/1", api.url())
+        .bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' => char::from(c).to_string(),
+            c => format!("%{c:02X}"),
+        })
+        .collect();
+    let res = client
+        .get(format!("/redirect-to?url={target}&status=302"))
+        .header("cookie", "session=Adv7DowngradeCookie")
+        .send()
+        .await
+        .expect("followed");
+    assert_eq!(res.status(), 200);
+    assert_eq!(proxy.connect_targets(), vec![front.addr.to_string()]);
+    assert_eq!(proxy.forwarded(), vec![format!("{}/posts/1", api.url())]);
+    for head in proxy.heads() {
+        for secret in [
+            "Adv7DowngradeBearer",
+            "Adv7DowngradeKey",
+            "Adv7DowngradeCookie",
+        ] {
+            assert!(!head.contains(secret), "{secret} in clear: {head}");
+        }
+    }
+}
