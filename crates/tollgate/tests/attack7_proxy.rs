@@ -1502,3 +1502,73 @@ async fn a_no_proxy_entry_with_a_port_is_honoured_or_refused() {
         );
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Any text as a proxy URL, a `NO_PROXY` list or an environment value:
+    /// a proxy or a builder error, never a panic; and a percent-encoded
+    /// password, whatever its characters, never shows in Debug or in the
+    /// builder's error.
+    #[test]
+    fn any_proxy_text_is_a_proxy_or_a_builder_error(
+        url in "\\PC{0,40}",
+        list in "[ ,.*:/0-9a-z\\[\\]]{0,30}",
+        password in "[ -~]{8,20}",
+    ) {
+        let built = Proxy::all(&url).and_then(|p| {
+            Client::builder("http://api.test")
+                .proxy(p.no_proxy(NoProxy::from_string(&list)))
+                .build()
+        });
+        if let Err(e) = built {
+            proptest::prop_assert_eq!(e.kind(), ErrorKind::Builder);
+        }
+        let env = url.clone();
+        let built = Client::builder("http://api.test")
+            .proxy_from_env_with(move |n| match n {
+                "HTTPS_PROXY" => Some(env.clone()),
+                "NO_PROXY" => Some(list.clone()),
+                _ => None,
+            })
+            .build();
+        if let Err(e) = built {
+            proptest::prop_assert_eq!(e.kind(), ErrorKind::Builder);
+        }
+        let encoded = percent_encode(&password);
+        let marked = format!("Adv7{password}");
+        let marked_encoded = format!("Adv7{encoded}");
+        let with_marker = format!("http://me:Adv7{encoded}@p.test:1");
+        match Proxy::all(&with_marker) {
+            Ok(p) => {
+                let client = Client::builder("http://api.test").proxy(p.clone()).build();
+                let shown = format!("{p:?} {client:?}");
+                proptest::prop_assert!(
+                    !shown.contains(&marked) && !shown.contains(&marked_encoded),
+                    "{}",
+                    shown
+                );
+            }
+            Err(e) => {
+                let shown = format!("{e} {e:?}");
+                proptest::prop_assert!(
+                    !shown.contains(&marked) && !shown.contains(&marked_encoded),
+                    "{}",
+                    shown
+                );
+            }
+        }
+    }
+}
+
+/// Every byte but unreserved ones as `%XX`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
