@@ -1524,7 +1524,7 @@ proptest::proptest! {
         if let Err(e) = built {
             proptest::prop_assert_eq!(e.kind(), ErrorKind::Builder);
         }
-        let env = url.clone();
+        let env = url;
         let built = Client::builder("http://api.test")
             .proxy_from_env_with(move |n| match n {
                 "HTTPS_PROXY" => Some(env.clone()),
