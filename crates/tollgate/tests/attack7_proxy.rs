@@ -1572,3 +1572,42 @@ fn percent_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// HTTP/2 by prior knowledge to a plain-http origin through an HTTP/1
+/// forward proxy (which cannot speak it): one typed error, in time, with
+/// no proxy credential in it.
+#[tokio::test]
+async fn http2_prior_knowledge_through_a_forward_proxy_is_one_typed_outcome() {
+    let _ = logs();
+    let api = FakeApi::start().await.expect("api");
+    let proxy = HttpProxy::start().await.expect("proxy");
+    let client = Client::builder(api.url())
+        .http2_prior_knowledge()
+        .read_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(3))
+        .proxy(
+            Proxy::all(proxy.url())
+                .expect("proxy")
+                .basic_auth("me", "Adv7H2cPw"),
+        )
+        .build()
+        .expect("client");
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), client.get("/posts/1").send())
+        .await
+        .expect("the call ended");
+    assert!(started.elapsed() < Duration::from_secs(2), "{outcome:?}");
+    match outcome {
+        Ok(res) => assert!(res.status().is_client_error(), "{}", res.status()),
+        Err(err) => {
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::Transport | ErrorKind::Connect | ErrorKind::Timeout
+                ),
+                "{err:?}"
+            );
+            assert!(!shown(&err).contains(&b64("me:Adv7H2cPw")));
+        }
+    }
+}
