@@ -331,7 +331,6 @@ async fn no_proxy_star_bypasses_every_destination_ip_literals_included() {
 /// lock-outs), each after a backoff and a rate-limit permit, before the
 /// caller hears of the refusal.
 #[tokio::test(start_paused = true)]
-#[ignore = "BROKEN: a proxy's refusal (CONNECT 407/403, SOCKS5 bad password) is retried as a connect error: 4 attempts for one POST"]
 async fn a_proxy_refusal_is_not_retried() {
     let _ = logs();
     let http_407 = HttpProxy::start().await.expect("proxy");
