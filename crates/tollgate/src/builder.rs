@@ -18,7 +18,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::stack::{AttemptService, Layers, Stack};
 use crate::transport::{self, RequestBody, TransportConfig};
-use crate::url::BaseUrl;
+use crate::url::Origins;
 
 /// Configures and builds a [`Client`].
 ///
@@ -78,6 +78,10 @@ pub struct ClientBuilder {
         allow(dead_code)
     )]
     codecs: [bool; 4],
+    /// No base URL: requests take absolute URLs (`Client::builder_without_base`).
+    without_base: bool,
+    /// Origins besides the base URL's that absolute URLs may go to.
+    allowed_origins: Vec<String>,
 }
 
 /// Builds the stack over a caller's transport: the closure keeps its type.
@@ -88,7 +92,7 @@ struct Finish<'a> {
     layers: Layers,
     #[cfg(feature = "auth")]
     auth: Option<Auth>,
-    base: &'a BaseUrl,
+    base: &'a Origins,
     max_body: usize,
 }
 
@@ -164,6 +168,8 @@ impl ClientBuilder {
             secret_headers: Vec::new(),
             secret_query: Vec::new(),
             codecs: [true; 4],
+            without_base: false,
+            allowed_origins: Vec::new(),
         }
     }
 
@@ -794,7 +800,10 @@ impl ClientBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let base = BaseUrl::parse(&self.base)?;
+        let base = Origins::new(
+            (!self.without_base).then_some(self.base.as_str()),
+            &self.allowed_origins,
+        )?;
         let mut endpoints = std::collections::HashMap::new();
         for endpoint in self.endpoints {
             if let Some(e) = &endpoint.error {
@@ -823,12 +832,28 @@ impl ClientBuilder {
         let mut layers = self.layers;
         #[cfg(feature = "redirect")]
         if self.redirect.follows() {
-            let base_uri: http::Uri = base
-                .as_str()
+            // The origins a client may call are origins a redirect may go
+            // to; a client without a base URL nor allowed origins follows
+            // redirects anywhere (as it takes URLs to anywhere). Credentials
+            // stay off a hop to another origin than the request's either way.
+            let mut policy = self.redirect;
+            for origin in base.other_origins() {
+                policy = policy.allow_origin(origin)?;
+            }
+            let first = base.base.as_ref().or(base.allowed.first());
+            if first.is_none() {
+                policy = policy.allow_any_origin();
+            }
+            // (Without any origin, `allow_any_origin` makes this one unused.)
+            let base_uri: http::Uri = first
+                .map_or_else(
+                    || "http://localhost".to_owned(),
+                    crate::url::BaseUrl::as_str,
+                )
                 .parse()
                 .map_err(|_| Error::new(ErrorKind::Builder, "the base URL is not a valid URI"))?;
             layers.redirect = Some(crate::redirect::RedirectLayer::new(
-                self.redirect,
+                policy,
                 &base_uri,
                 self.sensitive_query.clone(),
                 self.secret_query,
@@ -915,7 +940,7 @@ impl ClientBuilder {
 #[cfg(feature = "auth")]
 fn auth_layer<S, B>(
     auth: Auth,
-    base: &BaseUrl,
+    base: &Origins,
     transport: S,
 ) -> Result<tollgate_auth::AuthLayer, Error>
 where
@@ -952,6 +977,17 @@ where
     if layer.has_origin() {
         return Ok(layer);
     }
+    // The client's credential goes to the base URL's origin only: not to the
+    // other allowed origins (a file host or a presigned URL must not get the
+    // API's token) unless the layer names them. A client without a base URL
+    // has no origin to send it to by default.
+    if base.base.is_none() {
+        return Err(Error::new(
+            ErrorKind::Builder,
+            "a client without a base URL sends its credential only to origins named on the \
+             auth layer: use `ClientBuilder::auth(AuthLayer::...(..)?.origin(..))`",
+        ));
+    }
     let origin = tollgate_auth::Origin::parse(&base.as_str())
         .map_err(|e| Error::new(ErrorKind::Builder, e.to_string()).with_source(e))?;
     Ok(layer.origin(origin))
@@ -963,4 +999,53 @@ fn next_partition() -> tollgate_core::Partition {
     static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tollgate_core::Partition::of(&("tollgate client", n))
+}
+
+/// A builder for a client without a base URL: the same as
+/// [`Client::builder_without_base`].
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Client::builder_without_base()
+    }
+}
+
+/// Many origins.
+impl ClientBuilder {
+    pub(crate) fn without_base() -> Self {
+        let mut builder = ClientBuilder::new(String::new());
+        builder.without_base = true;
+        builder
+    }
+
+    /// Lets requests go to `origin` too, given as an absolute URL
+    /// (`client.get("https://files.example.com/a/b")`); its path is ignored.
+    /// Call it once per origin. An absolute URL to an origin neither the
+    /// base URL's nor allowed is an [`ErrorKind::InvalidUrl`] error before
+    /// anything is sent, so a path from user input cannot point the client
+    /// elsewhere. Relative paths still join under the base URL.
+    ///
+    /// An allowed origin is allowed as a redirect target too (see
+    /// [`RedirectPolicy`](crate::RedirectPolicy)). The client's own
+    /// credential (`bearer_auth`, ...) still goes to the base URL's origin
+    /// only: name other origins on the auth layer
+    /// ([`AuthLayer::origin`](tollgate_auth::AuthLayer::origin)) to send it
+    /// there too. On a client without a base URL, allowed origins are the
+    /// only ones it calls.
+    ///
+    /// An origin that is not `http`/`https`, has no host or carries
+    /// credentials, a query or a fragment is an [`ErrorKind::Builder`] from
+    /// `build`.
+    ///
+    /// ```
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .allow_origin("https://files.example.com")
+    ///     .build()?;
+    /// let file = client.get("https://files.example.com/reports/1.csv"); // allowed
+    /// let refused = client.get("https://evil.example.net/"); // an error from `send`
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.allowed_origins.push(origin.into());
+        self
+    }
 }

@@ -109,43 +109,37 @@ impl BaseUrl {
     /// `/posts/1` under `https://h/api/v1` is `https://h/api/v1/posts/1`. An
     /// absolute URL is accepted only for the base's own origin; `//host/..`
     /// and `.`/`..` segments are refused, so a path cannot leave the base.
+    #[cfg(test)]
     pub(crate) fn join(&self, path: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
-        let invalid = |why: String| Error::new(ErrorKind::InvalidUrl, why);
-        // Fragments are never sent.
-        let path = find_byte(path, b'#').map_or(path, |i| &path[..i]);
+        Origins {
+            base: Some(self.clone()),
+            allowed: Vec::new(),
+        }
+        .join(path, extra_query)
+    }
 
-        // Only the path and query are built and parsed: the origin is the
-        // base's, parsed once.
+    /// Joins a relative path (no fragment) under the base path.
+    fn join_relative(&self, path: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
+        if path.starts_with("//") {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                "a path starting with `//` names another host; refused",
+            ));
+        }
         let mut url = String::with_capacity(
             self.path.len() + path.len() + extra_query.map_or(0, str::len) + 2,
         );
-        let rest = if let Some(abs) = absolute_url(path) {
-            let parsed = url::Url::parse(abs)
-                .map_err(|e| invalid(format!("`{}` does not parse: {e}", redact(abs))))?;
-            if parsed.origin().ascii_serialization() != self.origin {
-                return Err(invalid(format!(
-                    "`{}` is an absolute URL to another origin than the base URL's {}; refused",
-                    redact(abs),
-                    self.origin
-                )));
-            }
-            // The part after the origin, as the caller wrote it.
-            let after_scheme = &abs[abs.find("//").map_or(0, |i| i + 2)..];
-            after_scheme
-                .find(['/', '?'])
-                .map_or("", |i| &after_scheme[i..])
-        } else if path.starts_with("//") {
-            return Err(invalid(
-                "a path starting with `//` names another host; refused".to_owned(),
-            ));
-        } else {
-            url.push_str(&self.path);
-            if !path.starts_with('/') && !path.starts_with('?') && !path.is_empty() {
-                url.push('/');
-            }
-            path
-        };
+        url.push_str(&self.path);
+        if !path.starts_with('/') && !path.starts_with('?') && !path.is_empty() {
+            url.push('/');
+        }
+        self.finish(url, path, extra_query)
+    }
 
+    /// Appends `rest` (a path and query, escaped here) and `extra_query` to
+    /// `url`, checks for dot segments and puts this origin in front.
+    fn finish(&self, mut url: String, rest: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
+        let invalid = |why: String| Error::new(ErrorKind::InvalidUrl, why);
         let (p, q) = match find_byte(rest, b'?') {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
@@ -177,6 +171,137 @@ impl BaseUrl {
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).map_err(|e| invalid(format!("the joined URL does not parse: {e}")))
+    }
+}
+
+/// Where a client's requests may go: under its base URL (relative paths and
+/// absolute URLs to its origin), and to the other origins allowed by
+/// [`ClientBuilder::allow_origin`](crate::ClientBuilder::allow_origin) (absolute URLs).
+///
+/// A client without a base URL and without allowed origins takes an
+/// absolute URL to any `http` or `https` origin; with allowed origins, only
+/// to those. An absolute URL to another origin is an
+/// [`ErrorKind::InvalidUrl`] error before anything is sent (the SSRF guard:
+/// a path from user input cannot point the client elsewhere).
+#[derive(Clone, Debug)]
+pub(crate) struct Origins {
+    pub(crate) base: Option<BaseUrl>,
+    /// The other allowed origins, each a `BaseUrl` with an empty path.
+    pub(crate) allowed: Vec<BaseUrl>,
+}
+
+impl Origins {
+    /// The origins of a builder: a base URL (if any) and other origins
+    /// (each an absolute `http`/`https` URL whose path is ignored).
+    pub(crate) fn new(base: Option<&str>, allowed: &[String]) -> Result<Origins, Error> {
+        let base = base.map(BaseUrl::parse).transpose()?;
+        let mut list: Vec<BaseUrl> = Vec::with_capacity(allowed.len());
+        for origin in allowed {
+            let parsed = BaseUrl::parse(origin).map_err(|e| {
+                Error::new(
+                    ErrorKind::Builder,
+                    format!("allowed origin: {}", e.to_string().replace("base URL ", "")),
+                )
+            })?;
+            let only = BaseUrl {
+                path: String::new(),
+                ..parsed
+            };
+            if !list.iter().any(|o| o.origin == only.origin) {
+                list.push(only);
+            }
+        }
+        Ok(Origins {
+            base,
+            allowed: list,
+        })
+    }
+
+    /// The base URL as text (empty for a client without one).
+    pub(crate) fn as_str(&self) -> String {
+        self.base.as_ref().map(BaseUrl::as_str).unwrap_or_default()
+    }
+
+    /// The origins allowed besides the base URL's, as `scheme://host[:port]`.
+    pub(crate) fn other_origins(&self) -> impl Iterator<Item = &str> {
+        self.allowed.iter().map(|o| o.origin.as_str())
+    }
+
+    /// Whether any origin named is `https`.
+    #[cfg_attr(feature = "rustls", allow(dead_code))]
+    pub(crate) fn is_https(&self) -> bool {
+        self.base.iter().chain(&self.allowed).any(BaseUrl::is_https)
+    }
+
+    /// Joins `path` as [`RequestBuilder`](crate::RequestBuilder) documents:
+    /// a relative path under the base URL, an absolute URL to an allowed
+    /// origin as it is.
+    pub(crate) fn join(&self, path: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
+        // Fragments are never sent.
+        let path = find_byte(path, b'#').map_or(path, |i| &path[..i]);
+        let Some(abs) = absolute_url(path) else {
+            return match &self.base {
+                Some(base) => base.join_relative(path, extra_query),
+                None => Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "`{}` is not an absolute URL, and the client has no base URL to join it to",
+                        redact(path)
+                    ),
+                )),
+            };
+        };
+        let invalid = |why: String| Error::new(ErrorKind::InvalidUrl, why);
+        let parsed = url::Url::parse(abs)
+            .map_err(|e| invalid(format!("`{}` does not parse: {e}", redact(abs))))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(invalid(
+                "an absolute URL must not carry credentials (they would be sent and logged); \
+                 use an auth layer or `RequestBuilder::basic_auth`"
+                    .to_owned(),
+            ));
+        }
+        let origin = parsed.origin().ascii_serialization();
+        let any = self.base.is_none() && self.allowed.is_empty();
+        let found = self
+            .base
+            .iter()
+            .chain(&self.allowed)
+            .find(|o| o.origin == origin);
+        let fresh;
+        let target = match found {
+            Some(target) => target,
+            None if any => {
+                fresh = BaseUrl::parse(&origin).map_err(|e| {
+                    invalid(format!(
+                        "`{}`: {}",
+                        redact(abs),
+                        e.to_string().replace("base URL ", "")
+                    ))
+                })?;
+                &fresh
+            }
+            None => {
+                return Err(invalid(format!(
+                    "`{}` is an absolute URL to an origin the client does not allow ({}); \
+                     refused (allow it with `ClientBuilder::allow_origin`)",
+                    redact(abs),
+                    self.base
+                        .iter()
+                        .chain(&self.allowed)
+                        .map(|o| o.origin.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        };
+        // The part after the origin, as the caller wrote it.
+        let after_scheme = &abs[abs.find("//").map_or(0, |i| i + 2)..];
+        let rest = after_scheme
+            .find(['/', '?'])
+            .map_or("", |i| &after_scheme[i..]);
+        let url = String::with_capacity(rest.len() + extra_query.map_or(0, str::len) + 2);
+        target.finish(url, rest, extra_query)
     }
 }
 
