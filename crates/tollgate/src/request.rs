@@ -73,12 +73,16 @@ pub struct RequestBuilder {
 }
 
 /// A request's rarer settings.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Extras {
     credential: Option<tollgate_core::Credential>,
     /// `None`: the cache's rule; `Some(None)`: bypass; `Some(Some(ttl))`.
     #[cfg(feature = "cache")]
     cache: Option<Option<Duration>>,
+    /// The HTTP version asked for (`RequestBuilder::version`).
+    version: Option<http::Version>,
+    /// Typed extensions for the layers (`RequestBuilder::extension`).
+    extensions: http::Extensions,
 }
 
 impl fmt::Debug for RequestBuilder {
@@ -495,6 +499,15 @@ impl RequestBuilder {
             }
         }
 
+        if let Some(version) = extras.version {
+            *request.version_mut() = version;
+        }
+        // The caller's extensions; the facade's own (set above) win.
+        if !extras.extensions.is_empty() {
+            let own = std::mem::replace(request.extensions_mut(), extras.extensions);
+            request.extensions_mut().extend(own);
+        }
+
         let span = tracing::debug_span!(
             "http.request",
             "http.request.method" = %method,
@@ -576,6 +589,71 @@ fn new_request_id() -> HeaderValue {
         bits >>= 4;
     }
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// reqwest's everyday request settings.
+impl RequestBuilder {
+    /// `Authorization: Basic <base64(user:password)>` on this request,
+    /// marked sensitive; a shortcut for [`credential`](Self::credential)
+    /// (so it goes only to the client's origins when the client has an auth
+    /// layer). An invalid user (empty, with a `:` or a control character) is
+    /// an [`ErrorKind::InvalidRequest`] from `send` that shows neither part.
+    pub fn basic_auth(self, user: impl AsRef<str>, password: impl AsRef<str>) -> Self {
+        match tollgate_core::Credential::basic(user, password) {
+            Ok(credential) => self.credential(credential),
+            Err(e) => {
+                let error = Error::new(ErrorKind::InvalidRequest, e.to_string()).with_source(e);
+                self.fail(error)
+            }
+        }
+    }
+
+    /// The HTTP version to send this request with (default: HTTP/1.1, or
+    /// what ALPN or [`http2_prior_knowledge`](crate::ClientBuilder::http2_prior_knowledge)
+    /// chose). `HTTP_10` sends HTTP/1.0. `HTTP_2` over a connection that is
+    /// HTTP/1 is refused by the transport (an [`ErrorKind::Transport`]
+    /// error), as hyper-util refuses it.
+    pub fn version(mut self, version: http::Version) -> Self {
+        self.extras().version = Some(version);
+        self
+    }
+
+    /// Puts `value` in the request's extensions, where the layers (yours
+    /// given to [`ClientBuilder::layer`](crate::ClientBuilder::layer)
+    /// included) can read it. The facade's own extensions (the deadline,
+    /// the cache settings, a per-request credential) win over one of the
+    /// same type.
+    pub fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extras().extensions.insert(value);
+        self
+    }
+
+    /// A copy of this request, to send it again; `None` when it holds an
+    /// error (it would fail anyway), as reqwest's `try_clone`.
+    ///
+    /// Every setting the builder holds today is cloned: the body is in
+    /// memory (`Bytes`, cloned without copying). A body read from a stream
+    /// can be sent only once: such a builder must return `None` here.
+    pub fn try_clone(&self) -> Option<RequestBuilder> {
+        if self.error.is_some() {
+            return None;
+        }
+        // (A stream body, when the builder can hold one, returns `None`
+        // here: it cannot be read twice.)
+        Some(RequestBuilder {
+            client: self.client.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            params: self.params.clone(),
+            query: self.query.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            timeout: self.timeout,
+            error: None,
+            endpoint: self.endpoint.clone(),
+            extras: self.extras.clone(),
+        })
+    }
 }
 
 #[cfg(test)]

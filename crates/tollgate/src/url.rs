@@ -223,6 +223,7 @@ impl Origins {
     }
 
     /// The origins allowed besides the base URL's, as `scheme://host[:port]`.
+    #[cfg_attr(not(feature = "redirect"), allow(dead_code))]
     pub(crate) fn other_origins(&self) -> impl Iterator<Item = &str> {
         self.allowed.iter().map(|o| o.origin.as_str())
     }
