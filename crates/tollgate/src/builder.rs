@@ -82,6 +82,10 @@ pub struct ClientBuilder {
     without_base: bool,
     /// Origins besides the base URL's that absolute URLs may go to.
     allowed_origins: Vec<String>,
+    /// Whether calls send a W3C `traceparent`.
+    traceparent: bool,
+    /// The most bytes of a body logged, if bodies are logged.
+    log_bodies: Option<std::num::NonZeroUsize>,
 }
 
 /// Builds the stack over a caller's transport: the closure keeps its type.
@@ -170,6 +174,8 @@ impl ClientBuilder {
             codecs: [true; 4],
             without_base: false,
             allowed_origins: Vec::new(),
+            traceparent: false,
+            log_bodies: None,
         }
     }
 
@@ -928,6 +934,8 @@ impl ClientBuilder {
                 endpoints,
                 request_id: self.request_id,
                 stack,
+                traceparent: self.traceparent,
+                log_bodies: self.log_bodies,
                 #[cfg(feature = "cache")]
                 partition,
             }),
@@ -1046,6 +1054,42 @@ impl ClientBuilder {
     /// ```
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.allowed_origins.push(origin.into());
+        self
+    }
+}
+
+/// Observability.
+impl ClientBuilder {
+    /// Sends a W3C Trace Context `traceparent` header with every call (off
+    /// by default): a child of the [`TraceContext`](crate::TraceContext) in
+    /// the request's extensions (put there with
+    /// [`RequestBuilder::extension`](crate::RequestBuilder::extension)), or
+    /// a new sampled trace when there is none. A `traceparent` the request
+    /// carries already is sent as it is. The trace id is in the call's span
+    /// (`trace_id`). Every attempt and redirect hop of one call carries the
+    /// same header. No OpenTelemetry dependency: with an OpenTelemetry
+    /// tracer, build the `TraceContext` from its current span's ids.
+    pub fn propagate_traceparent(mut self, enable: bool) -> Self {
+        self.traceparent = enable;
+        self
+    }
+
+    /// Logs request and response bodies at `DEBUG`, in the call's span
+    /// (off by default), at most `max_len` bytes each (then `…(N bytes)`;
+    /// 0 turns it off again). The request body is logged when the call
+    /// starts, the response body once it is read (a cache hit's too).
+    /// Values of JSON object keys and urlencoded form fields whose name
+    /// contains one of [`SENSITIVE_BODY_FIELDS`](crate::SENSITIVE_BODY_FIELDS)
+    /// (`password`, `token`, `secret`, `api_key`, `authorization`, ...) are
+    /// shown as `"REDACTED"`; `text/*` and XML bodies are shown as they
+    /// are (redact nothing: keep secrets out of them, or this off); any other
+    /// type, and JSON that does not parse, only as its length. A secret
+    /// inside a string value (JSON text quoted inside JSON, say) is not
+    /// seen: the field's name is all that is checked. Headers are
+    /// never logged here: the span shows the URL with its sensitive query
+    /// values redacted, as always.
+    pub fn log_bodies(mut self, max_len: usize) -> Self {
+        self.log_bodies = std::num::NonZeroUsize::new(max_len);
         self
     }
 }

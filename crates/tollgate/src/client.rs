@@ -80,6 +80,10 @@ pub(crate) struct ClientInner {
     pub(crate) request_id: Option<HeaderName>,
     /// The layers and the transport (see `stack.rs`).
     pub(crate) stack: Stack,
+    /// Whether each call sends a W3C `traceparent`.
+    pub(crate) traceparent: bool,
+    /// The most bytes of a body logged (`ClientBuilder::log_bodies`).
+    pub(crate) log_bodies: Option<std::num::NonZeroUsize>,
     /// The cache partition of a client with credentials of its own.
     #[cfg(feature = "cache")]
     pub(crate) partition: Option<tollgate_core::Partition>,

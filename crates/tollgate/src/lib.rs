@@ -136,6 +136,9 @@ mod builder;
 mod client;
 mod endpoint;
 mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+mod observe;
 #[cfg(feature = "redirect")]
 mod redirect;
 mod request;
@@ -153,6 +156,7 @@ pub use client::{
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};
+pub use observe::{TraceContext, SENSITIVE_BODY_FIELDS};
 #[cfg(feature = "redirect")]
 pub use redirect::{
     Action as RedirectAction, Attempt as RedirectAttempt, RedirectPolicy, DEFAULT_MAX_REDIRECTS,

@@ -361,21 +361,30 @@ impl RequestBuilder {
             span,
             started,
             request_id,
+            log_bodies,
         } = match self.prepare()? {
             Step::Send(prepared) => prepared,
             Step::Answered(response) => return Ok(*response),
         };
         // Layers 1 and 2 (the span, the total deadline), then the stack.
-        let result =
-            crate::stack::call(stack, request, max_body, deadline, started, span.clone()).await;
+        let result = crate::stack::call(
+            stack,
+            request,
+            max_body,
+            deadline,
+            started,
+            span.clone(),
+            log_bodies,
+        )
+        .await;
         let elapsed = started.elapsed();
         match result {
             Ok((parts, bytes)) => {
-                span.record("http.response.status_code", parts.status.as_u16());
+                crate::observe::record_status(&span, parts.status);
                 tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response received");
                 let mut summary = Summary::from_extensions(&parts.extensions);
                 summary.request_id = request_id.map(String::from);
-                Ok(ApiResponse::new(
+                let response = ApiResponse::new(
                     method,
                     uri,
                     parts,
@@ -383,11 +392,16 @@ impl RequestBuilder {
                     SystemTime::now(),
                     elapsed,
                     summary,
-                ))
+                );
+                // (Its body was logged, if asked, as it was read: `stack::call`.)
+                crate::observe::finished(&span, &response, None);
+                Ok(response)
             }
             Err(e) => {
-                span.record("error.type", tracing::field::debug(e.kind()));
+                crate::observe::record_error(&span, e.kind());
                 tracing::debug!(parent: &span, error = %e, "request failed");
+                #[cfg(feature = "metrics")]
+                crate::metrics::error(&method, &uri, e.kind(), elapsed);
                 Err(e.with_request(&method, &uri))
             }
         }
@@ -417,6 +431,15 @@ impl RequestBuilder {
         let endpoint_query = endpoint.as_ref().map_or(&[][..], |e| &e.query[..]);
         let query =
             crate::endpoint::merge_query(&inner.default_query, endpoint_query, query.as_deref());
+        // The path template, for the span's `url.template`: the endpoint's,
+        // or a path with placeholders (its query left out).
+        let template = (endpoint.is_some() || !params.is_empty())
+            .then(|| {
+                inner
+                    .base
+                    .template(path.split('?').next().unwrap_or_default())
+            })
+            .flatten();
         let uri = if params.is_empty() && !path.bytes().any(|b| b == b'{' || b == b'}') {
             inner.base.join(&path, query.as_deref())?
         } else {
@@ -429,7 +452,9 @@ impl RequestBuilder {
         let deadline = timeout
             .or_else(|| endpoint.as_ref()?.timeout.map(Some))
             .unwrap_or(inner.timeout);
-        let mut request = Request::new(Full::new(body.unwrap_or_default()));
+        let body = body.unwrap_or_default();
+        let logged_body = inner.log_bodies.map(|_| body.clone());
+        let mut request = Request::new(Full::new(body));
         // Only retry and the rate limiter read it.
         if let Some(at) = deadline
             .filter(|_| inner.stack.wants_deadline)
@@ -456,13 +481,23 @@ impl RequestBuilder {
             Some(name) => match all_headers.get(name).filter(|v| !v.is_empty()) {
                 Some(own) => Some(own.clone()),
                 None => {
-                    let id = new_request_id();
+                    // A tower-http `RequestId` the caller passed on (the id
+                    // of the request its server is handling), else a new one.
+                    let id = crate::observe::caller_request_id(&extras.extensions)
+                        .unwrap_or_else(new_request_id);
                     all_headers.insert(name.clone(), id.clone());
                     Some(id)
                 }
             },
             None => None,
         };
+        let trace_id = inner
+            .traceparent
+            .then(|| crate::observe::propagate(&mut all_headers, &extras.extensions))
+            .flatten();
+        let content_type = logged_body
+            .as_ref()
+            .and_then(|_| all_headers.get(CONTENT_TYPE).cloned());
         *request.headers_mut() = all_headers;
         #[cfg(feature = "cache")]
         {
@@ -513,21 +548,35 @@ impl RequestBuilder {
             "http.request.method" = %method,
             "url.full" = %RedactedUri { uri: &uri, sensitive: &inner.sensitive_query },
             "server.address" = uri.host().unwrap_or_default(),
+            "server.port" = crate::observe::server_port(&uri),
+            "url.template" = tracing::field::Empty,
+            "otel.kind" = "client",
             "http.response.status_code" = tracing::field::Empty,
             "error.type" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+            "trace_id" = tracing::field::Empty,
         );
+        if let Some(template) = template {
+            span.record("url.template", template);
+        }
+        if let Some(trace_id) = &trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        if let (Some(max), Some(body)) = (inner.log_bodies, &logged_body) {
+            crate::observe::log_request_body(&span, body, content_type.as_ref(), max);
+        }
         // Layer 3's fast path: a fresh response in the client's cache
         // answers at once, without entering the stack (see `stack.rs`).
         #[cfg(feature = "cache")]
         if let Some(hit) = inner.stack.cache_fast_path(&mut request) {
             if hit.body().len() <= inner.max_body {
                 let elapsed = started.elapsed();
-                span.record("http.response.status_code", hit.status().as_u16());
+                crate::observe::record_status(&span, hit.status());
                 tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response received from the cache");
                 let (parts, body) = hit.into_parts();
                 let mut summary = Summary::from_extensions(&parts.extensions);
                 summary.request_id = request_id.and_then(|id| id.to_str().ok().map(str::to_owned));
-                return Ok(Step::Answered(Box::new(ApiResponse::new(
+                let response = ApiResponse::new(
                     method,
                     uri,
                     parts,
@@ -535,7 +584,9 @@ impl RequestBuilder {
                     SystemTime::now(),
                     elapsed,
                     summary,
-                ))));
+                );
+                crate::observe::finished(&span, &response, inner.log_bodies);
+                return Ok(Step::Answered(Box::new(response)));
             }
         }
         Ok(Step::Send(Prepared {
@@ -548,6 +599,7 @@ impl RequestBuilder {
             span,
             started,
             request_id: request_id.and_then(|id| id.to_str().ok().map(Box::from)),
+            log_bodies: inner.log_bodies,
         }))
     }
 }
@@ -576,6 +628,8 @@ struct Prepared {
     started: Instant,
     /// Boxed text rather than the `HeaderValue`: the send future stays small.
     request_id: Option<Box<str>>,
+    /// `ClientBuilder::log_bodies`: the most bytes of a body logged.
+    log_bodies: Option<std::num::NonZeroUsize>,
 }
 
 /// A random 128-bit tracking id as 32 hex digits (written by hand: `format!`

@@ -228,6 +228,17 @@ impl Origins {
         self.allowed.iter().map(|o| o.origin.as_str())
     }
 
+    /// A path template as the absolute path it addresses (the base path in
+    /// front), for the span's `url.template`; `None` for an absolute URL.
+    pub(crate) fn template(&self, path: &str) -> Option<String> {
+        if absolute_url(path).is_some() {
+            return None;
+        }
+        let base = self.base.as_ref().map_or("", |b| b.path.as_str());
+        let sep = if path.starts_with('/') { "" } else { "/" };
+        Some(format!("{base}{sep}{path}"))
+    }
+
     /// Whether any origin named is `https`.
     #[cfg_attr(feature = "rustls", allow(dead_code))]
     pub(crate) fn is_https(&self) -> bool {
