@@ -6,7 +6,7 @@
 //! | name | kind | labels |
 //! | --- | --- | --- |
 //! | `http.client.request.duration` | histogram, seconds | `http.request.method`, `server.address`, `http.response.status_code` (responses), `error.type` (errors, and 4xx/5xx as the status code) |
-//! | `tollgate.client.calls` | counter | `http.request.method`, `server.address`, `outcome` (`response` or `error`), `error.type` |
+//! | `tollgate.client.calls` | counter | `http.request.method` (any method not in RFC 9110 as `_OTHER`, everywhere), `server.address`, `outcome` (`response` or `error`), `error.type` |
 //! | `tollgate.client.attempts` | counter, attempts made (0 for a cache hit) | `http.request.method`, `server.address` |
 //! | `tollgate.client.cache` | counter | `result`: `hit`, `miss`, `coalesced`, `revalidated`, `stale`, `bypass` |
 //! | `tollgate.client.permit_wait` | histogram, seconds (calls that waited) | `server.address` |
@@ -26,6 +26,23 @@ use http::{Method, StatusCode, Uri};
 use crate::response::Summary;
 
 /// Records a call that got a response.
+/// The method as a label: the known methods by name, any other as `_OTHER`
+/// (the OpenTelemetry rule, which keeps a label's cardinality bounded).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
 pub(crate) fn response(
     method: &Method,
     uri: &Uri,
@@ -33,22 +50,22 @@ pub(crate) fn response(
     elapsed: Duration,
     summary: &Summary,
 ) {
-    let method = method.as_str().to_owned();
+    let method = method_label(method);
     let server = uri.host().unwrap_or_default().to_owned();
     let code = status.as_u16().to_string();
     if status.is_client_error() || status.is_server_error() {
         histogram!("http.client.request.duration",
-            "http.request.method" => method.clone(), "server.address" => server.clone(),
+            "http.request.method" => method, "server.address" => server.clone(),
             "http.response.status_code" => code.clone(), "error.type" => code)
         .record(elapsed.as_secs_f64());
     } else {
         histogram!("http.client.request.duration",
-            "http.request.method" => method.clone(), "server.address" => server.clone(),
+            "http.request.method" => method, "server.address" => server.clone(),
             "http.response.status_code" => code)
         .record(elapsed.as_secs_f64());
     }
     counter!("tollgate.client.calls",
-        "http.request.method" => method.clone(), "server.address" => server.clone(),
+        "http.request.method" => method, "server.address" => server.clone(),
         "outcome" => "response")
     .increment(1);
     counter!("tollgate.client.attempts",
@@ -74,11 +91,11 @@ pub(crate) fn response(
 
 /// Records a call that ended with an error.
 pub(crate) fn error(method: &Method, uri: &Uri, kind: crate::ErrorKind, elapsed: Duration) {
-    let method = method.as_str().to_owned();
+    let method = method_label(method);
     let server = uri.host().unwrap_or_default().to_owned();
     let kind = format!("{kind:?}");
     histogram!("http.client.request.duration",
-        "http.request.method" => method.clone(), "server.address" => server.clone(),
+        "http.request.method" => method, "server.address" => server.clone(),
         "error.type" => kind.clone())
     .record(elapsed.as_secs_f64());
     counter!("tollgate.client.calls",
