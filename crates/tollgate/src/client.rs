@@ -96,6 +96,10 @@ impl fmt::Debug for Client {
         let names: Vec<&str> = i.headers.keys().map(HeaderName::as_str).collect();
         f.debug_struct("Client")
             .field("base_url", &i.base.as_str())
+            .field(
+                "allowed_origins",
+                &i.base.other_origins().collect::<Vec<_>>(),
+            )
             .field("default_headers", &names)
             .field("timeout", &i.timeout)
             .field("max_response_body", &i.max_body)

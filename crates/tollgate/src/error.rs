@@ -20,7 +20,9 @@ pub enum ErrorKind {
     /// default header).
     Builder,
     /// The request's URL is invalid or refused: it does not parse, leaves
-    /// the base URL's origin, or contains `.`/`..` segments.
+    /// the base URL's origin for one not allowed
+    /// (`ClientBuilder::allow_origin`), is relative on a client without a
+    /// base URL, carries user information, or contains `.`/`..` segments.
     InvalidUrl,
     /// The request could not be built: an invalid header name or value
     /// (CR, LF and other forbidden bytes), a missing or unsafe path

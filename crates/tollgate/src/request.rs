@@ -32,7 +32,12 @@ use crate::url::{fill_template, RedactedUri};
 /// Characters not allowed in a URL (spaces, non-ASCII) are percent-encoded.
 /// Refused with [`ErrorKind::InvalidUrl`]: an absolute URL to another
 /// origin, a `//host` reference, and `.`/`..` segments (also as `%2e`), so
-/// that no path leaves the base URL.
+/// that no path leaves the base URL. An absolute URL to an origin allowed
+/// with [`ClientBuilder::allow_origin`](crate::ClientBuilder::allow_origin)
+/// is sent as it is; a client built with
+/// [`Client::builder_without_base`](crate::Client::builder_without_base)
+/// takes absolute URLs only. An absolute URL with user information
+/// (`https://user:pw@host/`) is refused.
 ///
 /// `{name}` placeholders are filled by [`path_param`](Self::path_param), each
 /// value percent-encoded as exactly one segment: `/` or `..` in a value can

@@ -223,7 +223,6 @@ impl Origins {
     }
 
     /// The origins allowed besides the base URL's, as `scheme://host[:port]`.
-    #[cfg_attr(not(feature = "redirect"), allow(dead_code))]
     pub(crate) fn other_origins(&self) -> impl Iterator<Item = &str> {
         self.allowed.iter().map(|o| o.origin.as_str())
     }
@@ -501,6 +500,70 @@ mod tests {
             .join(p, None)
             .map(|u| u.to_string())
             .map_err(|e| e.kind())
+    }
+
+    fn origins_join(base: Option<&str>, allowed: &[&str], p: &str) -> Result<String, ErrorKind> {
+        let allowed: Vec<String> = allowed.iter().map(|s| (*s).to_owned()).collect();
+        Origins::new(base, &allowed)
+            .expect("valid origins")
+            .join(p, None)
+            .map(|u| u.to_string())
+            .map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn allowed_origins_match_as_the_url_standard_serialises_them() {
+        let allowed = ["https://files.example.com/ignored/path"];
+        let join = |p| origins_join(Some("https://api.example.com/v1"), &allowed, p);
+        // Case and the default port do not make another origin.
+        assert_eq!(
+            join("HTTPS://FILES.EXAMPLE.COM:443/a?b=1").as_deref(),
+            Ok("https://files.example.com/a?b=1")
+        );
+        // An absolute URL is not joined under the base path.
+        assert_eq!(
+            join("https://api.example.com/x").as_deref(),
+            Ok("https://api.example.com/x")
+        );
+        for refused in [
+            "https://files.example.com.evil.net/",
+            "http://files.example.com/",
+            "https://files.example.com:8443/",
+            "https://evil.net/?@files.example.com",
+            "https://evil.net\\@files.example.com/",
+        ] {
+            assert_eq!(join(refused), Err(ErrorKind::InvalidUrl), "{refused}");
+        }
+        // A backslash is a path separator to the URL standard: the host is
+        // the allowed one, and the request goes there, nowhere else.
+        let odd = join("https://files.example.com\\@evil.net/").expect("its host is allowed");
+        assert!(odd.starts_with("https://files.example.com/"), "{odd}");
+        assert_eq!(
+            join("https://u:p@files.example.com/"),
+            Err(ErrorKind::InvalidUrl)
+        );
+    }
+
+    #[test]
+    fn without_a_base_only_absolute_urls_join() {
+        assert_eq!(
+            origins_join(None, &[], "http://127.0.0.1:8080/a b").as_deref(),
+            Ok("http://127.0.0.1:8080/a%20b")
+        );
+        assert_eq!(origins_join(None, &[], "/a"), Err(ErrorKind::InvalidUrl));
+        assert_eq!(origins_join(None, &[], "//h/a"), Err(ErrorKind::InvalidUrl));
+        assert_eq!(
+            origins_join(None, &[], "file:///etc/passwd"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(
+            origins_join(None, &[], "http://h/a/../b"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(
+            origins_join(None, &[], "http://[::1]:81/x").as_deref(),
+            Ok("http://[::1]:81/x")
+        );
     }
 
     #[test]
