@@ -246,3 +246,52 @@ fn metrics_count_calls_attempts_outcomes_and_durations() {
     )
     .is_some());
 }
+
+/// A tower-http `MakeRequestId` that always gives the same id.
+#[derive(Clone)]
+struct FixedId;
+
+impl tower_http::request_id::MakeRequestId for FixedId {
+    fn make_request_id<B>(
+        &mut self,
+        _: &http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        Some(tower_http::request_id::RequestId::new(
+            http::HeaderValue::from_static("from-the-layer"),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_tower_http_set_request_id_layer_keeps_the_calls_id_and_sets_one_when_the_client_does_not(
+) {
+    let api = FakeApi::start().await.expect("api");
+    let layer = || {
+        tower_http::request_id::SetRequestIdLayer::new(
+            http::HeaderName::from_static("x-request-id"),
+            FixedId,
+        )
+    };
+    // The facade's id is set above the users' layers; tower-http's layer
+    // keeps an id a request has, so the id sent is the one in the record.
+    let client = Client::builder(api.url())
+        .layer(layer())
+        .build()
+        .expect("client");
+    let res = client.get("/anything/rid1").send().await.expect("sent");
+    let sent = api.last_request("/anything/rid1").expect("seen");
+    assert_eq!(
+        sent.header("x-request-id"),
+        res.summary().request_id.as_deref()
+    );
+    assert_ne!(sent.header("x-request-id"), Some("from-the-layer"));
+    // With the client's own ids off, the layer's is sent.
+    let client = Client::builder(api.url())
+        .no_request_id()
+        .layer(layer())
+        .build()
+        .expect("client");
+    client.get("/anything/rid2").send().await.expect("sent");
+    let sent = api.last_request("/anything/rid2").expect("seen");
+    assert_eq!(sent.header("x-request-id"), Some("from-the-layer"));
+}
