@@ -83,6 +83,16 @@ async fn the_span_has_port_template_kind_and_error_status_for_4xx_and_5xx() {
         .find(|l| l.contains("http.response.status_code=200"))
         .expect("a 200 line");
     assert!(!line.contains("otel.status_code"), "{line}");
+
+    // A call that fails is an error too, with its kind as `error.type`.
+    let dead = Client::new("http://127.0.0.1:1").expect("client");
+    let _ = dead.get("/span-connect-marker").send().await;
+    let line = lines_with("span-connect-marker")
+        .into_iter()
+        .find(|l| l.contains("request failed"))
+        .expect("a failure line");
+    assert!(line.contains("error.type=Connect"), "{line}");
+    assert!(line.contains("otel.status_code=\"ERROR\""), "{line}");
 }
 
 #[tokio::test]
