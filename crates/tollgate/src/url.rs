@@ -54,9 +54,14 @@ pub(crate) struct BaseUrl {
 
 impl BaseUrl {
     pub(crate) fn parse(input: &str) -> Result<BaseUrl, Error> {
-        let bad = |why: &str| Error::new(ErrorKind::Builder, format!("base URL {why}"));
+        BaseUrl::parse_named(input, "base URL")
+    }
+
+    /// As [`parse`](Self::parse), naming the URL `what` in errors.
+    fn parse_named(input: &str, what: &str) -> Result<BaseUrl, Error> {
+        let bad = |why: &str| Error::new(ErrorKind::Builder, format!("{what} {why}"));
         let url = url::Url::parse(input)
-            .map_err(|e| Error::new(ErrorKind::Builder, format!("base URL does not parse: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::Builder, format!("{what} does not parse: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad("must use http or https"));
         }
@@ -197,12 +202,7 @@ impl Origins {
         let base = base.map(BaseUrl::parse).transpose()?;
         let mut list: Vec<BaseUrl> = Vec::with_capacity(allowed.len());
         for origin in allowed {
-            let parsed = BaseUrl::parse(origin).map_err(|e| {
-                Error::new(
-                    ErrorKind::Builder,
-                    format!("allowed origin: {}", e.to_string().replace("base URL ", "")),
-                )
-            })?;
+            let parsed = BaseUrl::parse_named(origin, "an allowed origin")?;
             let only = BaseUrl {
                 path: String::new(),
                 ..parsed
@@ -283,11 +283,18 @@ impl Origins {
         let target = match found {
             Some(target) => target,
             None if any => {
-                fresh = BaseUrl::parse(&origin).map_err(|e| {
+                if !matches!(parsed.scheme(), "http" | "https")
+                    || parsed.host_str().is_none_or(str::is_empty)
+                {
+                    return Err(invalid(format!(
+                        "`{}` is not an http or https URL with a host",
+                        redact(abs)
+                    )));
+                }
+                fresh = BaseUrl::parse_named(&origin, "the URL").map_err(|_| {
                     invalid(format!(
-                        "`{}`: {}",
-                        redact(abs),
-                        e.to_string().replace("base URL ", "")
+                        "`{}` has an origin that does not parse",
+                        redact(abs)
                     ))
                 })?;
                 &fresh

@@ -47,6 +47,10 @@ async fn a_client_without_a_base_url_refuses_other_schemes_and_credentials_in_th
         .await
         .expect_err("refused");
     assert_eq!(err.kind(), ErrorKind::InvalidUrl);
+    assert!(
+        err.to_string().contains("not an http or https URL"),
+        "{err}"
+    );
     let err = client
         .get("http://user:s3cret@127.0.0.1:1/x")
         .send()
@@ -127,6 +131,7 @@ fn an_allowed_origin_that_is_not_an_origin_is_a_builder_error() {
             .build()
             .expect_err("refused");
         assert_eq!(err.kind(), ErrorKind::Builder, "{bad}");
+        assert!(err.to_string().contains("allowed origin"), "{err}");
         assert!(!err.to_string().contains("pw@"), "{err}");
     }
 }
