@@ -436,15 +436,6 @@ impl RequestBuilder {
         let endpoint_query = endpoint.as_ref().map_or(&[][..], |e| &e.query[..]);
         let query =
             crate::endpoint::merge_query(&inner.default_query, endpoint_query, query.as_deref());
-        // The path template, for the span's `url.template`: the endpoint's,
-        // or a path with placeholders (its query left out).
-        let template = (endpoint.is_some() || !params.is_empty())
-            .then(|| {
-                inner
-                    .base
-                    .template(path.split('?').next().unwrap_or_default())
-            })
-            .flatten();
         let uri = if params.is_empty() && !path.bytes().any(|b| b == b'{' || b == b'}') {
             inner.base.join(&path, query.as_deref())?
         } else {
@@ -561,8 +552,16 @@ impl RequestBuilder {
             "otel.status_code" = tracing::field::Empty,
             "trace_id" = tracing::field::Empty,
         );
-        if let Some(template) = template {
-            span.record("url.template", template);
+        // The path template, for `url.template`: the endpoint's, or a path
+        // with placeholders (its query left out); built only for a span
+        // that is on.
+        if (endpoint.is_some() || !params.is_empty()) && !span.is_disabled() {
+            if let Some(template) = inner
+                .base
+                .template(path.split('?').next().unwrap_or_default())
+            {
+                span.record("url.template", template);
+            }
         }
         if let Some(trace_id) = &trace_id {
             span.record("trace_id", trace_id.as_str());
