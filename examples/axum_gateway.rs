@@ -113,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{:<8} -> {}  {}",
             user.unwrap_or("(none)"),
             response.status(),
-            response.text().trim_end()
+            response.text_lossy().trim_end()
         );
     }
     println!(

@@ -63,7 +63,7 @@ struct Replica {
 /// tier (Redis) both replicas share.
 async fn user(State(replica): State<Replica>, Path(id): Path<u64>) -> (StatusCode, String) {
     match replica.cached.get(format!("/users/{id}")).send().await {
-        Ok(response) => (response.status(), response.text()),
+        Ok(response) => (response.status(), response.text_lossy()),
         Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")),
     }
 }
@@ -83,7 +83,7 @@ async fn post(
             if let Ok(value) = HeaderValue::from_str(&wait) {
                 headers.insert("x-permit-wait-ms", value);
             }
-            (response.status(), headers, response.text())
+            (response.status(), headers, response.text_lossy())
         }
         Err(e) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), format!("{e}\n")),
     }

@@ -18,7 +18,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::stack::{AttemptService, Layers, Stack};
 use crate::transport::{self, RequestBody, TransportConfig};
-use crate::url::BaseUrl;
+use crate::url::Origins;
 
 /// Configures and builds a [`Client`].
 ///
@@ -78,6 +78,14 @@ pub struct ClientBuilder {
         allow(dead_code)
     )]
     codecs: [bool; 4],
+    /// No base URL: requests take absolute URLs (`Client::builder_without_base`).
+    without_base: bool,
+    /// Origins besides the base URL's that absolute URLs may go to.
+    allowed_origins: Vec<String>,
+    /// Whether calls send a W3C `traceparent`.
+    traceparent: bool,
+    /// The most bytes of a body logged, if bodies are logged.
+    log_bodies: Option<std::num::NonZeroUsize>,
 }
 
 /// Builds the stack over a caller's transport: the closure keeps its type.
@@ -88,7 +96,7 @@ struct Finish<'a> {
     layers: Layers,
     #[cfg(feature = "auth")]
     auth: Option<Auth>,
-    base: &'a BaseUrl,
+    base: &'a Origins,
     max_body: usize,
 }
 
@@ -164,6 +172,10 @@ impl ClientBuilder {
             secret_headers: Vec::new(),
             secret_query: Vec::new(),
             codecs: [true; 4],
+            without_base: false,
+            allowed_origins: Vec::new(),
+            traceparent: false,
+            log_bodies: None,
         }
     }
 
@@ -924,7 +936,10 @@ impl ClientBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let base = BaseUrl::parse(&self.base)?;
+        let base = Origins::new(
+            (!self.without_base).then_some(self.base.as_str()),
+            &self.allowed_origins,
+        )?;
         let mut endpoints = std::collections::HashMap::new();
         for endpoint in self.endpoints {
             if let Some(e) = &endpoint.error {
@@ -953,12 +968,28 @@ impl ClientBuilder {
         let mut layers = self.layers;
         #[cfg(feature = "redirect")]
         if self.redirect.follows() {
-            let base_uri: http::Uri = base
-                .as_str()
+            // The origins a client may call are origins a redirect may go
+            // to; a client without a base URL nor allowed origins follows
+            // redirects anywhere (as it takes URLs to anywhere). Credentials
+            // stay off a hop to another origin than the request's either way.
+            let mut policy = self.redirect;
+            for origin in base.other_origins() {
+                policy = policy.allow_origin(origin)?;
+            }
+            let first = base.base.as_ref().or(base.allowed.first());
+            if first.is_none() {
+                policy = policy.allow_any_origin();
+            }
+            // (Without any origin, `allow_any_origin` makes this one unused.)
+            let base_uri: http::Uri = first
+                .map_or_else(
+                    || "http://localhost".to_owned(),
+                    crate::url::BaseUrl::as_str,
+                )
                 .parse()
                 .map_err(|_| Error::new(ErrorKind::Builder, "the base URL is not a valid URI"))?;
             layers.redirect = Some(crate::redirect::RedirectLayer::new(
-                self.redirect,
+                policy,
                 &base_uri,
                 self.sensitive_query.clone(),
                 self.secret_query,
@@ -1033,6 +1064,8 @@ impl ClientBuilder {
                 endpoints,
                 request_id: self.request_id,
                 stack,
+                traceparent: self.traceparent,
+                log_bodies: self.log_bodies,
                 #[cfg(feature = "cache")]
                 partition,
             }),
@@ -1045,7 +1078,7 @@ impl ClientBuilder {
 #[cfg(feature = "auth")]
 fn auth_layer<S, B>(
     auth: Auth,
-    base: &BaseUrl,
+    base: &Origins,
     transport: S,
 ) -> Result<tollgate_auth::AuthLayer, Error>
 where
@@ -1082,6 +1115,17 @@ where
     if layer.has_origin() {
         return Ok(layer);
     }
+    // The client's credential goes to the base URL's origin only: not to the
+    // other allowed origins (a file host or a presigned URL must not get the
+    // API's token) unless the layer names them. A client without a base URL
+    // has no origin to send it to by default.
+    if base.base.is_none() {
+        return Err(Error::new(
+            ErrorKind::Builder,
+            "a client without a base URL sends its credential only to origins named on the \
+             auth layer: use `ClientBuilder::auth(AuthLayer::...(..)?.origin(..))`",
+        ));
+    }
     let origin = tollgate_auth::Origin::parse(&base.as_str())
         .map_err(|e| Error::new(ErrorKind::Builder, e.to_string()).with_source(e))?;
     Ok(layer.origin(origin))
@@ -1093,4 +1137,89 @@ fn next_partition() -> tollgate_core::Partition {
     static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tollgate_core::Partition::of(&("tollgate client", n))
+}
+
+/// A builder for a client without a base URL: the same as
+/// [`Client::builder_without_base`].
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Client::builder_without_base()
+    }
+}
+
+/// Many origins.
+impl ClientBuilder {
+    pub(crate) fn without_base() -> Self {
+        let mut builder = ClientBuilder::new(String::new());
+        builder.without_base = true;
+        builder
+    }
+
+    /// Lets requests go to `origin` too, given as an absolute URL
+    /// (`client.get("https://files.example.com/a/b")`); its path is ignored.
+    /// Call it once per origin. An absolute URL to an origin neither the
+    /// base URL's nor allowed is an [`ErrorKind::InvalidUrl`] error before
+    /// anything is sent, so a path from user input cannot point the client
+    /// elsewhere. Relative paths still join under the base URL.
+    ///
+    /// An allowed origin is allowed as a redirect target too (see
+    /// [`RedirectPolicy`](crate::RedirectPolicy)). The client's own
+    /// credential (`bearer_auth`, ...) still goes to the base URL's origin
+    /// only: name other origins on the auth layer
+    /// ([`AuthLayer::origin`](tollgate_auth::AuthLayer::origin)) to send it
+    /// there too. On a client without a base URL, allowed origins are the
+    /// only ones it calls.
+    ///
+    /// An origin that is not `http`/`https`, has no host or carries
+    /// credentials, a query or a fragment is an [`ErrorKind::Builder`] from
+    /// `build`.
+    ///
+    /// ```
+    /// let client = tollgate::Client::builder("https://api.example.com")
+    ///     .allow_origin("https://files.example.com")
+    ///     .build()?;
+    /// let file = client.get("https://files.example.com/reports/1.csv"); // allowed
+    /// let refused = client.get("https://evil.example.net/"); // an error from `send`
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.allowed_origins.push(origin.into());
+        self
+    }
+}
+
+/// Observability.
+impl ClientBuilder {
+    /// Sends a W3C Trace Context `traceparent` header with every call (off
+    /// by default): a child of the [`TraceContext`](crate::TraceContext) in
+    /// the request's extensions (put there with
+    /// [`RequestBuilder::extension`](crate::RequestBuilder::extension)), or
+    /// a new sampled trace when there is none. A `traceparent` the request
+    /// carries already is sent as it is. The trace id is in the call's span
+    /// (`trace_id`). Every attempt and redirect hop of one call carries the
+    /// same header. No OpenTelemetry dependency: with an OpenTelemetry
+    /// tracer, build the `TraceContext` from its current span's ids.
+    pub fn propagate_traceparent(mut self, enable: bool) -> Self {
+        self.traceparent = enable;
+        self
+    }
+
+    /// Logs request and response bodies at `DEBUG`, in the call's span
+    /// (off by default), at most `max_len` bytes each (then `…(N bytes)`;
+    /// 0 turns it off again). The request body is logged when the call
+    /// starts, the response body once it is read (a cache hit's too).
+    /// Values of JSON object keys and urlencoded form fields whose name
+    /// contains one of [`SENSITIVE_BODY_FIELDS`](crate::SENSITIVE_BODY_FIELDS)
+    /// (`password`, `token`, `secret`, `api_key`, `authorization`, ...) are
+    /// shown as `"REDACTED"`; `text/*` and XML bodies are shown as they
+    /// are (redact nothing: keep secrets out of them, or this off); any other
+    /// type, and JSON that does not parse, only as its length. A secret
+    /// inside a string value (JSON text quoted inside JSON, say) is not
+    /// seen: the field's name is all that is checked. Headers are
+    /// never logged here: the span shows the URL with its sensitive query
+    /// values redacted, as always.
+    pub fn log_bodies(mut self, max_len: usize) -> Self {
+        self.log_bodies = std::num::NonZeroUsize::new(max_len);
+        self
+    }
 }

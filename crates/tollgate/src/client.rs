@@ -13,7 +13,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::request::RequestBuilder;
 use crate::stack::Stack;
-use crate::url::BaseUrl;
+use crate::url::Origins;
 
 /// The default for [`ClientBuilder::request_id_header`].
 pub const DEFAULT_REQUEST_ID_HEADER: &str = "x-request-id";
@@ -67,7 +67,8 @@ pub struct Client {
 }
 
 pub(crate) struct ClientInner {
-    pub(crate) base: BaseUrl,
+    /// The base URL and the other allowed origins.
+    pub(crate) base: Origins,
     pub(crate) headers: HeaderMap,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_body: usize,
@@ -79,6 +80,10 @@ pub(crate) struct ClientInner {
     pub(crate) request_id: Option<HeaderName>,
     /// The layers and the transport (see `stack.rs`).
     pub(crate) stack: Stack,
+    /// Whether each call sends a W3C `traceparent`.
+    pub(crate) traceparent: bool,
+    /// The most bytes of a body logged (`ClientBuilder::log_bodies`).
+    pub(crate) log_bodies: Option<std::num::NonZeroUsize>,
     /// The cache partition of a client with credentials of its own.
     #[cfg(feature = "cache")]
     pub(crate) partition: Option<tollgate_core::Partition>,
@@ -91,6 +96,10 @@ impl fmt::Debug for Client {
         let names: Vec<&str> = i.headers.keys().map(HeaderName::as_str).collect();
         f.debug_struct("Client")
             .field("base_url", &i.base.as_str())
+            .field(
+                "allowed_origins",
+                &i.base.other_origins().collect::<Vec<_>>(),
+            )
             .field("default_headers", &names)
             .field("timeout", &i.timeout)
             .field("max_response_body", &i.max_body)
@@ -114,6 +123,28 @@ impl Client {
     /// `https`, have a host, and carry no credentials, query or fragment.
     pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
         ClientBuilder::new(base_url.into())
+    }
+
+    /// Starts building a client without a base URL: every request takes an
+    /// absolute URL (`client.get("https://api.example.com/x")`), as with
+    /// reqwest. With [`ClientBuilder::allow_origin`], only to those origins;
+    /// without, to any `http` or `https` origin (there is no SSRF guard then:
+    /// never pass it URLs from untrusted input). Redirects are followed to
+    /// the same origins. The client's own credential is sent only to the
+    /// origins named on its auth layer
+    /// ([`AuthLayer::origin`](tollgate_auth::AuthLayer::origin)): a client
+    /// without a base URL whose credential names none is an
+    /// [`ErrorKind::Builder`] error from `build`, so a token never goes to
+    /// whatever URL the client is handed. [`ClientBuilder::default`] is the
+    /// same builder.
+    ///
+    /// ```
+    /// let client = tollgate::Client::builder_without_base().build()?;
+    /// let req = client.get("https://api.example.com/x");
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    pub fn builder_without_base() -> ClientBuilder {
+        ClientBuilder::without_base()
     }
 
     /// A client with default settings; the same as
@@ -167,7 +198,8 @@ impl Client {
         self.get(path).send().await?.error_for_status()?.json()
     }
 
-    /// The base URL requests are joined to (without a trailing slash).
+    /// The base URL requests are joined to (without a trailing slash); empty
+    /// for a client without one.
     pub fn base_url(&self) -> String {
         self.inner.base.as_str()
     }

@@ -20,7 +20,9 @@ pub enum ErrorKind {
     /// default header).
     Builder,
     /// The request's URL is invalid or refused: it does not parse, leaves
-    /// the base URL's origin, or contains `.`/`..` segments.
+    /// the base URL's origin for one not allowed
+    /// (`ClientBuilder::allow_origin`), is relative on a client without a
+    /// base URL, carries user information, or contains `.`/`..` segments.
     InvalidUrl,
     /// The request could not be built: an invalid header name or value
     /// (CR, LF and other forbidden bytes), a missing or unsafe path
@@ -41,7 +43,8 @@ pub enum ErrorKind {
     Body,
     /// The response body is larger than the client's limit.
     BodyTooLarge,
-    /// The response body is not the JSON the caller asked for.
+    /// The response body is not the JSON the caller asked for, or not text
+    /// in its charset (`ApiResponse::text`).
     Decode,
     /// The concurrency pool's queue was full: refused without waiting.
     TooManyPending,
@@ -231,6 +234,34 @@ impl Error {
     /// reqwest's `Error::is_redirect`.
     pub fn is_redirect(&self) -> bool {
         self.inner.kind == ErrorKind::Redirect
+    }
+
+    /// Whether reading the response body failed or the body was over the
+    /// limit ([`ErrorKind::Body`], [`ErrorKind::BodyTooLarge`]), as reqwest's
+    /// `Error::is_body`.
+    pub fn is_body(&self) -> bool {
+        matches!(self.inner.kind, ErrorKind::Body | ErrorKind::BodyTooLarge)
+    }
+
+    /// Whether sending the request failed: no connection, or the exchange
+    /// broke off before a complete response ([`ErrorKind::Connect`],
+    /// [`ErrorKind::Transport`]), as reqwest's `Error::is_request` (which is
+    /// true for its connect errors too). A timeout is
+    /// [`is_timeout`](Self::is_timeout) only.
+    pub fn is_request(&self) -> bool {
+        matches!(self.inner.kind, ErrorKind::Connect | ErrorKind::Transport)
+    }
+
+    /// Whether the client or the request could not be built: a bad client
+    /// setting ([`ErrorKind::Builder`]), or a request refused before it was
+    /// sent ([`ErrorKind::InvalidUrl`], [`ErrorKind::InvalidRequest`]), as
+    /// reqwest's `Error::is_builder` (true there for an invalid URL or header
+    /// given to a request builder too).
+    pub fn is_builder(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            ErrorKind::Builder | ErrorKind::InvalidUrl | ErrorKind::InvalidRequest
+        )
     }
 
     /// The method of the request this error belongs to, if it got that far.

@@ -76,6 +76,34 @@
 //!       QueueWait) read into Summary
 //! ```
 //!
+//! # Coming from reqwest
+//!
+//! `docs/COMING_FROM_REQWEST.md` in the repository maps each reqwest call to
+//! the facade's. In short: a client has a base URL, and an absolute URL to
+//! another origin is refused unless allowed
+//! ([`ClientBuilder::allow_origin`]); [`Client::builder_without_base`] takes
+//! absolute URLs anywhere, as reqwest does. `send` reads the whole body, so
+//! [`ApiResponse::text`] and [`ApiResponse::json`] are not async; `text`
+//! honours the charset and reports bytes that are not text as
+//! [`ErrorKind::Decode`] ([`ApiResponse::text_lossy`] is reqwest's reading).
+//! [`Error::is_timeout`], `is_connect`, `is_status`, `is_decode`,
+//! `is_redirect`, `is_body`, `is_request` and `is_builder` map to
+//! [`ErrorKind`]s.
+//!
+//! # Observability
+//!
+//! Each call has one `http.request` span at `DEBUG` with the OpenTelemetry
+//! HTTP client fields: `http.request.method`, `url.full` (sensitive query
+//! values redacted), `url.template` (an endpoint's or a path's `{param}`
+//! template), `server.address`, `server.port`, `otel.kind = "client"`,
+//! `http.response.status_code`, and for a failure or a 4xx/5xx status
+//! `error.type` and `otel.status_code = "ERROR"` (the convention for client
+//! spans). [`ClientBuilder::propagate_traceparent`] sends W3C `traceparent`
+//! ([`TraceContext`]); [`ClientBuilder::log_bodies`] logs bodies with
+//! sensitive fields redacted; the `metrics` feature records calls,
+//! attempts, outcomes, durations, cache results and waits (see the
+//! `metrics` module).
+//!
 //! # Endpoints, levels and tracking ids
 //!
 //! Named [`Endpoint`]s (`get_user: GET /users/{user_id}`) are declared on
@@ -147,6 +175,9 @@ mod builder;
 mod client;
 mod endpoint;
 mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+mod observe;
 mod proxy;
 #[cfg(feature = "redirect")]
 mod redirect;
@@ -167,6 +198,7 @@ pub use client::{
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, TimedOut};
+pub use observe::{TraceContext, SENSITIVE_BODY_FIELDS};
 pub use proxy::{NoProxy, Proxy};
 #[cfg(feature = "redirect")]
 pub use redirect::{

@@ -32,7 +32,12 @@ use crate::url::{fill_template, RedactedUri};
 /// Characters not allowed in a URL (spaces, non-ASCII) are percent-encoded.
 /// Refused with [`ErrorKind::InvalidUrl`]: an absolute URL to another
 /// origin, a `//host` reference, and `.`/`..` segments (also as `%2e`), so
-/// that no path leaves the base URL.
+/// that no path leaves the base URL. An absolute URL to an origin allowed
+/// with [`ClientBuilder::allow_origin`](crate::ClientBuilder::allow_origin)
+/// is sent as it is; a client built with
+/// [`Client::builder_without_base`](crate::Client::builder_without_base)
+/// takes absolute URLs only. An absolute URL with user information
+/// (`https://user:pw@host/`) is refused.
 ///
 /// `{name}` placeholders are filled by [`path_param`](Self::path_param), each
 /// value percent-encoded as exactly one segment: `/` or `..` in a value can
@@ -73,12 +78,16 @@ pub struct RequestBuilder {
 }
 
 /// A request's rarer settings.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Extras {
     credential: Option<tollgate_core::Credential>,
     /// `None`: the cache's rule; `Some(None)`: bypass; `Some(Some(ttl))`.
     #[cfg(feature = "cache")]
     cache: Option<Option<Duration>>,
+    /// The HTTP version asked for (`RequestBuilder::version`).
+    version: Option<http::Version>,
+    /// Typed extensions for the layers (`RequestBuilder::extension`).
+    extensions: http::Extensions,
 }
 
 impl fmt::Debug for RequestBuilder {
@@ -357,21 +366,30 @@ impl RequestBuilder {
             span,
             started,
             request_id,
+            log_bodies,
         } = match self.prepare()? {
             Step::Send(prepared) => prepared,
             Step::Answered(response) => return Ok(*response),
         };
         // Layers 1 and 2 (the span, the total deadline), then the stack.
-        let result =
-            crate::stack::call(stack, request, max_body, deadline, started, span.clone()).await;
+        let result = crate::stack::call(
+            stack,
+            request,
+            max_body,
+            deadline,
+            started,
+            span.clone(),
+            log_bodies,
+        )
+        .await;
         let elapsed = started.elapsed();
         match result {
             Ok((parts, bytes)) => {
-                span.record("http.response.status_code", parts.status.as_u16());
+                crate::observe::record_status(&span, parts.status);
                 tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response received");
                 let mut summary = Summary::from_extensions(&parts.extensions);
                 summary.request_id = request_id.map(String::from);
-                Ok(ApiResponse::new(
+                let response = ApiResponse::new(
                     method,
                     uri,
                     parts,
@@ -379,11 +397,16 @@ impl RequestBuilder {
                     SystemTime::now(),
                     elapsed,
                     summary,
-                ))
+                );
+                // (Its body was logged, if asked, as it was read: `stack::call`.)
+                crate::observe::finished(&span, &response, None);
+                Ok(response)
             }
             Err(e) => {
-                span.record("error.type", tracing::field::debug(e.kind()));
+                crate::observe::record_error(&span, e.kind());
                 tracing::debug!(parent: &span, error = %e, "request failed");
+                #[cfg(feature = "metrics")]
+                crate::metrics::error(&method, &uri, e.kind(), elapsed);
                 Err(e.with_request(&method, &uri))
             }
         }
@@ -425,7 +448,9 @@ impl RequestBuilder {
         let deadline = timeout
             .or_else(|| endpoint.as_ref()?.timeout.map(Some))
             .unwrap_or(inner.timeout);
-        let mut request = Request::new(Full::new(body.unwrap_or_default()));
+        let body = body.unwrap_or_default();
+        let logged_body = inner.log_bodies.map(|_| body.clone());
+        let mut request = Request::new(Full::new(body));
         // Only retry and the rate limiter read it.
         if let Some(at) = deadline
             .filter(|_| inner.stack.wants_deadline)
@@ -452,13 +477,23 @@ impl RequestBuilder {
             Some(name) => match all_headers.get(name).filter(|v| !v.is_empty()) {
                 Some(own) => Some(own.clone()),
                 None => {
-                    let id = new_request_id();
+                    // A tower-http `RequestId` the caller passed on (the id
+                    // of the request its server is handling), else a new one.
+                    let id = crate::observe::caller_request_id(&extras.extensions)
+                        .unwrap_or_else(new_request_id);
                     all_headers.insert(name.clone(), id.clone());
                     Some(id)
                 }
             },
             None => None,
         };
+        let trace_id = inner
+            .traceparent
+            .then(|| crate::observe::propagate(&mut all_headers, &extras.extensions))
+            .flatten();
+        let content_type = logged_body
+            .as_ref()
+            .and_then(|_| all_headers.get(CONTENT_TYPE).cloned());
         *request.headers_mut() = all_headers;
         #[cfg(feature = "cache")]
         {
@@ -495,26 +530,57 @@ impl RequestBuilder {
             }
         }
 
+        if let Some(version) = extras.version {
+            *request.version_mut() = version;
+        }
+        // The caller's extensions; the facade's own (set above) win.
+        if !extras.extensions.is_empty() {
+            let own = std::mem::replace(request.extensions_mut(), extras.extensions);
+            request.extensions_mut().extend(own);
+        }
+
         let span = tracing::debug_span!(
             "http.request",
             "http.request.method" = %method,
             "url.full" = %RedactedUri { uri: &uri, sensitive: &inner.sensitive_query },
             "server.address" = uri.host().unwrap_or_default(),
+            "server.port" = crate::observe::server_port(&uri),
+            "url.template" = tracing::field::Empty,
+            "otel.kind" = "client",
             "http.response.status_code" = tracing::field::Empty,
             "error.type" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+            "trace_id" = tracing::field::Empty,
         );
+        // The path template, for `url.template`: the endpoint's, or a path
+        // with placeholders (its query left out); built only for a span
+        // that is on.
+        if (endpoint.is_some() || !params.is_empty()) && !span.is_disabled() {
+            if let Some(template) = inner
+                .base
+                .template(path.split('?').next().unwrap_or_default())
+            {
+                span.record("url.template", template);
+            }
+        }
+        if let Some(trace_id) = &trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        if let (Some(max), Some(body)) = (inner.log_bodies, &logged_body) {
+            crate::observe::log_request_body(&span, body, content_type.as_ref(), max);
+        }
         // Layer 3's fast path: a fresh response in the client's cache
         // answers at once, without entering the stack (see `stack.rs`).
         #[cfg(feature = "cache")]
         if let Some(hit) = inner.stack.cache_fast_path(&mut request) {
             if hit.body().len() <= inner.max_body {
                 let elapsed = started.elapsed();
-                span.record("http.response.status_code", hit.status().as_u16());
+                crate::observe::record_status(&span, hit.status());
                 tracing::debug!(parent: &span, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response received from the cache");
                 let (parts, body) = hit.into_parts();
                 let mut summary = Summary::from_extensions(&parts.extensions);
                 summary.request_id = request_id.and_then(|id| id.to_str().ok().map(str::to_owned));
-                return Ok(Step::Answered(Box::new(ApiResponse::new(
+                let response = ApiResponse::new(
                     method,
                     uri,
                     parts,
@@ -522,7 +588,9 @@ impl RequestBuilder {
                     SystemTime::now(),
                     elapsed,
                     summary,
-                ))));
+                );
+                crate::observe::finished(&span, &response, inner.log_bodies);
+                return Ok(Step::Answered(Box::new(response)));
             }
         }
         Ok(Step::Send(Prepared {
@@ -535,6 +603,7 @@ impl RequestBuilder {
             span,
             started,
             request_id: request_id.and_then(|id| id.to_str().ok().map(Box::from)),
+            log_bodies: inner.log_bodies,
         }))
     }
 }
@@ -563,6 +632,8 @@ struct Prepared {
     started: Instant,
     /// Boxed text rather than the `HeaderValue`: the send future stays small.
     request_id: Option<Box<str>>,
+    /// `ClientBuilder::log_bodies`: the most bytes of a body logged.
+    log_bodies: Option<std::num::NonZeroUsize>,
 }
 
 /// A random 128-bit tracking id as 32 hex digits (written by hand: `format!`
@@ -576,6 +647,71 @@ fn new_request_id() -> HeaderValue {
         bits >>= 4;
     }
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// reqwest's everyday request settings.
+impl RequestBuilder {
+    /// `Authorization: Basic <base64(user:password)>` on this request,
+    /// marked sensitive; a shortcut for [`credential`](Self::credential)
+    /// (so it goes only to the client's origins when the client has an auth
+    /// layer). An invalid user (empty, with a `:` or a control character) is
+    /// an [`ErrorKind::InvalidRequest`] from `send` that shows neither part.
+    pub fn basic_auth(self, user: impl AsRef<str>, password: impl AsRef<str>) -> Self {
+        match tollgate_core::Credential::basic(user, password) {
+            Ok(credential) => self.credential(credential),
+            Err(e) => {
+                let error = Error::new(ErrorKind::InvalidRequest, e.to_string()).with_source(e);
+                self.fail(error)
+            }
+        }
+    }
+
+    /// The HTTP version to send this request with (default: HTTP/1.1, or
+    /// what ALPN or [`http2_prior_knowledge`](crate::ClientBuilder::http2_prior_knowledge)
+    /// chose). `HTTP_10` sends HTTP/1.0. `HTTP_2` over a connection that is
+    /// HTTP/1 is refused by the transport (an [`ErrorKind::Transport`]
+    /// error), as hyper-util refuses it.
+    pub fn version(mut self, version: http::Version) -> Self {
+        self.extras().version = Some(version);
+        self
+    }
+
+    /// Puts `value` in the request's extensions, where the layers (yours
+    /// given to [`ClientBuilder::layer`](crate::ClientBuilder::layer)
+    /// included) can read it. The facade's own extensions (the deadline,
+    /// the cache settings, a per-request credential) win over one of the
+    /// same type.
+    pub fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extras().extensions.insert(value);
+        self
+    }
+
+    /// A copy of this request, to send it again; `None` when it holds an
+    /// error (it would fail anyway), as reqwest's `try_clone`.
+    ///
+    /// Every setting the builder holds today is cloned: the body is in
+    /// memory (`Bytes`, cloned without copying). A body read from a stream
+    /// can be sent only once: such a builder must return `None` here.
+    pub fn try_clone(&self) -> Option<RequestBuilder> {
+        if self.error.is_some() {
+            return None;
+        }
+        // (A stream body, when the builder can hold one, returns `None`
+        // here: it cannot be read twice.)
+        Some(RequestBuilder {
+            client: self.client.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            params: self.params.clone(),
+            query: self.query.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            timeout: self.timeout,
+            error: None,
+            endpoint: self.endpoint.clone(),
+            extras: self.extras.clone(),
+        })
+    }
 }
 
 #[cfg(test)]

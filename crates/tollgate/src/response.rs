@@ -232,9 +232,68 @@ impl ApiResponse {
         self.body
     }
 
-    /// The body as text; invalid UTF-8 becomes U+FFFD.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+    /// The body as text, decoded from the charset its `Content-Type` names
+    /// (UTF-8 when it names none, as reqwest); a byte-order mark is
+    /// honoured and removed. With the `charset` feature (on by default)
+    /// every label of the WHATWG Encoding Standard is known (`iso-8859-1`,
+    /// `shift_jis`, `utf-16le`, ...); without it, only UTF-8 and US-ASCII.
+    ///
+    /// Unlike reqwest's `text`, bytes that are not text in that charset are
+    /// an error rather than U+FFFD: use [`text_lossy`](Self::text_lossy)
+    /// for the forgiving reading.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Decode`] for bytes that are not text in the charset, or
+    /// a charset that is not known (with the status and the request's URL).
+    pub fn text(&self) -> Result<String, Error> {
+        crate::response::decode_text(
+            &self.body,
+            self.headers.get(http::header::CONTENT_TYPE),
+            false,
+        )
+        .map_err(|why| {
+            Error::new(ErrorKind::Decode, why)
+                .with_status(self.status)
+                .with_request(&self.method, &self.url)
+        })
+    }
+
+    /// The body as text in its charset (see [`text`](Self::text)), with
+    /// bytes that are not text replaced by U+FFFD (an unknown charset reads
+    /// as UTF-8). Never fails.
+    pub fn text_lossy(&self) -> String {
+        decode_text(
+            &self.body,
+            self.headers.get(http::header::CONTENT_TYPE),
+            true,
+        )
+        .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned())
+    }
+
+    /// The `Content-Length` the server announced, if it sent one that
+    /// parses. A decoded (decompressed) response has none. The length of
+    /// the body read is `bytes().len()`; for a `HEAD` request this is the
+    /// size the resource would have.
+    pub fn content_length(&self) -> Option<u64> {
+        self.headers
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The address of the peer the response came from (the built-in
+    /// transport's connection, after redirects the last hop's). `None` for
+    /// a response from the cache, or from a custom
+    /// [`transport`](crate::ClientBuilder::transport) that does not set
+    /// hyper-util's `HttpInfo`.
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.extensions
+            .get::<hyper_util::client::legacy::connect::HttpInfo>()
+            .map(hyper_util::client::legacy::connect::HttpInfo::remote_addr)
     }
 
     /// The body decoded from JSON as `T`.
@@ -356,7 +415,7 @@ impl ApiResponse {
         }
         let data = match self.data() {
             Ok(v) => v,
-            Err(_) => Value::from(self.text()),
+            Err(_) => Value::from(self.text_lossy()),
         };
         #[allow(unused_mut, reason = "the cache feature adds to it")]
         let mut record = serde_json::json!({
@@ -379,4 +438,71 @@ impl ApiResponse {
         }
         record
     }
+}
+
+/// Decodes `body` from the charset of `content_type` (UTF-8 without one),
+/// honouring and removing a byte-order mark. `lossy`: malformed bytes become
+/// U+FFFD and an unknown charset reads as UTF-8; otherwise both are errors.
+fn decode_text(
+    body: &[u8],
+    content_type: Option<&http::HeaderValue>,
+    lossy: bool,
+) -> Result<String, String> {
+    let label = content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .and_then(|m| m.get_param(mime::CHARSET).map(|c| c.as_str().to_owned()));
+    #[cfg(feature = "charset")]
+    {
+        let (encoding, body) = match encoding_rs::Encoding::for_bom(body) {
+            Some((encoding, bom)) => (encoding, &body[bom..]),
+            None => {
+                let named = label
+                    .as_deref()
+                    .map(|l| (l, encoding_rs::Encoding::for_label(l.as_bytes())));
+                match named {
+                    None => (encoding_rs::UTF_8, body),
+                    Some((_, Some(encoding))) => (encoding, body),
+                    Some((_, None)) if lossy => (encoding_rs::UTF_8, body),
+                    Some((l, None)) => {
+                        return Err(format!("the body's charset `{}` is not known", shown(l)))
+                    }
+                }
+            }
+        };
+        if lossy {
+            return Ok(encoding.decode_without_bom_handling(body).0.into_owned());
+        }
+        encoding
+            .decode_without_bom_handling_and_without_replacement(body)
+            .map(std::borrow::Cow::into_owned)
+            .ok_or_else(|| format!("the body is not valid {} text", encoding.name()))
+    }
+    #[cfg(not(feature = "charset"))]
+    {
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+        match label.as_deref() {
+            None => {}
+            Some(l)
+                if ["utf-8", "utf8", "us-ascii", "ascii"]
+                    .iter()
+                    .any(|k| l.eq_ignore_ascii_case(k)) => {}
+            Some(_) if lossy => {}
+            Some(l) => {
+                return Err(format!(
+                    "the body's charset `{}` needs tollgate's `charset` feature",
+                    shown(l)
+                ))
+            }
+        }
+        if lossy {
+            return Ok(String::from_utf8_lossy(body).into_owned());
+        }
+        String::from_utf8(body.to_vec()).map_err(|_| "the body is not valid UTF-8 text".to_owned())
+    }
+}
+
+/// A charset label as shown in an error: at most 40 characters, printable.
+fn shown(label: &str) -> String {
+    label.chars().take(40).filter(|c| !c.is_control()).collect()
 }

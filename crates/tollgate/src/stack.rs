@@ -251,6 +251,7 @@ pub(crate) fn call(
     deadline: Option<Duration>,
     started: Instant,
     span: tracing::Span,
+    log_bodies: Option<std::num::NonZeroUsize>,
 ) -> impl Future<Output = Result<(http::response::Parts, Bytes), Error>> {
     let exchange = Box::pin(async move {
         let response = service.oneshot(request).await.map_err(classify)?;
@@ -258,6 +259,11 @@ pub(crate) fn call(
         let bytes = read_body(body, max_body)
             .await
             .map_err(|e| e.with_status(parts.status))?;
+        // `ClientBuilder::log_bodies`: the body as read, in the call's span.
+        if let Some(max) = log_bodies {
+            let content_type = parts.headers.get(http::header::CONTENT_TYPE);
+            crate::observe::log_body("response body", &bytes, content_type, max);
+        }
         Ok::<_, Error>((parts, bytes))
     });
     // A deadline too far away for an `Instant` (`Duration::MAX`) is no

@@ -54,9 +54,14 @@ pub(crate) struct BaseUrl {
 
 impl BaseUrl {
     pub(crate) fn parse(input: &str) -> Result<BaseUrl, Error> {
-        let bad = |why: &str| Error::new(ErrorKind::Builder, format!("base URL {why}"));
+        BaseUrl::parse_named(input, "base URL")
+    }
+
+    /// As [`parse`](Self::parse), naming the URL `what` in errors.
+    fn parse_named(input: &str, what: &str) -> Result<BaseUrl, Error> {
+        let bad = |why: &str| Error::new(ErrorKind::Builder, format!("{what} {why}"));
         let url = url::Url::parse(input)
-            .map_err(|e| Error::new(ErrorKind::Builder, format!("base URL does not parse: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::Builder, format!("{what} does not parse: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad("must use http or https"));
         }
@@ -109,43 +114,37 @@ impl BaseUrl {
     /// `/posts/1` under `https://h/api/v1` is `https://h/api/v1/posts/1`. An
     /// absolute URL is accepted only for the base's own origin; `//host/..`
     /// and `.`/`..` segments are refused, so a path cannot leave the base.
+    #[cfg(test)]
     pub(crate) fn join(&self, path: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
-        let invalid = |why: String| Error::new(ErrorKind::InvalidUrl, why);
-        // Fragments are never sent.
-        let path = find_byte(path, b'#').map_or(path, |i| &path[..i]);
+        Origins {
+            base: Some(self.clone()),
+            allowed: Vec::new(),
+        }
+        .join(path, extra_query)
+    }
 
-        // Only the path and query are built and parsed: the origin is the
-        // base's, parsed once.
+    /// Joins a relative path (no fragment) under the base path.
+    fn join_relative(&self, path: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
+        if path.starts_with("//") {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                "a path starting with `//` names another host; refused",
+            ));
+        }
         let mut url = String::with_capacity(
             self.path.len() + path.len() + extra_query.map_or(0, str::len) + 2,
         );
-        let rest = if let Some(abs) = absolute_url(path) {
-            let parsed = url::Url::parse(abs)
-                .map_err(|e| invalid(format!("`{}` does not parse: {e}", redact(abs))))?;
-            if parsed.origin().ascii_serialization() != self.origin {
-                return Err(invalid(format!(
-                    "`{}` is an absolute URL to another origin than the base URL's {}; refused",
-                    redact(abs),
-                    self.origin
-                )));
-            }
-            // The part after the origin, as the caller wrote it.
-            let after_scheme = &abs[abs.find("//").map_or(0, |i| i + 2)..];
-            after_scheme
-                .find(['/', '?'])
-                .map_or("", |i| &after_scheme[i..])
-        } else if path.starts_with("//") {
-            return Err(invalid(
-                "a path starting with `//` names another host; refused".to_owned(),
-            ));
-        } else {
-            url.push_str(&self.path);
-            if !path.starts_with('/') && !path.starts_with('?') && !path.is_empty() {
-                url.push('/');
-            }
-            path
-        };
+        url.push_str(&self.path);
+        if !path.starts_with('/') && !path.starts_with('?') && !path.is_empty() {
+            url.push('/');
+        }
+        self.finish(url, path, extra_query)
+    }
 
+    /// Appends `rest` (a path and query, escaped here) and `extra_query` to
+    /// `url`, checks for dot segments and puts this origin in front.
+    fn finish(&self, mut url: String, rest: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
+        let invalid = |why: String| Error::new(ErrorKind::InvalidUrl, why);
         let (p, q) = match find_byte(rest, b'?') {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
@@ -177,6 +176,150 @@ impl BaseUrl {
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).map_err(|e| invalid(format!("the joined URL does not parse: {e}")))
+    }
+}
+
+/// Where a client's requests may go: under its base URL (relative paths and
+/// absolute URLs to its origin), and to the other origins allowed by
+/// [`ClientBuilder::allow_origin`](crate::ClientBuilder::allow_origin) (absolute URLs).
+///
+/// A client without a base URL and without allowed origins takes an
+/// absolute URL to any `http` or `https` origin; with allowed origins, only
+/// to those. An absolute URL to another origin is an
+/// [`ErrorKind::InvalidUrl`] error before anything is sent (the SSRF guard:
+/// a path from user input cannot point the client elsewhere).
+#[derive(Clone, Debug)]
+pub(crate) struct Origins {
+    pub(crate) base: Option<BaseUrl>,
+    /// The other allowed origins, each a `BaseUrl` with an empty path.
+    pub(crate) allowed: Vec<BaseUrl>,
+}
+
+impl Origins {
+    /// The origins of a builder: a base URL (if any) and other origins
+    /// (each an absolute `http`/`https` URL whose path is ignored).
+    pub(crate) fn new(base: Option<&str>, allowed: &[String]) -> Result<Origins, Error> {
+        let base = base.map(BaseUrl::parse).transpose()?;
+        let mut list: Vec<BaseUrl> = Vec::with_capacity(allowed.len());
+        for origin in allowed {
+            let parsed = BaseUrl::parse_named(origin, "an allowed origin")?;
+            let only = BaseUrl {
+                path: String::new(),
+                ..parsed
+            };
+            if !list.iter().any(|o| o.origin == only.origin) {
+                list.push(only);
+            }
+        }
+        Ok(Origins {
+            base,
+            allowed: list,
+        })
+    }
+
+    /// The base URL as text (empty for a client without one).
+    pub(crate) fn as_str(&self) -> String {
+        self.base.as_ref().map(BaseUrl::as_str).unwrap_or_default()
+    }
+
+    /// The origins allowed besides the base URL's, as `scheme://host[:port]`.
+    pub(crate) fn other_origins(&self) -> impl Iterator<Item = &str> {
+        self.allowed.iter().map(|o| o.origin.as_str())
+    }
+
+    /// A path template as the absolute path it addresses (the base path in
+    /// front), for the span's `url.template`; `None` for an absolute URL.
+    pub(crate) fn template(&self, path: &str) -> Option<String> {
+        if absolute_url(path).is_some() {
+            return None;
+        }
+        let base = self.base.as_ref().map_or("", |b| b.path.as_str());
+        let sep = if path.starts_with('/') { "" } else { "/" };
+        Some(format!("{base}{sep}{path}"))
+    }
+
+    /// Whether any origin named is `https`.
+    #[cfg_attr(feature = "rustls", allow(dead_code))]
+    pub(crate) fn is_https(&self) -> bool {
+        self.base.iter().chain(&self.allowed).any(BaseUrl::is_https)
+    }
+
+    /// Joins `path` as [`RequestBuilder`](crate::RequestBuilder) documents:
+    /// a relative path under the base URL, an absolute URL to an allowed
+    /// origin as it is.
+    pub(crate) fn join(&self, path: &str, extra_query: Option<&str>) -> Result<Uri, Error> {
+        // Fragments are never sent.
+        let path = find_byte(path, b'#').map_or(path, |i| &path[..i]);
+        let Some(abs) = absolute_url(path) else {
+            return match &self.base {
+                Some(base) => base.join_relative(path, extra_query),
+                None => Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "`{}` is not an absolute URL, and the client has no base URL to join it to",
+                        redact(path)
+                    ),
+                )),
+            };
+        };
+        let invalid = |why: String| Error::new(ErrorKind::InvalidUrl, why);
+        let parsed = url::Url::parse(abs)
+            .map_err(|e| invalid(format!("`{}` does not parse: {e}", redact(abs))))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(invalid(
+                "an absolute URL must not carry credentials (they would be sent and logged); \
+                 use an auth layer or `RequestBuilder::basic_auth`"
+                    .to_owned(),
+            ));
+        }
+        let origin = parsed.origin().ascii_serialization();
+        let any = self.base.is_none() && self.allowed.is_empty();
+        let found = self
+            .base
+            .iter()
+            .chain(&self.allowed)
+            .find(|o| o.origin == origin);
+        let fresh;
+        let target = match found {
+            Some(target) => target,
+            None if any => {
+                if !matches!(parsed.scheme(), "http" | "https")
+                    || parsed.host_str().is_none_or(str::is_empty)
+                {
+                    return Err(invalid(format!(
+                        "`{}` is not an http or https URL with a host",
+                        redact(abs)
+                    )));
+                }
+                fresh = BaseUrl::parse_named(&origin, "the URL").map_err(|_| {
+                    invalid(format!(
+                        "`{}` has an origin that does not parse",
+                        redact(abs)
+                    ))
+                })?;
+                &fresh
+            }
+            None => {
+                return Err(invalid(format!(
+                    "`{}` is an absolute URL to an origin the client does not allow ({}); \
+                     refused (allow it with `ClientBuilder::allow_origin`)",
+                    redact(abs),
+                    self.base
+                        .iter()
+                        .chain(&self.allowed)
+                        .map(|o| o.origin.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        };
+        // The part after the origin, as the caller wrote it.
+        let after_scheme = &abs[abs.find("//").map_or(0, |i| i + 2)..];
+        let rest = after_scheme
+            .find(['/', '?'])
+            .map_or("", |i| &after_scheme[i..]);
+        let url = String::with_capacity(rest.len() + extra_query.map_or(0, str::len) + 2);
+        target.finish(url, rest, extra_query)
     }
 }
 
@@ -364,6 +507,70 @@ mod tests {
             .join(p, None)
             .map(|u| u.to_string())
             .map_err(|e| e.kind())
+    }
+
+    fn origins_join(base: Option<&str>, allowed: &[&str], p: &str) -> Result<String, ErrorKind> {
+        let allowed: Vec<String> = allowed.iter().map(|s| (*s).to_owned()).collect();
+        Origins::new(base, &allowed)
+            .expect("valid origins")
+            .join(p, None)
+            .map(|u| u.to_string())
+            .map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn allowed_origins_match_as_the_url_standard_serialises_them() {
+        let allowed = ["https://files.example.com/ignored/path"];
+        let join = |p| origins_join(Some("https://api.example.com/v1"), &allowed, p);
+        // Case and the default port do not make another origin.
+        assert_eq!(
+            join("HTTPS://FILES.EXAMPLE.COM:443/a?b=1").as_deref(),
+            Ok("https://files.example.com/a?b=1")
+        );
+        // An absolute URL is not joined under the base path.
+        assert_eq!(
+            join("https://api.example.com/x").as_deref(),
+            Ok("https://api.example.com/x")
+        );
+        for refused in [
+            "https://files.example.com.evil.net/",
+            "http://files.example.com/",
+            "https://files.example.com:8443/",
+            "https://evil.net/?@files.example.com",
+            "https://evil.net\\@files.example.com/",
+        ] {
+            assert_eq!(join(refused), Err(ErrorKind::InvalidUrl), "{refused}");
+        }
+        // A backslash is a path separator to the URL standard: the host is
+        // the allowed one, and the request goes there, nowhere else.
+        let odd = join("https://files.example.com\\@evil.net/").expect("its host is allowed");
+        assert!(odd.starts_with("https://files.example.com/"), "{odd}");
+        assert_eq!(
+            join("https://u:p@files.example.com/"),
+            Err(ErrorKind::InvalidUrl)
+        );
+    }
+
+    #[test]
+    fn without_a_base_only_absolute_urls_join() {
+        assert_eq!(
+            origins_join(None, &[], "http://127.0.0.1:8080/a b").as_deref(),
+            Ok("http://127.0.0.1:8080/a%20b")
+        );
+        assert_eq!(origins_join(None, &[], "/a"), Err(ErrorKind::InvalidUrl));
+        assert_eq!(origins_join(None, &[], "//h/a"), Err(ErrorKind::InvalidUrl));
+        assert_eq!(
+            origins_join(None, &[], "file:///etc/passwd"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(
+            origins_join(None, &[], "http://h/a/../b"),
+            Err(ErrorKind::InvalidUrl)
+        );
+        assert_eq!(
+            origins_join(None, &[], "http://[::1]:81/x").as_deref(),
+            Ok("http://[::1]:81/x")
+        );
     }
 
     #[test]

@@ -306,7 +306,7 @@ async fn malformed_json_is_a_decode_error_with_the_body_start() {
     assert_eq!(err.body_snippet(), Some("{\"id\": 1, \"title\": "));
     assert!(std::error::Error::source(&err).is_some());
     // The raw body stays available after a failed decode: nothing is lost.
-    assert_eq!(res.text(), "{\"id\": 1, \"title\": ");
+    assert_eq!(res.text().expect("utf-8"), "{\"id\": 1, \"title\": ");
     assert_eq!(res.data().expect_err("not json").kind(), ErrorKind::Decode);
     // A body of the wrong shape is a decode error too.
     assert_eq!(
