@@ -471,7 +471,8 @@ impl ClientBuilder {
     /// default, not even the environment's
     /// ([`proxy_from_env`](Self::proxy_from_env)). Proxy credentials go
     /// only to the proxy. A custom [`transport`](Self::transport) makes its
-    /// own connections and ignores this.
+    /// own connections: a proxy set with it is an [`ErrorKind::Builder`]
+    /// from `build` (rather than silently not used).
     ///
     /// A proxy that refuses is an [`ErrorKind::Proxy`] error; one that
     /// cannot be reached is an [`ErrorKind::Connect`] error naming it. The
@@ -613,7 +614,9 @@ impl ClientBuilder {
     /// client: a custom stack, a stub in tests, or a client with special
     /// connectors. It receives absolute-form URIs and must resolve with a
     /// response or an error (which the facade classifies into an
-    /// [`ErrorKind`]).
+    /// [`ErrorKind`]). It makes its own connections, so a
+    /// [`proxy`](Self::proxy) set with it is an [`ErrorKind::Builder`] from
+    /// `build`.
     pub fn transport<S, B>(mut self, service: S) -> Self
     where
         S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -935,6 +938,21 @@ impl ClientBuilder {
     pub fn build(self) -> Result<Client, Error> {
         if let Some(e) = self.error {
             return Err(e);
+        }
+        if self.transport.is_some()
+            && self
+                .transport_config
+                .proxies
+                .iter()
+                .any(crate::proxy::ProxySpec::is_set)
+        {
+            // The proxy would be silently not used: traffic meant for it
+            // would go wherever the custom transport sends it.
+            return Err(Error::new(
+                ErrorKind::Builder,
+                "a proxy and a custom transport: the transport makes its own connections \
+                 and would not use the proxy",
+            ));
         }
         let base = Origins::new(
             (!self.without_base).then_some(self.base.as_str()),

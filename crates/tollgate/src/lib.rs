@@ -156,7 +156,9 @@
 //!   [`ClientBuilder::proxy_from_env`], since a library that silently routes
 //!   traffic through an environment's proxy surprises. Proxy credentials go
 //!   to the proxy only (see [`Proxy`]); a proxy that refuses is an
-//!   [`ErrorKind::Proxy`] error.
+//!   [`ErrorKind::Proxy`] error. A proxy URL that could be read two ways
+//!   (an unencoded `@`, `#`, `?` or `/` in a password, a port over 65535)
+//!   is an [`ErrorKind::Builder`] error, never a guess.
 //! - TLS trusts Mozilla's roots by default; the platform's store (feature
 //!   `native-roots`), a client certificate (`ClientBuilder::identity`) or a
 //!   whole `rustls::ClientConfig` (`ClientBuilder::use_rustls_config`) are

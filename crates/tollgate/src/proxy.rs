@@ -71,7 +71,8 @@ use crate::error::{Error, ErrorKind};
 #[derive(Clone)]
 pub struct Proxy {
     scope: Scope,
-    /// The URL with a scheme, as given (user information included).
+    /// The URL as checked: `scheme://authority/`, the scheme lower-cased
+    /// (user information included, percent-encoded as given).
     url: String,
     shown: String,
     auth: Option<Auth>,
@@ -116,7 +117,13 @@ impl Proxy {
     ///
     /// [`ErrorKind::Builder`] for a URL that does not parse, has no host,
     /// or has a scheme other than `http`, `https`, `socks5` and `socks5h`
-    /// (the message shows no credentials).
+    /// (in any case: `SOCKS5://` is `socks5://`); for one with a path other
+    /// than `/`, a query or a fragment (an unencoded `/`, `?` or `#` in a
+    /// password cuts the URL there), more than one `@` (an `@` in a
+    /// password must be `%40`), or a port outside 1..=65535; and for
+    /// credentials in it that [`basic_auth`](Self::basic_auth) would refuse
+    /// once percent-decoded (or that are not UTF-8). The message shows no
+    /// credentials.
     pub fn all(url: impl AsRef<str>) -> Result<Proxy, Error> {
         Proxy::new(Scope::All, url.as_ref())
     }
@@ -170,11 +177,13 @@ impl Proxy {
     /// Credentials for the proxy: `Proxy-Authorization: Basic ...` for an
     /// HTTP(S) proxy, the username/password method for SOCKS5. They replace
     /// any in the URL. A user with `:` or either part with a control
-    /// character is an [`ErrorKind::Builder`] from
+    /// character, or for a SOCKS5 proxy either part over 255 bytes (RFC
+    /// 1929), is an [`ErrorKind::Builder`] from
     /// [`ClientBuilder::build`](crate::ClientBuilder::build).
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Proxy {
         let (user, password) = (user.into(), password.into());
-        match basic_header(&user, &password) {
+        let scheme = self.url.split_once("://").map_or("", |(scheme, _)| scheme);
+        match check_credentials(scheme, &user, &password) {
             Ok(basic) => {
                 self.auth = Some(Auth {
                     basic,
@@ -182,7 +191,7 @@ impl Proxy {
                     password,
                 });
             }
-            Err(e) => self.error = Some(e.to_string()),
+            Err(e) => self.error = Some(e),
         }
         self
     }
@@ -197,8 +206,11 @@ impl Proxy {
 /// Destinations that bypass a proxy, with curl's `NO_PROXY` rules:
 /// comma-separated entries, each an IP address, a network
 /// (`192.168.0.0/16`), a domain that matches itself and its subdomains
-/// (`example.com` and `.example.com` alike), or `*` for everything. Ports
-/// are not looked at.
+/// (`example.com` and `.example.com` alike), or `*` for everything (IP
+/// addresses included). Ports are not looked at: an entry with a port
+/// (`localhost:8080`, `127.0.0.1:8080`, `[::1]:8080`) is taken for its host,
+/// and matches that host on every port (the simpler rule to state; Go's
+/// rule matches the port as well).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoProxy(String);
 
@@ -243,16 +255,28 @@ impl fmt::Debug for ProxySpec {
 }
 
 impl ProxySpec {
+    /// Whether it names a proxy at all (an environment may name none).
+    pub(crate) fn is_set(&self) -> bool {
+        match self {
+            ProxySpec::One(_) => true,
+            ProxySpec::Env {
+                all, http, https, ..
+            } => !(all.is_empty() && http.is_empty() && https.is_empty()),
+        }
+    }
+
     /// The proxies an environment names, read through `var` (a lookup of
     /// one variable). In a CGI program (`REQUEST_METHOD` set) `HTTP_PROXY`
-    /// is ignored: a request's `Proxy:` header arrives there as
-    /// `HTTP_PROXY` ("httpoxy").
+    /// is ignored in every spelling (as curl and Go do): a request's
+    /// `Proxy:` header arrives there as `HTTP_PROXY` ("httpoxy"), and where
+    /// names compare without regard to case (Windows) `http_proxy` is the
+    /// same variable.
     pub(crate) fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<ProxySpec, Error> {
         let cgi = var("REQUEST_METHOD").is_some();
         let mut values: [String; 4] = Default::default();
         for (value, names) in values.iter_mut().zip(ENV_VARS) {
             for name in names {
-                if cgi && name == "HTTP_PROXY" {
+                if cgi && name.eq_ignore_ascii_case("HTTP_PROXY") {
                     continue;
                 }
                 if let Some(v) = var(name).filter(|v| !v.trim().is_empty()) {
@@ -289,9 +313,19 @@ fn with_scheme(url: &str) -> String {
     }
 }
 
-/// Checks a proxy URL: the URL with its scheme, and the URL as it may be
-/// shown (`scheme://host:port`, no credentials). The error never shows the
-/// URL's user information.
+/// Checks a proxy URL: the URL hyper-util's matcher is given (its scheme
+/// lower-cased, its path `/`), and the URL as it may be shown
+/// (`scheme://host:port`, no credentials). The errors never show the URL's
+/// user information.
+///
+/// Refused, because each would send traffic or credentials somewhere other
+/// than the URL seems to say: a path other than `/`, a query or a fragment
+/// (an unencoded `/`, `?` or `#` in a password cuts the URL there), more
+/// than one `@` (the host is taken after the last, the credentials before
+/// the first), a port outside 1..=65535 (it would become the default port),
+/// credentials that [`Proxy::basic_auth`] would refuse once percent-decoded
+/// (a `:` in the user, control characters, text that is not UTF-8), and
+/// SOCKS5 credentials over 255 bytes (RFC 1929).
 fn check_url(url: &str) -> Result<(String, String), String> {
     let url = with_scheme(url);
     let uri: Uri = url.parse().map_err(|_| {
@@ -310,12 +344,125 @@ fn check_url(url: &str) -> Result<(String, String), String> {
                 .to_owned(),
         );
     }
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if !(tail.is_empty() || tail == "/") {
+        return Err(
+            "the proxy URL has a path, a query or a fragment (a proxy URL is \
+                    scheme://[user:password@]host[:port]; a `/`, `?` or `#` in the user \
+                    information must be percent-encoded)"
+                .to_owned(),
+        );
+    }
+    if authority.matches('@').count() > 1 {
+        return Err(
+            "the proxy URL has more than one `@` (an `@` in the user information must be \
+             percent-encoded as %40)"
+                .to_owned(),
+        );
+    }
+    let normalized = format!("{scheme}://{authority}/");
+    let uri: Uri = normalized.parse().map_err(|_| {
+        "the proxy URL is not a valid URL (user information must be percent-encoded)".to_owned()
+    })?;
+    if uri.authority().map(|a| a.as_str()) != Some(authority) {
+        return Err("the proxy URL is not a valid URL".to_owned());
+    }
     let host = uri
         .host()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| "the proxy URL has no host".to_owned())?;
-    let port = uri.port_u16().unwrap_or(default_port(&scheme));
-    Ok((url, format!("{scheme}://{host}:{port}")))
+    // Read from the text: the http crate takes a port that does not fit in
+    // 16 bits and then reports none, which would mean the default port.
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let port_text = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed
+            .split_once(']')
+            .and_then(|(_, rest)| rest.strip_prefix(':')),
+        None => host_port.rsplit_once(':').map(|(_, port)| port),
+    };
+    let port = match port_text.filter(|p| !p.is_empty()) {
+        None => default_port(&scheme),
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| "the proxy URL's port is not a number from 1 to 65535".to_owned())?,
+    };
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| {
+                    "the proxy URL's user information is not UTF-8 once percent-decoded".to_owned()
+                })
+        };
+        let (user, password) = (decode(user)?, decode(password)?);
+        check_credentials(&scheme, &user, &password)
+            .map_err(|e| format!("{e} (in the proxy URL)"))?;
+    }
+    Ok((normalized, format!("{scheme}://{host}:{port}")))
+}
+
+/// Holds credentials to [`Proxy::basic_auth`]'s rules (tollgate-core's
+/// checks), and SOCKS5 ones to RFC 1929's 255 bytes each. The message never
+/// shows them.
+fn check_credentials(scheme: &str, user: &str, password: &str) -> Result<HeaderValue, String> {
+    let credential = tollgate_core::Credential::basic(user, password)
+        .map_err(|e| format!("proxy credentials: {e}"))?;
+    if scheme.starts_with("socks5") && (user.len() > 255 || password.len() > 255) {
+        return Err(
+            "proxy credentials: a SOCKS5 user name or password is at most 255 bytes (RFC 1929)"
+                .to_owned(),
+        );
+    }
+    let mut carrier = Request::new(());
+    credential.apply(&mut carrier, true);
+    let mut value = carrier
+        .headers_mut()
+        .remove(http::header::AUTHORIZATION)
+        .ok_or_else(|| "proxy credentials: not a header".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// A `NO_PROXY` list as hyper-util's matcher is given it: whether it has
+/// `*` (everything bypasses; handled here, as the matcher does not apply
+/// `*` to IP addresses), and the other entries with any port taken off
+/// (`localhost:8080`, `127.0.0.1:8080`, `[::1]:8080`): a destination is
+/// matched by its host, whatever its port. The matcher would take such an
+/// entry for a name that matches nothing.
+fn no_proxy_rules(list: &str) -> (bool, String) {
+    let mut all = false;
+    let entries: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .filter_map(|e| {
+            all |= e == "*";
+            (e != "*").then(|| without_port(e))
+        })
+        .collect();
+    (all, entries.join(","))
+}
+
+/// A `NO_PROXY` entry without its `:port`, if it has one; a bare IPv6
+/// address (more than one `:`) is left whole, a bracketed one unbracketed.
+fn without_port(entry: &str) -> &str {
+    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(inner) = entry.strip_prefix('[') {
+        return match inner.split_once(']') {
+            Some((host, "")) => host,
+            Some((host, rest)) if rest.strip_prefix(':').is_some_and(is_port) => host,
+            _ => entry,
+        };
+    }
+    match entry.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && is_port(port) => host,
+        _ => entry,
+    }
 }
 
 fn default_port(scheme: &str) -> u16 {
@@ -334,6 +481,9 @@ pub(crate) struct Proxies {
 struct Entry {
     matcher: Matcher,
     auth: Option<Auth>,
+    /// `NO_PROXY` has `*`: every destination bypasses this proxy
+    /// (hyper-util's matcher compares `*` with names only, not addresses).
+    bypass_all: bool,
 }
 
 impl fmt::Debug for Proxies {
@@ -380,10 +530,12 @@ impl Proxies {
                         Scope::Http => builder.http(p.url.as_str()),
                         Scope::Https => builder.https(p.url.as_str()),
                     };
-                    let no = p.no_proxy.as_ref().map_or("", |n| n.0.as_str());
+                    let (bypass_all, no) =
+                        no_proxy_rules(p.no_proxy.as_ref().map_or("", |n| n.0.as_str()));
                     Entry {
                         matcher: builder.no(no).build(),
                         auth: p.auth.clone(),
+                        bypass_all,
                     }
                 }
                 ProxySpec::Env {
@@ -391,15 +543,19 @@ impl Proxies {
                     http,
                     https,
                     no,
-                } => Entry {
-                    matcher: Matcher::builder()
-                        .all(all)
-                        .http(http)
-                        .https(https)
-                        .no(no)
-                        .build(),
-                    auth: None,
-                },
+                } => {
+                    let (bypass_all, no) = no_proxy_rules(no);
+                    Entry {
+                        matcher: Matcher::builder()
+                            .all(all)
+                            .http(http)
+                            .https(https)
+                            .no(no)
+                            .build(),
+                        auth: None,
+                        bypass_all,
+                    }
+                }
             })
             .collect();
         (!entries.is_empty()).then(|| Arc::new(Proxies { entries }))
@@ -410,6 +566,7 @@ impl Proxies {
         let (intercept, auth) = self
             .entries
             .iter()
+            .filter(|e| !e.bypass_all)
             .find_map(|e| e.matcher.intercept(dst).map(|i| (i, &e.auth)))?;
         let uri = intercept.uri();
         let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
@@ -443,21 +600,6 @@ impl Proxies {
             socks_auth,
         })
     }
-}
-
-/// `Basic base64(user:password)`, marked sensitive (tollgate-core's
-/// encoding and checks: a user with `:` or a control character is refused).
-fn basic_header(user: &str, password: &str) -> Result<HeaderValue, Error> {
-    let credential = tollgate_core::Credential::basic(user, password)
-        .map_err(|e| Error::new(ErrorKind::Builder, format!("proxy credentials: {e}")))?;
-    let mut carrier = Request::new(());
-    credential.apply(&mut carrier, true);
-    let mut value = carrier
-        .headers_mut()
-        .remove(http::header::AUTHORIZATION)
-        .ok_or_else(|| Error::new(ErrorKind::Builder, "proxy credentials: not a header"))?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// Puts the proxy's `Proxy-Authorization` on requests sent to an HTTP
@@ -924,7 +1066,7 @@ mod tests {
         assert!(!format!("{p:?}").contains("cret"));
         let via = route(&[ProxySpec::One(p)], "https://a.test/").expect("proxied");
         assert!(via.how == How::Connect);
-        let expected = basic_header("me", "s@cret").expect("header");
+        let expected = check_credentials("http", "me", "s@cret").expect("header");
         assert_eq!(via.basic.as_ref(), Some(&expected));
         assert_eq!(via.shown, "http://p:3128");
     }
@@ -967,6 +1109,24 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("http://p:1"), "{shown}");
         assert_eq!(NoProxy::from_string(" , "), None);
+    }
+
+    #[test]
+    fn no_proxy_entries_lose_their_port_and_star_is_everything() {
+        assert_eq!(
+            no_proxy_rules(
+                " localhost:8080, 127.0.0.1:1, [::1]:443, [::2], ::3, 10.0.0.0/8, a.test:x"
+            ),
+            (
+                false,
+                "localhost,127.0.0.1,::1,::2,::3,10.0.0.0/8,a.test:x".to_owned()
+            )
+        );
+        assert_eq!(no_proxy_rules("a.test, *"), (true, "a.test".to_owned()));
+        let p = Proxy::all("SOCKS5h://p.test:1").expect("proxy");
+        assert_eq!(p.url, "socks5h://p.test:1/");
+        let spec = ProxySpec::One(p.no_proxy(NoProxy::from_string("*")));
+        assert!(route(&[spec], "http://[::1]:9/").is_none());
     }
 
     #[test]
