@@ -463,6 +463,45 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts every certificate in this PEM buffer (curl's `--cacert`, a
+    /// CA bundle file) besides Mozilla's roots.
+    ///
+    /// ```
+    /// # let pem = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+    /// #     .unwrap().cert.pem();
+    /// let client = tollgate::Client::builder("https://api.internal")
+    ///     .add_root_certificates_pem(pem.as_bytes())?
+    ///     .build()?;
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Builder`] when a PEM certificate does not decode or
+    /// there is none.
+    #[cfg(feature = "rustls")]
+    pub fn add_root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
+        use rustls::pki_types::pem::PemObject as _;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Builder,
+                    "root certificates: a certificate in the PEM does not decode",
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Builder,
+                "root certificates: no certificate in the PEM",
+            ));
+        }
+        self.transport_config
+            .extra_roots
+            .extend(certs.into_iter().map(|c| c.as_ref().to_vec()));
+        Ok(self)
+    }
+
     /// Sends requests through this proxy when it takes their destination
     /// (its scheme and [`NoProxy`](crate::NoProxy) rules; see
     /// [`Proxy`](crate::Proxy)). Proxies are tried in the order they were

@@ -17,6 +17,8 @@ use tollgate::{Client, ErrorKind};
 struct TlsServer {
     addr: SocketAddr,
     root: CertificateDer<'static>,
+    /// The certificate in PEM, as a CA bundle file holds it.
+    pem: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,6 +33,7 @@ async fn tls_server(alpn: &[&[u8]]) -> TlsServer {
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
     let cert = certified.cert.der().clone();
+    let pem = certified.cert.pem();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         certified.signing_key.serialize_der(),
     ));
@@ -74,6 +77,7 @@ async fn tls_server(alpn: &[&[u8]]) -> TlsServer {
     TlsServer {
         addr,
         root: cert,
+        pem,
         task,
     }
 }
@@ -131,4 +135,29 @@ async fn an_invalid_root_certificate_is_a_builder_error() {
         .build()
         .expect_err("garbage root");
     assert_eq!(err.kind(), ErrorKind::Builder);
+}
+
+#[tokio::test]
+async fn roots_from_a_pem_bundle_are_trusted_and_a_bad_bundle_is_a_builder_error() {
+    let server = tls_server(&[b"http/1.1"]).await;
+    // A bundle: some text around the certificate, as CA files have.
+    let bundle = format!("# test CA\n{}\n", server.pem);
+    let client = Client::builder(format!("https://{}", server.addr))
+        .add_root_certificates_pem(bundle.as_bytes())
+        .expect("pem")
+        .build()
+        .expect("client");
+    let res = client.get("/").send().await.expect("trusted through the PEM");
+    assert_eq!(res.status(), 200);
+    for bad in [
+        "".to_owned(),
+        "no certificate here".to_owned(),
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_owned(),
+    ] {
+        let err = Client::builder(format!("https://{}", server.addr))
+            .add_root_certificates_pem(bad.as_bytes())
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Builder, "{bad:?}: {err}");
+    }
 }
