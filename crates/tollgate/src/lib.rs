@@ -136,11 +136,13 @@ mod builder;
 mod client;
 mod endpoint;
 mod error;
+pub mod multipart;
 #[cfg(feature = "redirect")]
 mod redirect;
 mod request;
 mod response;
 mod stack;
+pub mod stream;
 mod transport;
 mod url;
 
@@ -160,6 +162,7 @@ pub use redirect::{
 pub use request::RequestBuilder;
 pub use response::{ApiResponse, Summary};
 pub use stack::AttemptService;
+pub use stream::StreamingResponse;
 pub use tollgate_core::{Credential, InvalidCredential};
 pub use transport::{RequestBody, ResponseBody};
 
