@@ -109,6 +109,15 @@
 //!   ([`ClientBuilder::max_response_body`]); a larger body is an
 //!   [`ErrorKind::BodyTooLarge`] error, refused from `Content-Length` before
 //!   reading when it is known.
+//! - Downloads of any size: [`RequestBuilder::send_streaming`] answers a
+//!   [`StreamingResponse`] at the head, its body read chunk by chunk
+//!   (`chunk().await`, or as a `Stream`) under the call's deadline and read
+//!   timeout, holding its pool slot until it ends or is dropped, past the
+//!   cache; its `bytes()`/`text()`/`json()` read the rest within the
+//!   16 MiB limit. Uploads: [`RequestBuilder::body_stream`] (sent once:
+//!   never retried, a 307/308 not followed), [`RequestBuilder::form`]
+//!   (urlencoded) and [`RequestBuilder::multipart`] ([`multipart::Form`],
+//!   files streamed from disk). See the [`stream`] module for each rule.
 //! - `Accept: application/json` and `User-Agent: tollgate/<version>` are sent
 //!   unless replaced.
 //! - A base URL with credentials in it is refused: they would ride along in

@@ -776,4 +776,22 @@ mod tests {
             std::mem::size_of_val(&fut)
         );
     }
+
+    #[test]
+    fn the_streaming_send_future_is_send() {
+        let client = crate::Client::new("http://127.0.0.1:1").expect("valid");
+        assert_send(&client.get("/x").send_streaming());
+        struct Empty;
+        impl futures_core::Stream for Empty {
+            type Item = Result<bytes::Bytes, std::io::Error>;
+            fn poll_next(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Self::Item>> {
+                std::task::Poll::Ready(None)
+            }
+        }
+        let upload = client.post("/x").body_stream(Empty);
+        assert_send(&upload.send_streaming());
+    }
 }

@@ -394,6 +394,27 @@ async fn retry_retries_a_streaming_call_on_its_status_before_the_body() {
     assert_eq!(post["id"], 1);
 }
 
+#[tokio::test]
+async fn with_retry_on_a_streamed_body_is_not_buffered_in_the_attempt() {
+    let api = FakeApi::start().await.expect("start");
+    let client = Client::builder(api.url())
+        .retry(tollgate::retry::RetryLayer::new())
+        .max_response_body(64 * 1024)
+        .build()
+        .expect("builds");
+    // Past the limit the retry stage's buffer would refuse.
+    let mut res = client
+        .get("/huge?size=1048576")
+        .send_streaming()
+        .await
+        .expect("head");
+    let mut read = 0;
+    while let Some(chunk) = res.chunk().await.expect("chunk") {
+        read += chunk.len();
+    }
+    assert_eq!(read, 1 << 20);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_streamed_put_answered_503_is_not_retried() {
     let api = FakeApi::start().await.expect("start");
@@ -455,6 +476,19 @@ async fn a_streamed_body_and_a_307_return_the_307() {
     assert_eq!(res.status(), 307, "not followed without its body");
     assert_eq!(res.redirects(), 0);
     assert_eq!(api.hits("/anything/moved"), 0);
+
+    // A 303 needs no body: followed as a GET.
+    let res = client(&api)
+        .post("/redirect-to?url=/anything/seen&status=303")
+        .body_stream(ok_chunks(&["data"]))
+        .send()
+        .await
+        .expect("followed");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.redirects(), 1);
+    let hop = api.last_request("/anything/seen").expect("followed");
+    assert_eq!(hop.method, http::Method::GET);
+    assert!(hop.body.is_empty());
 
     // The same in memory is followed with its body.
     let res = client(&api)
