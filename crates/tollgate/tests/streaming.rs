@@ -685,3 +685,46 @@ fn fastrand_id() -> String {
             .as_nanos()
     )
 }
+
+#[tokio::test]
+async fn a_users_layer_sees_whether_the_body_is_replayable() {
+    use std::sync::{Arc, Mutex};
+
+    let api = FakeApi::start().await.expect("start");
+    let seen: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let client = Client::builder(api.url())
+        .layer(tower::util::MapRequestLayer::new(
+            move |req: http::Request<tollgate::RequestBody>| {
+                record
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(req.body().is_replayable());
+                req
+            },
+        ))
+        .build()
+        .expect("builds");
+    client
+        .post("/anything/a")
+        .body("in memory")
+        .send()
+        .await
+        .expect("sent");
+    client
+        .post("/anything/b")
+        .body_stream(ok_chunks(&["streamed"]))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        *seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        vec![true, false]
+    );
+    assert_eq!(
+        api.last_request("/anything/b").expect("recorded").body,
+        "streamed"
+    );
+}
