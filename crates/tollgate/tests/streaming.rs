@@ -728,3 +728,28 @@ async fn a_users_layer_sees_whether_the_body_is_replayable() {
         "streamed"
     );
 }
+
+#[tokio::test]
+async fn a_streamed_body_is_not_replayed_after_a_401() {
+    let api = FakeApi::start().await.expect("start");
+    api.issue_tokens("client-1", "hunter2", 3600);
+    let client = Client::builder(api.url())
+        .oauth2_client_credentials(format!("{}/oauth/token", api.url()), "client-1", "hunter2")
+        .build()
+        .expect("builds");
+    assert_eq!(
+        client.get("/posts/1").send().await.expect("sent").status(),
+        200
+    );
+    api.revoke_tokens();
+    api.reset_counts();
+    let res = client
+        .post("/posts")
+        .header("content-type", "application/json")
+        .body_stream(ok_chunks(&["{\"title\":\"x\"}"]))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(res.status(), 401, "the 401 comes back: the body is gone");
+    assert_eq!(api.hits("/posts"), 1, "sent once");
+}
