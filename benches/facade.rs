@@ -28,7 +28,7 @@ fn facade(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let stub = service_fn(|_req: Request<Full<Bytes>>| async {
+    let stub = service_fn(|_req: Request<tollgate::RequestBody>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
     });
     let client = tollgate::Client::builder("http://127.0.0.1:8080/api")
@@ -66,7 +66,7 @@ fn facade(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let req = Request::get("http://127.0.0.1:8080/api/posts/1")
                 .header("accept", "application/json")
-                .body(Full::new(Bytes::new()))
+                .body(tollgate::RequestBody::default())
                 .expect("request");
             let res = stub.oneshot(req).await.expect("infallible");
             let body = res

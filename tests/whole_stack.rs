@@ -17,9 +17,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
@@ -50,7 +48,7 @@ fn sent(log: &Log) -> Vec<Sent> {
 fn recording_transport(
     log: Log,
 ) -> impl tower::Service<
-    Request<Full<Bytes>>,
+    Request<tollgate::RequestBody>,
     Response = http::Response<hyper::body::Incoming>,
     Error = hyper_util::client::legacy::Error,
     Future: Send + 'static,
@@ -59,8 +57,8 @@ fn recording_transport(
        + Sync
        + 'static {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build::<_, Full<Bytes>>(HttpConnector::new());
-    tower::service_fn(move |req: Request<Full<Bytes>>| {
+        .build::<_, tollgate::RequestBody>(HttpConnector::new());
+    tower::service_fn(move |req: Request<tollgate::RequestBody>| {
         let header = |name: &str| {
             req.headers()
                 .get(name)

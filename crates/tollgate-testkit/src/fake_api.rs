@@ -110,9 +110,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// | `GET /encoded/{codec}` (`gzip`, `deflate`, `br`, `zstd`) | `{"codec": .., "posts": [..]}` in that coding when `Accept-Encoding` names it (else as it is), with `Content-Encoding` and `Content-Length` |
 /// | `GET /bomb/{codec}?size=N` | `N` zero bytes (default 64 MiB) in that coding whatever was asked: a decompression bomb (a 64 MiB one is some 64 KiB in gzip) |
 /// | `POST /oauth/token` | after [`issue_tokens`](FakeApi::issue_tokens): an OAuth2 client-credentials grant |
+/// | `GET /huge?size=N&chunk=M` | `N` bytes (default 1 MiB) of `0123456789abcdef` repeated, with `Content-Length`, sent `M` bytes (default 64 KiB) at a time, made as they are sent (never held in memory) |
+/// | `GET /endless?chunk=M` | chunks of `M` bytes (default 16 KiB), without end, until the client goes |
+/// | `POST /multipart` | parses a `multipart/form-data` body as it arrives (multer, any size) and echoes `{"parts": [{"name", "file_name", "content_type", "size", "sha256"}]}` (`400` when it is not a valid form) |
 ///
 /// Writes are not persisted, as on JSONPlaceholder. A body that is not JSON
-/// gets `400`, an unknown route `404`.
+/// gets `400`, an unknown route `404`. The last three routes are counted by
+/// [`hits`](FakeApi::hits) but take no injected fault.
 ///
 /// # Example
 ///
@@ -354,6 +358,8 @@ enum Served {
         every: Duration,
         pause: Option<Pin<Box<tokio::time::Sleep>>>,
     },
+    /// `/huge` and `/endless`: made as sent.
+    Lazy(Lazy),
 }
 
 /// The error that makes hyper close the connection in the middle of a body.
@@ -409,6 +415,7 @@ impl http_body::Body for Served {
                 let piece = rest.split_to(rest.len().min(8));
                 Poll::Ready(Some(Ok(Frame::data(piece))))
             }
+            Served::Lazy(lazy) => Poll::Ready(lazy.next().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -417,6 +424,7 @@ impl http_body::Body for Served {
             Served::Whole(full) => full.is_end_stream(),
             Served::Partial { .. } => false,
             Served::Trickle { rest, .. } => rest.is_empty(),
+            Served::Lazy(lazy) => lazy.left == Some(0),
         }
     }
 
@@ -425,6 +433,7 @@ impl http_body::Body for Served {
             Served::Whole(full) => full.size_hint(),
             Served::Partial { len, .. } => SizeHint::with_exact(*len),
             Served::Trickle { rest, .. } => SizeHint::with_exact(rest.len() as u64),
+            Served::Lazy(lazy) => lazy.left.map_or_else(SizeHint::new, SizeHint::with_exact),
         }
     }
 }
@@ -460,6 +469,10 @@ async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Served>, DropConnection> {
+    let req = match streamed_route(&state, req).await {
+        Ok(response) => return Ok(response),
+        Err(req) => req,
+    };
     let (kind, reply) = answer(state, req).await?;
     Ok(match kind {
         Some(kind @ (FaultKind::PartialBody(_) | FaultKind::Trickle(_))) => {
@@ -1077,4 +1090,133 @@ fn encode_zeros(codec: &str, size: usize) -> Option<Vec<u8>> {
         _ => return None,
     };
     Some(out)
+}
+
+/// The routes that stream, either way (`/huge`, `/endless`, `/multipart`),
+/// counted here; any other request is handed back.
+async fn streamed_route(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<Response<Served>, Request<Incoming>> {
+    let path = req.uri().path();
+    let route = match (req.method(), path) {
+        (&Method::GET, "/huge" | "/endless") | (&Method::POST, "/multipart") => path.to_owned(),
+        _ => return Err(req),
+    };
+    state.total.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut stats = lock(&state.stats);
+        let entry = stats.entry(route.clone()).or_default();
+        entry.count += 1;
+        entry.last = Some(RecordedRequest {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            body: Bytes::new(),
+        });
+    }
+    let chunk = |default: usize| match query_u64(req.uri(), "chunk") {
+        Some(Some(n)) if n > 0 => usize::try_from(n).unwrap_or(default).min(1 << 24),
+        _ => default,
+    };
+    let octets = |lazy: Lazy| {
+        let mut response = Response::new(Served::Lazy(lazy));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        response
+    };
+    Ok(match route.as_str() {
+        "/huge" => {
+            let size = match query_u64(req.uri(), "size") {
+                Some(Some(n)) => n,
+                Some(None) => 1 << 20,
+                None => return Ok(bad_request("size must be a number").map(Served::Whole)),
+            };
+            octets(Lazy::new(chunk(64 << 10), Some(size)))
+        }
+        "/endless" => octets(Lazy::new(chunk(16 << 10), None)),
+        _ => multipart_echo(req).await.map(Served::Whole),
+    })
+}
+
+/// A body made as it is sent: `chunk` bytes at a time, `left` in all
+/// (`None`: without end).
+struct Lazy {
+    chunk: Bytes,
+    left: Option<u64>,
+}
+
+impl Lazy {
+    fn new(chunk: usize, left: Option<u64>) -> Self {
+        let pattern = b"0123456789abcdef";
+        let chunk: Vec<u8> = pattern.iter().copied().cycle().take(chunk).collect();
+        Lazy {
+            chunk: Bytes::from(chunk),
+            left,
+        }
+    }
+
+    fn next(&mut self) -> Option<Bytes> {
+        match &mut self.left {
+            None => Some(self.chunk.clone()),
+            Some(0) => None,
+            Some(left) => {
+                let n =
+                    usize::try_from(*left).map_or(self.chunk.len(), |l| l.min(self.chunk.len()));
+                *left -= n as u64;
+                Some(self.chunk.slice(..n))
+            }
+        }
+    }
+}
+
+/// `POST /multipart`: each part's name, file name, content type, size and
+/// SHA-256, read as the body arrives.
+async fn multipart_echo(req: Request<Incoming>) -> Reply {
+    use sha2::Digest;
+
+    let boundary = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok());
+    let Some(boundary) = boundary else {
+        return bad_request("not a multipart/form-data body");
+    };
+    let stream = http_body_util::BodyDataStream::new(req.into_body());
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut parts = Vec::new();
+    loop {
+        let mut field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return bad_request(&e.to_string()),
+        };
+        let name = field.name().map(str::to_owned);
+        let file_name = field.file_name().map(str::to_owned);
+        let content_type = field.content_type().map(ToString::to_string);
+        let mut hash = sha2::Sha256::new();
+        let mut size: u64 = 0;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    size += chunk.len() as u64;
+                    hash.update(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return bad_request(&e.to_string()),
+            }
+        }
+        let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        parts.push(json!({
+            "name": name,
+            "file_name": file_name,
+            "content_type": content_type,
+            "size": size,
+            "sha256": digest,
+        }));
+    }
+    json_reply(StatusCode::OK, &json!({ "parts": parts }))
 }

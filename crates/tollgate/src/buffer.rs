@@ -4,9 +4,15 @@
 //! connection failure: the caller has seen nothing of it yet.
 //!
 //! The retry layer hands the service below it a
-//! [`ReplayableBody`](tollgate_core::ReplayableBody); the facade's bodies
-//! are whole in memory, so [`Buffer`] turns it back into the stack's
-//! [`RequestBody`] without a copy.
+//! [`ReplayableBody`](tollgate_core::ReplayableBody), which is the stack's
+//! [`RequestBody`]: [`Buffer`] passes it down as it is (whole in memory, or
+//! streamed once).
+//!
+//! A streaming call (`RequestBuilder::send_streaming`, marked with the
+//! [`Streamed`] extension) is let through unbuffered: its body goes to the
+//! caller as it arrives. Retry still decides on its status (a 503 is retried
+//! before the caller has seen anything), but a body cut after the head is the
+//! caller's `Body` error, never retried: part of it may have been read.
 
 use std::fmt;
 use std::future::Future;
@@ -17,7 +23,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use tower::{BoxError, Service};
 
 use crate::transport::RequestBody;
@@ -100,18 +106,10 @@ impl<S> Buffer<S> {
     }
 }
 
-/// The facade's request bodies are `Full<Bytes>`, which the retry layer
-/// takes as buffered bytes: this never fails for them.
-#[derive(Debug)]
-pub(crate) struct StreamingBody;
-
-impl fmt::Display for StreamingBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the request body is not buffered")
-    }
-}
-
-impl std::error::Error for StreamingBody {}
+/// The request extension of a streaming call: its response body is not
+/// read in the attempt (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Streamed;
 
 impl<S, B> Service<Request<tollgate_core::ReplayableBody>> for Buffer<S>
 where
@@ -121,27 +119,25 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<Full<Bytes>>;
+    type Response = Response<Either<Full<Bytes>, B>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<tollgate_core::ReplayableBody>) -> Self::Future {
-        let (parts, body) = req.into_parts();
-        let Ok(bytes) = body.into_bytes() else {
-            return Box::pin(std::future::ready(Err(StreamingBody.into())));
-        };
-        let response = self
-            .inner
-            .call(Request::from_parts(parts, RequestBody::new(bytes)));
+        let streamed = req.extensions().get::<Streamed>().is_some();
+        let response = self.inner.call(req);
         let max = self.max;
         Box::pin(async move {
             let (parts, body) = response.await.map_err(Into::into)?.into_parts();
+            if streamed {
+                return Ok(Response::from_parts(parts, Either::Right(body)));
+            }
             match collect(body, max).await {
-                Ok(bytes) => Ok(Response::from_parts(parts, Full::new(bytes))),
+                Ok(bytes) => Ok(Response::from_parts(parts, Either::Left(Full::new(bytes)))),
                 Err(ReadError::TooLarge) => Err(BodyTooLarge { max }.into()),
                 // A timeout stays one: retried as a timeout, reported as one.
                 Err(ReadError::Failed(e)) if crate::error::has_timeout(&*e) => Err(e),
@@ -164,6 +160,7 @@ mod tests {
     use super::*;
 
     /// `left` chunks of 8 bytes, of unknown size, then an error if `fail`.
+    #[derive(Debug)]
     struct Chunks {
         left: usize,
         fail: bool,
@@ -251,5 +248,37 @@ mod tests {
             .await
             .expect("16 bytes");
         assert_eq!(whole.into_body().size_hint().exact(), Some(16));
+    }
+
+    /// A streaming call's body is handed up unread: past the limit, and
+    /// with its failure left for the caller to meet.
+    #[tokio::test]
+    async fn a_streaming_calls_body_passes_unread() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+
+        let service = |left: usize, fail: bool| {
+            Buffer::new(
+                tower::service_fn(move |_: Request<RequestBody>| async move {
+                    Ok::<_, io::Error>(Response::new(chunks(left, fail)))
+                }),
+                20,
+            )
+        };
+        let streamed = || {
+            let mut req = Request::new(tollgate_core::ReplayableBody::default());
+            req.extensions_mut().insert(Streamed);
+            req
+        };
+        let large = service(3, false)
+            .oneshot(streamed())
+            .await
+            .expect("not read");
+        assert_eq!(large.into_body().size_hint().exact(), None);
+        let cut = service(1, true)
+            .oneshot(streamed())
+            .await
+            .expect("not read");
+        assert!(cut.into_body().collect().await.is_err());
     }
 }

@@ -653,9 +653,12 @@ impl ClientBuilder {
     /// client: a custom stack, a stub in tests, or a client with special
     /// connectors. It receives absolute-form URIs and must resolve with a
     /// response or an error (which the facade classifies into an
-    /// [`ErrorKind`]). It makes its own connections, so a
-    /// [`proxy`](Self::proxy) set with it is an [`ErrorKind::Builder`] from
-    /// `build`.
+    /// [`ErrorKind`]). Request bodies are [`RequestBody`]s (whole in memory,
+    /// or streamed once: see its docs); a response body it answers with is
+    /// read as it arrives by
+    /// [`send_streaming`](crate::RequestBuilder::send_streaming).
+    /// It makes its own connections, so a [`proxy`](Self::proxy) set with
+    /// it is an [`ErrorKind::Builder`] from `build`.
     pub fn transport<S, B>(mut self, service: S) -> Self
     where
         S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -693,7 +696,8 @@ impl ClientBuilder {
     /// before the credential.
     ///
     /// The layer wraps an [`AttemptService`]: requests carry a
-    /// [`RequestBody`] (a complete buffer), and the layer may answer with
+    /// [`RequestBody`] (whole in memory, or streamed once: see its docs),
+    /// and the layer may answer with
     /// any body of `Bytes` (tower-http's trace and decompression bodies
     /// included). Layers added first are outermost, as with
     /// `tower::ServiceBuilder`. Each costs a call one box, like every layer
@@ -1163,6 +1167,12 @@ where
                         "the OAuth2 token URL is not an absolute URL",
                     )
                 })?;
+            // The token request's body is a `Full<Bytes>`; the transport
+            // takes the stack's body type.
+            let transport = tower::ServiceExt::map_request(
+                transport,
+                |req: Request<http_body_util::Full<bytes::Bytes>>| req.map(RequestBody::streaming),
+            );
             let source =
                 tollgate_auth::ClientCredentials::new(transport, url, client_id, client_secret)
                     .map_err(|e| Error::new(ErrorKind::Builder, e.to_string()).with_source(e))?;

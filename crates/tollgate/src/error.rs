@@ -376,6 +376,11 @@ pub(crate) fn classify(err: BoxError) -> Error {
             kind = Some(ErrorKind::Timeout);
             break;
         }
+        // A streamed request body that failed.
+        if e.is::<crate::stream::UploadFailed>() {
+            kind = Some(ErrorKind::Body);
+            break;
+        }
         #[cfg(feature = "limit")]
         if e.is::<tollgate_limit::PoolQueueFull>() {
             kind = Some(ErrorKind::TooManyPending);

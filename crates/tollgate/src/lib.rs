@@ -138,6 +138,15 @@
 //!   ([`ClientBuilder::max_response_body`]); a larger body is an
 //!   [`ErrorKind::BodyTooLarge`] error, refused from `Content-Length` before
 //!   reading when it is known.
+//! - Downloads of any size: [`RequestBuilder::send_streaming`] answers a
+//!   [`StreamingResponse`] at the head, its body read chunk by chunk
+//!   (`chunk().await`, or as a `Stream`) under the call's deadline and read
+//!   timeout, holding its pool slot until it ends or is dropped, past the
+//!   cache; its `bytes()`/`text()`/`json()` read the rest within the
+//!   16 MiB limit. Uploads: [`RequestBuilder::body_stream`] (sent once:
+//!   never retried, a 307/308 not followed), [`RequestBuilder::form`]
+//!   (urlencoded) and [`RequestBuilder::multipart`] ([`multipart::Form`],
+//!   files streamed from disk). See the [`stream`] module for each rule.
 //! - `Accept: application/json` and `User-Agent: tollgate/<version>` are sent
 //!   unless replaced.
 //! - A base URL with credentials in it is refused: they would ride along in
@@ -179,6 +188,7 @@ mod endpoint;
 mod error;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod multipart;
 mod observe;
 mod proxy;
 #[cfg(feature = "redirect")]
@@ -186,6 +196,7 @@ mod redirect;
 mod request;
 mod response;
 mod stack;
+pub mod stream;
 #[cfg(feature = "rustls")]
 mod tls;
 mod transport;
@@ -209,6 +220,7 @@ pub use redirect::{
 pub use request::RequestBuilder;
 pub use response::{ApiResponse, Summary};
 pub use stack::AttemptService;
+pub use stream::StreamingResponse;
 #[cfg(feature = "rustls")]
 pub use tls::Identity;
 pub use tollgate_core::{Credential, InvalidCredential};

@@ -680,8 +680,10 @@ impl Policy<RequestBody, BoxError> for CallPolicy {
     }
 
     fn clone_body(&self, body: &RequestBody) -> Option<RequestBody> {
-        // In memory: always replayable.
-        Some(body.clone())
+        // In memory: replayable. Streamed (`body_stream`, a multipart form
+        // with a file): `None`, and tower-http then hands back a 307/308
+        // as it came rather than follow it without its body.
+        body.try_clone()
     }
 }
 

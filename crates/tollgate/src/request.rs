@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
-use http_body_util::Full;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -16,6 +15,8 @@ use crate::client::Client;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::response::{ApiResponse, Summary};
+use crate::stream::StreamingResponse;
+use crate::transport::RequestBody;
 use crate::url::{fill_template, RedactedUri};
 
 /// A request being built; finish it with [`send`](RequestBuilder::send).
@@ -78,9 +79,12 @@ pub struct RequestBuilder {
 }
 
 /// A request's rarer settings.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Extras {
     credential: Option<tollgate_core::Credential>,
+    /// A streamed body (`body_stream`, a multipart form with a file),
+    /// which replaces `body`.
+    stream: Option<RequestBody>,
     /// `None`: the cache's rule; `Some(None)`: bypass; `Some(Some(ttl))`.
     #[cfg(feature = "cache")]
     cache: Option<Option<Duration>>,
@@ -260,7 +264,7 @@ impl RequestBuilder {
                 self.headers
                     .entry(CONTENT_TYPE)
                     .or_insert(HeaderValue::from_static("application/json"));
-                self.body = Some(Bytes::from(body));
+                self.set_body(Bytes::from(body));
                 self
             }
             Err(e) => self.fail(
@@ -275,7 +279,93 @@ impl RequestBuilder {
 
     /// Sends these bytes as the body.
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
-        self.body = Some(body.into());
+        self.set_body(body.into());
+        self
+    }
+
+    /// A body in memory, replacing a streamed one.
+    fn set_body(&mut self, body: Bytes) {
+        if let Some(extras) = &mut self.extras {
+            extras.stream = None;
+        }
+        self.body = Some(body);
+    }
+
+    /// Sends `value` as an HTML form (`application/x-www-form-urlencoded`,
+    /// by `serde_urlencoded`: a struct, a map, or a slice of pairs), with
+    /// that `Content-Type` unless one was set.
+    pub fn form<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_urlencoded::to_string(value) {
+            Ok(body) => {
+                self.headers
+                    .entry(CONTENT_TYPE)
+                    .or_insert(HeaderValue::from_static(
+                        "application/x-www-form-urlencoded",
+                    ));
+                self.set_body(Bytes::from(body));
+                self
+            }
+            Err(e) => self.fail(
+                Error::new(ErrorKind::InvalidRequest, "the form could not be encoded")
+                    .with_source(e),
+            ),
+        }
+    }
+
+    /// Sends a `multipart/form-data` body (with its `Content-Type` and
+    /// boundary, replacing one that was set). A form of text and bytes
+    /// parts is a body in memory; one with a file part
+    /// ([`Part::file`](crate::multipart::Part::file)) streams the file from
+    /// disk and is sent once, as [`body_stream`](Self::body_stream).
+    pub fn multipart(mut self, form: crate::multipart::Form) -> Self {
+        let (content_type, body) = form.into_body();
+        self.headers.insert(CONTENT_TYPE, content_type);
+        match body {
+            crate::multipart::FormBody::Whole(bytes) => self.set_body(bytes),
+            crate::multipart::FormBody::Streamed(body) => {
+                self.body = None;
+                self.extras().stream = Some(body);
+            }
+        }
+        self
+    }
+
+    /// Sends the chunks of `stream` as the body, as they come (HTTP/1.1
+    /// chunked, or HTTP/2 frames): an upload of any size, never held in
+    /// memory whole.
+    ///
+    /// A streamed body is sent once: retry does not resend it (a `503`
+    /// comes back as the `503`), a `307`/`308` redirect is not followed
+    /// (the `3xx` response comes back; `301`/`302`/`303` are followed as a
+    /// `GET` without a body), the auth layer does not replay it after a
+    /// `401`, and the cache is bypassed. An error from the stream ends the
+    /// call with [`ErrorKind::Body`](crate::ErrorKind::Body), and the
+    /// request is not completed (its connection is closed).
+    ///
+    /// ```no_run
+    /// # async fn run(client: tollgate::Client) -> Result<(), tollgate::Error> {
+    /// # let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = Vec::new();
+    /// # struct Iter<I>(I);
+    /// # impl<I: Iterator + Unpin> futures_core::Stream for Iter<I> {
+    /// #     type Item = I::Item;
+    /// #     fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>)
+    /// #         -> std::task::Poll<Option<I::Item>> { std::task::Poll::Ready(self.0.next()) }
+    /// # }
+    /// # let stream = Iter(chunks.into_iter());
+    /// // `stream`: any `Stream<Item = Result<Bytes, E>>` (tokio-util's
+    /// // `ReaderStream` over a file, a channel's receiver, ...).
+    /// let res = client.post("/upload").body_stream(stream).send().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn body_stream<S, E>(mut self, stream: S) -> Self
+    where
+        S: futures_core::Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<tower::BoxError> + 'static,
+    {
+        self.body = None;
+        self.extras().stream = Some(RequestBody::streaming(crate::stream::StreamBody::new(
+            stream, None,
+        )));
         self
     }
 
@@ -367,7 +457,7 @@ impl RequestBuilder {
             started,
             request_id,
             log_bodies,
-        } = match self.prepare()? {
+        } = match self.prepare(false)? {
             Step::Send(prepared) => prepared,
             Step::Answered(response) => return Ok(*response),
         };
@@ -412,8 +502,82 @@ impl RequestBuilder {
         }
     }
 
-    /// Validates and builds the `http::Request`, and opens the span.
-    fn prepare(self) -> Result<Step, Error> {
+    /// Sends the request and hands back the response as soon as its head
+    /// has arrived, with the body to read as it comes: a
+    /// [`StreamingResponse`] (downloads of any size; see the
+    /// [`stream`](crate::stream) module for the rules it keeps: the deadline
+    /// and read timeout over the body, the pool slot held until the body
+    /// ends or is dropped, no cache, no body limit on the stream itself).
+    ///
+    /// ```no_run
+    /// # async fn run(client: tollgate::Client) -> Result<(), tollgate::Error> {
+    /// let mut res = client.get("/export").send_streaming().await?;
+    /// while let Some(chunk) = res.chunk().await? {
+    ///     // write `chunk` somewhere
+    /// #   let _ = chunk;
+    /// }
+    /// // or, in one step, bounded by `max_response_body`:
+    /// let posts: serde_json::Value = client.get("/posts").send_streaming().await?.json().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), for everything up to the response's head.
+    pub async fn send_streaming(self) -> Result<StreamingResponse, Error> {
+        let Step::Send(Prepared {
+            request,
+            method,
+            uri,
+            stack,
+            deadline,
+            max_body,
+            span,
+            started,
+            request_id,
+            // A streamed response's body is the caller's to read: not logged.
+            log_bodies: _,
+        }) = self.prepare(true)?
+        else {
+            // `prepare` takes no cache shortcut for a streaming call.
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                "a streaming call was answered from the cache",
+            ));
+        };
+        let result =
+            crate::stack::call_streaming(stack, request, deadline, started, span.clone()).await;
+        match result {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                crate::observe::record_status(&span, parts.status);
+                tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "response head received");
+                let mut summary = Summary::from_extensions(&parts.extensions);
+                summary.request_id = request_id.map(String::from);
+                Ok(StreamingResponse::new(crate::stream::Head {
+                    method,
+                    url: uri,
+                    parts,
+                    body,
+                    started,
+                    deadline: deadline.and_then(|d| Some((started.checked_add(d)?, d))),
+                    summary,
+                    max_body,
+                }))
+            }
+            Err(e) => {
+                crate::observe::record_error(&span, e.kind());
+                tracing::debug!(parent: &span, error = %e, "request failed");
+                #[cfg(feature = "metrics")]
+                crate::metrics::error(&method, &uri, e.kind(), started.elapsed());
+                Err(e.with_request(&method, &uri))
+            }
+        }
+    }
+
+    /// Validates and builds the `http::Request`, and opens the span;
+    /// `streaming`: for `send_streaming` (no cache, no body buffer).
+    fn prepare(self, streaming: bool) -> Result<Step, Error> {
         let RequestBuilder {
             client,
             method,
@@ -427,7 +591,7 @@ impl RequestBuilder {
             endpoint,
             extras,
         } = self;
-        let extras = extras.map(|e| *e).unwrap_or_default();
+        let mut extras = extras.map(|e| *e).unwrap_or_default();
         if let Some(e) = error {
             return Err(e);
         }
@@ -449,8 +613,20 @@ impl RequestBuilder {
             .or_else(|| endpoint.as_ref()?.timeout.map(Some))
             .unwrap_or(inner.timeout);
         let body = body.unwrap_or_default();
-        let logged_body = inner.log_bodies.map(|_| body.clone());
-        let mut request = Request::new(Full::new(body));
+        let streamed_body = extras.stream.is_some();
+        // A streamed body is not logged: it is read once, by the transport.
+        let logged_body = inner
+            .log_bodies
+            .filter(|_| !streamed_body)
+            .map(|_| body.clone());
+        let mut request = Request::new(match extras.stream.take() {
+            Some(stream) => stream,
+            None => RequestBody::from_bytes(body),
+        });
+        if streaming {
+            // Let through unbuffered by the retry stage's body buffer.
+            request.extensions_mut().insert(crate::buffer::Streamed);
+        }
         // Only retry and the rate limiter read it.
         if let Some(at) = deadline
             .filter(|_| inner.stack.wants_deadline)
@@ -497,6 +673,11 @@ impl RequestBuilder {
         *request.headers_mut() = all_headers;
         #[cfg(feature = "cache")]
         {
+            if streaming || streamed_body {
+                // A streamed response is not stored (that would buffer
+                // it), a streamed request body not given to the cache.
+                extras.cache = Some(None);
+            }
             match extras.cache {
                 Some(None) => {
                     request.extensions_mut().insert(tollgate_cache::Bypass);
@@ -571,8 +752,14 @@ impl RequestBuilder {
         }
         // Layer 3's fast path: a fresh response in the client's cache
         // answers at once, without entering the stack (see `stack.rs`).
+        #[cfg(not(feature = "cache"))]
+        let _ = streamed_body;
         #[cfg(feature = "cache")]
-        if let Some(hit) = inner.stack.cache_fast_path(&mut request) {
+        if let Some(hit) = inner
+            .stack
+            .cache_fast_path(&mut request)
+            .filter(|_| !streaming)
+        {
             if hit.body().len() <= inner.max_body {
                 let elapsed = started.elapsed();
                 crate::observe::record_status(&span, hit.status());
@@ -622,7 +809,7 @@ enum Step {
 
 /// What [`RequestBuilder::send`] needs after its first await.
 struct Prepared {
-    request: Request<Full<Bytes>>,
+    request: Request<RequestBody>,
     method: Method,
     uri: http::Uri,
     stack: crate::stack::Boxed,
@@ -696,8 +883,19 @@ impl RequestBuilder {
         if self.error.is_some() {
             return None;
         }
-        // (A stream body, when the builder can hold one, returns `None`
-        // here: it cannot be read twice.)
+        // A stream body cannot be read twice.
+        let extras = match self.extras.as_deref() {
+            Some(e) if e.stream.is_some() => return None,
+            Some(e) => Some(Box::new(Extras {
+                credential: e.credential.clone(),
+                stream: None,
+                #[cfg(feature = "cache")]
+                cache: e.cache,
+                version: e.version,
+                extensions: e.extensions.clone(),
+            })),
+            None => None,
+        };
         Some(RequestBuilder {
             client: self.client.clone(),
             method: self.method.clone(),
@@ -709,7 +907,7 @@ impl RequestBuilder {
             timeout: self.timeout,
             error: None,
             endpoint: self.endpoint.clone(),
-            extras: self.extras.clone(),
+            extras,
         })
     }
 }
@@ -732,5 +930,23 @@ mod tests {
             "{}",
             std::mem::size_of_val(&fut)
         );
+    }
+
+    #[test]
+    fn the_streaming_send_future_is_send() {
+        let client = crate::Client::new("http://127.0.0.1:1").expect("valid");
+        assert_send(&client.get("/x").send_streaming());
+        struct Empty;
+        impl futures_core::Stream for Empty {
+            type Item = Result<bytes::Bytes, std::io::Error>;
+            fn poll_next(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Self::Item>> {
+                std::task::Poll::Ready(None)
+            }
+        }
+        let upload = client.post("/x").body_stream(Empty);
+        assert_send(&upload.send_streaming());
     }
 }

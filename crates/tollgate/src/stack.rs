@@ -10,7 +10,8 @@
 //!  4 redirects         `Layers::redirect`: each hop a new request through
 //!                      everything below (tower-http's follow-redirect)
 //!  5 retry             `Layers::retry`, with each attempt's body read whole
-//!                      just below it (`buffer::Buffer`)
+//!                      just below it (`buffer::Buffer`; a streaming call's
+//!                      body passes unread, `call_streaming`)
 //!  6 (circuit breaker) a slot: joins with its own issue
 //!  7 rate limit        `Layers::rate_limit`
 //!  - users' layers     `Layers::user` (`ClientBuilder::layer`): each
@@ -64,7 +65,8 @@ pub(crate) type Boxed = BoxCloneSyncService<Request<RequestBody>, Response<Respo
 /// The service a layer given to
 /// [`ClientBuilder::layer`](crate::ClientBuilder::layer) wraps: the rest of
 /// one attempt's way down, the concurrency pool and the transport. It takes
-/// the facade's request body ([`RequestBody`], a complete buffer) and
+/// the facade's request body ([`RequestBody`], whole in memory or streamed
+/// once) and
 /// answers with its response body ([`ResponseBody`]).
 pub type AttemptService = Boxed;
 
@@ -268,6 +270,27 @@ pub(crate) fn call(
     });
     // A deadline too far away for an `Instant` (`Duration::MAX`) is no
     // deadline.
+    let total = match deadline.and_then(|d| Some((d, started.checked_add(d)?))) {
+        Some((d, at)) => TotalTimeout::Bounded {
+            inner: tokio::time::timeout_at(at, exchange),
+            d,
+        },
+        None => TotalTimeout::Unbounded { inner: exchange },
+    };
+    total.instrument(span)
+}
+
+/// Layers 1 and 2 around the service for a streaming call: as [`call`], but
+/// the deadline bounds the head only, and the body is handed back unread
+/// (the caller's `StreamingResponse` keeps the deadline over its reading).
+pub(crate) fn call_streaming(
+    service: Boxed,
+    request: Request<RequestBody>,
+    deadline: Option<Duration>,
+    started: Instant,
+    span: tracing::Span,
+) -> impl Future<Output = Result<Response<ResponseBody>, Error>> {
+    let exchange = Box::pin(async move { service.oneshot(request).await.map_err(classify) });
     let total = match deadline.and_then(|d| Some((d, started.checked_add(d)?))) {
         Some((d, at)) => TotalTimeout::Bounded {
             inner: tokio::time::timeout_at(at, exchange),

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::Body as HttpBody;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
@@ -24,9 +23,21 @@ use crate::error::Error;
 use crate::error::ErrorKind;
 use crate::proxy::{Proxies, ProxyConnector, ProxyHeaders};
 
-/// The request body type of the stack: a complete, cheaply clonable buffer,
-/// so that layers such as retry can replay it.
-pub type RequestBody = Full<Bytes>;
+/// The request body type of the stack: either whole in memory (replayable:
+/// retry, a 307/308 redirect and auth's 401 replay may send it again) or
+/// streamed (sent once, never replayed), the body of
+/// [`RequestBuilder::body_stream`](crate::RequestBuilder::body_stream) and of
+/// a multipart form with a file.
+///
+/// It is `tollgate_core::ReplayableBody`, the type the retry layer hands its
+/// inner service, so that retry takes it as it is. A layer given to
+/// [`ClientBuilder::layer`](crate::ClientBuilder::layer) or a
+/// [`transport`](crate::ClientBuilder::transport) makes one with
+/// `RequestBody::from_bytes` (or `From<Bytes>`), reads it as any
+/// `http_body::Body`, and asks [`is_replayable`](RequestBody::is_replayable)
+/// whether it is whole in memory. (Before streaming bodies it was
+/// `Full<Bytes>`.)
+pub type RequestBody = tollgate_core::ReplayableBody;
 
 /// The response body type the facade reads from its stack.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;

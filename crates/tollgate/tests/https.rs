@@ -147,7 +147,11 @@ async fn roots_from_a_pem_bundle_are_trusted_and_a_bad_bundle_is_a_builder_error
         .expect("pem")
         .build()
         .expect("client");
-    let res = client.get("/").send().await.expect("trusted through the PEM");
+    let res = client
+        .get("/")
+        .send()
+        .await
+        .expect("trusted through the PEM");
     assert_eq!(res.status(), 200);
     for bad in [
         "".to_owned(),
@@ -156,8 +160,7 @@ async fn roots_from_a_pem_bundle_are_trusted_and_a_bad_bundle_is_a_builder_error
     ] {
         let err = Client::builder(format!("https://{}", server.addr))
             .add_root_certificates_pem(bad.as_bytes())
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(err.kind(), ErrorKind::Builder, "{bad:?}: {err}");
     }
 }
