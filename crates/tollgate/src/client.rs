@@ -42,6 +42,14 @@ pub const DEFAULT_SENSITIVE_QUERY_PARAMS: &[&str] = &[
     "x-amz-signature",
     "x-goog-signature",
     "awsaccesskeyid",
+    // OAuth2 and OpenID Connect values that travel in queries.
+    "refresh_token",
+    "id_token",
+    "client_assertion",
+    "assertion",
+    "code",
+    "code_verifier",
+    "session",
 ];
 
 /// An HTTP API client: a base URL, default headers and a tower stack over a

@@ -251,8 +251,11 @@ pub(crate) fn propagate(headers: &mut HeaderMap, extensions: &http::Extensions) 
 }
 
 /// JSON object keys and form field names whose values body logging never
-/// shows (compared without regard to case, as substrings: `user_password`
-/// and `refresh_token` are covered).
+/// shows: compared as substrings, without regard to case and with `_` and
+/// `-` ignored on both sides, so `user_password`, `refresh_token`,
+/// `privateKey` and `private-key` are all covered. The OAuth2 credentials
+/// sent in token requests (`client_assertion`, `code_verifier`,
+/// `assertion`, RFC 7523 and 7636) are listed too.
 pub const SENSITIVE_BODY_FIELDS: &[&str] = &[
     "password",
     "passwd",
@@ -267,11 +270,24 @@ pub const SENSITIVE_BODY_FIELDS: &[&str] = &[
     "private_key",
     "session",
     "signature",
+    "assertion",
+    "code_verifier",
 ];
 
 fn is_sensitive_field(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    SENSITIVE_BODY_FIELDS.iter().any(|s| lower.contains(s))
+    let folded = fold_field_name(name);
+    SENSITIVE_BODY_FIELDS
+        .iter()
+        .any(|s| folded.contains(&fold_field_name(s)))
+}
+
+/// Lower case, without `_` and `-`: `privateKey`, `private-key` and
+/// `PRIVATE_KEY` are one name.
+fn fold_field_name(name: &str) -> String {
+    name.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 /// A body as body logging shows it: JSON with sensitive fields' values

@@ -99,7 +99,7 @@ impl fmt::Debug for RequestBuilder {
         let names: Vec<&str> = self.headers.keys().map(HeaderName::as_str).collect();
         f.debug_struct("RequestBuilder")
             .field("method", &self.method)
-            .field("path", &self.path.split('?').next().unwrap_or_default())
+            .field("path", &crate::url::redact(&self.path))
             .field("headers", &names)
             .field("body_len", &self.body.as_ref().map(Bytes::len))
             .finish_non_exhaustive()
@@ -554,6 +554,10 @@ impl RequestBuilder {
                 tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "response head received");
                 let mut summary = Summary::from_extensions(&parts.extensions);
                 summary.request_id = request_id.map(String::from);
+                // Counted when the head arrives: the duration is the time to
+                // the head (the body is the caller's to read, or not).
+                #[cfg(feature = "metrics")]
+                crate::metrics::response(&method, &uri, parts.status, started.elapsed(), &summary);
                 Ok(StreamingResponse::new(crate::stream::Head {
                     method,
                     url: uri,

@@ -387,8 +387,21 @@ pub(crate) fn is_dot_segment(segment: &str) -> bool {
 }
 
 /// A path or URL shown in an error: without its query string.
-fn redact(s: &str) -> &str {
-    s.split_once('?').map_or(s, |(p, _)| p)
+/// A URL or path as errors and `Debug` show it: without its query, and
+/// with everything after the scheme hidden when user information may be in
+/// it (an `@` anywhere after `//`: a password with an unencoded `#`, `?` or
+/// `/` would otherwise show through a narrower cut).
+pub(crate) fn redact(s: &str) -> std::borrow::Cow<'_, str> {
+    let authority = s
+        .find("://")
+        .map(|i| i + 3)
+        .or_else(|| s.starts_with("//").then_some(2));
+    if let Some(start) = authority {
+        if s[start..].contains('@') {
+            return format!("{}(user information hidden)", &s[..start]).into();
+        }
+    }
+    s.split_once('?').map_or(s, |(p, _)| p).into()
 }
 
 /// Fills `{name}` placeholders in a path template with percent-encoded
