@@ -373,3 +373,129 @@ fn x_ratelimit_reset_epoch_past_and_future() {
     );
     assert_eq!(h(b"99999999999999999999999"), None);
 }
+
+#[cfg(feature = "metrics")]
+type Recorded = (
+    String,
+    Vec<(String, String)>,
+    metrics_util::debugging::DebugValue,
+);
+
+/// Runs `f` on a current-thread runtime with paused time under a local
+/// debugging recorder: each metric's name, labels and value.
+#[cfg(feature = "metrics")]
+fn recorded<F: std::future::Future<Output = ()>>(f: F) -> Vec<Recorded> {
+    use metrics_util::debugging::DebuggingRecorder;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+            .block_on(f);
+    });
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let labels = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            (key.key().name().to_owned(), labels, value)
+        })
+        .collect()
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn learned_pauses_are_counted_with_their_status_and_cap_never_the_key() {
+    use metrics_util::debugging::DebugValue;
+    let seen = recorded(async {
+        let log: Log = Arc::default();
+        // Keyed by a header that is a credential: it must not be a label.
+        let layer = RateLimitLayer::new(Quota::per_second(10).expect("valid"))
+            .keyed_by(KeyBy::header(HeaderName::from_static("x-api-key")))
+            .learn_from_upstream(true, Duration::from_secs(5));
+        let svc = layer.layer(upstream(
+            Arc::clone(&log),
+            StatusCode::TOO_MANY_REQUESTS,
+            vec![("retry-after", "3")],
+        ));
+        let with_key = |id: &str| {
+            let mut r = req(id);
+            r.headers_mut()
+                .insert("x-api-key", HeaderValue::from_static("SECRETKEY123"));
+            r
+        };
+        let res = svc.clone().oneshot(with_key("teach")).await.expect("429");
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        // A 200 teaches nothing.
+        let ok = svc.clone().oneshot(with_key("n")).await.expect("200");
+        assert_eq!(ok.status(), StatusCode::OK);
+        // A 503 asking for more than the cap: counted as capped, 5 s.
+        let capped = RateLimitLayer::new(Quota::per_second(10).expect("valid"))
+            .learn_from_upstream(true, Duration::from_secs(5))
+            .layer(upstream(
+                Arc::clone(&log),
+                StatusCode::SERVICE_UNAVAILABLE,
+                vec![("retry-after", "600")],
+            ));
+        capped.oneshot(req("teach")).await.expect("503");
+        // Learning off: nothing counted.
+        let off = RateLimitLayer::new(Quota::per_second(10).expect("valid"))
+            .learn_from_upstream(false, Duration::from_secs(5))
+            .layer(upstream(
+                Arc::clone(&log),
+                StatusCode::TOO_MANY_REQUESTS,
+                vec![("retry-after", "3")],
+            ));
+        off.oneshot(req("teach")).await.expect("429");
+    });
+    for (name, labels, _) in &seen {
+        let text = format!("{name} {labels:?}");
+        assert!(!text.contains("SECRETKEY123"), "a key in a metric: {text}");
+    }
+    let find = |name: &str, code: &str| {
+        seen.iter()
+            .filter(|(n, labels, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .any(|(k, v)| k == "http.response.status_code" && v == code)
+            })
+            .collect::<Vec<_>>()
+    };
+    let pauses_429 = find("tollgate.client.rate_limit.pauses", "429");
+    assert_eq!(pauses_429.len(), 1, "{seen:?}");
+    assert!(
+        matches!(pauses_429[0].2, DebugValue::Counter(1)),
+        "{seen:?}"
+    );
+    assert!(pauses_429[0]
+        .1
+        .contains(&("capped".to_owned(), "false".to_owned())));
+    let durations_429 = find("tollgate.client.rate_limit.pause_duration", "429");
+    match &durations_429[..] {
+        [(_, _, DebugValue::Histogram(values))] => {
+            assert_eq!(values.len(), 1);
+            assert!((values[0].into_inner() - 3.0).abs() < 1e-9, "{values:?}");
+        }
+        other => panic!("one 429 pause histogram: {other:?}"),
+    }
+    let pauses_503 = find("tollgate.client.rate_limit.pauses", "503");
+    assert_eq!(pauses_503.len(), 1, "{seen:?}");
+    assert!(pauses_503[0]
+        .1
+        .contains(&("capped".to_owned(), "true".to_owned())));
+    match &find("tollgate.client.rate_limit.pause_duration", "503")[..] {
+        [(_, _, DebugValue::Histogram(values))] => {
+            assert!((values[0].into_inner() - 5.0).abs() < 1e-9, "{values:?}");
+        }
+        other => panic!("one 503 pause histogram: {other:?}"),
+    }
+}

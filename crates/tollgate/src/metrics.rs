@@ -15,8 +15,15 @@
 //!
 //! A call that fails has no record: only the duration and the call with its
 //! `error.type` (the [`ErrorKind`](crate::ErrorKind), as `Debug` shows it).
-//! The rate limiter's learned pauses are not in the record and are not
-//! counted here (left for the limiter's own metrics).
+//!
+//! The rate limiter counts what it learns from the upstream itself (this
+//! feature turns on `tollgate-limit`'s `metrics`), at the moment it learns
+//! it, so a pause taught by an attempt that was then retried is counted too:
+//!
+//! | name | kind | labels |
+//! | --- | --- | --- |
+//! | `tollgate.client.rate_limit.pauses` | counter, pauses learned from a 429/503 `Retry-After` or `RateLimit` fields | `http.response.status_code`, `capped` (`true` when the server asked for more than the limiter's cap) |
+//! | `tollgate.client.rate_limit.pause_duration` | histogram, seconds: the pause applied | the same |
 
 use std::time::Duration;
 

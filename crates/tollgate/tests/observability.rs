@@ -257,6 +257,59 @@ fn metrics_count_calls_attempts_outcomes_and_durations() {
     .is_some());
 }
 
+/// A 429 that retry answers by trying again still taught the limiter a
+/// pause: it is counted where it is learned, not from the call's last
+/// response (a 200 here).
+#[cfg(all(feature = "metrics", feature = "limit", feature = "retry"))]
+#[test]
+fn metrics_count_a_learned_pause_even_when_the_retry_then_succeeds() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let api = FakeApi::start().await.expect("api");
+            let client = Client::builder(api.url())
+                .rate_limit(tollgate::limit::RateLimitLayer::new(
+                    tollgate::limit::Quota::per_second(100).expect("quota"),
+                ))
+                .retry(tollgate::retry::RetryLayer::new().max_retries(2))
+                .build()
+                .expect("client");
+            api.inject(
+                "/posts/1",
+                Fault::status(http::StatusCode::TOO_MANY_REQUESTS)
+                    .times(1)
+                    .retry_after("2"),
+            );
+            let res = client.get("/posts/1").send().await.expect("retried");
+            assert_eq!(res.status(), 200);
+            assert_eq!(res.summary().attempts, 2);
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let pauses: Vec<_> = snapshot
+        .iter()
+        .filter(|(key, _, _, _)| key.key().name() == "tollgate.client.rate_limit.pauses")
+        .collect();
+    assert_eq!(pauses.len(), 1, "{snapshot:?}");
+    assert!(
+        matches!(pauses[0].3, DebugValue::Counter(1)),
+        "{snapshot:?}"
+    );
+    assert!(pauses[0]
+        .0
+        .key()
+        .labels()
+        .any(|l| l.key() == "http.response.status_code" && l.value() == "429"));
+}
+
 /// A tower-http `MakeRequestId` that always gives the same id.
 #[derive(Clone)]
 struct FixedId;

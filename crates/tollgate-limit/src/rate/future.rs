@@ -408,6 +408,21 @@ where
     }
 }
 
+/// Counts a learned pause (feature `metrics`). The labels are the status
+/// that asked and whether the pause was cut to `max_pause`; never the key,
+/// which may be a credential.
+#[cfg(feature = "metrics")]
+fn record_pause(status: http::StatusCode, asked: Duration, pause: Duration) {
+    let capped = if asked > pause { "true" } else { "false" };
+    let code = status.as_u16().to_string();
+    metrics::counter!("tollgate.client.rate_limit.pauses",
+        "http.response.status_code" => code.clone(), "capped" => capped)
+    .increment(1);
+    metrics::histogram!("tollgate.client.rate_limit.pause_duration",
+        "http.response.status_code" => code, "capped" => capped)
+    .record(pause.as_secs_f64());
+}
+
 /// Pauses the limiter when the upstream asks, and says until when on the
 /// response, so the retry layer above waits until that same instant.
 fn learn<B>(shared: &Shared, key: &str, response: &mut Response<B>) {
@@ -419,6 +434,8 @@ fn learn<B>(shared: &Shared, key: &str, response: &mut Response<B>) {
         return;
     };
     let pause = asked.min(shared.max_pause);
+    #[cfg(feature = "metrics")]
+    record_pause(response.status(), asked, pause);
     let now = shared.now();
     let until = now.saturating_add(u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX));
     match shared.store.pause(key, now, until).now_or_later() {

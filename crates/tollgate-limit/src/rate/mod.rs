@@ -69,7 +69,14 @@
 //!   the same instant instead of waiting twice; when the server asked for
 //!   more than the cap, it carries none, and retry sees the server's own
 //!   delay (and, above its own cap, does not wait at all).
-//! - **Recorded**: every response carries [`PermitWait`].
+//! - **Recorded**: every response carries [`PermitWait`]. With the feature
+//!   `metrics`, each learned pause is counted through the `metrics` crate
+//!   facade: `tollgate.client.rate_limit.pauses` (counter) and
+//!   `tollgate.client.rate_limit.pause_duration` (histogram, seconds: the
+//!   pause applied, after the cap), both labelled with the
+//!   `http.response.status_code` that asked and `capped` (`true` when the
+//!   server asked for more than the cap). Never the key: it may be a
+//!   credential.
 //! - **Honest readiness**: `poll_ready` is the inner service's; the wait is in
 //!   the response future, which polls the inner service ready only once its
 //!   permit's time has come.
