@@ -177,8 +177,8 @@ impl Proxy {
     /// Credentials for the proxy: `Proxy-Authorization: Basic ...` for an
     /// HTTP(S) proxy, the username/password method for SOCKS5. They replace
     /// any in the URL. A user with `:` or either part with a control
-    /// character, or for a SOCKS5 proxy either part over 255 bytes (RFC
-    /// 1929), is an [`ErrorKind::Builder`] from
+    /// character, or for a SOCKS5 proxy either part empty or over 255 bytes
+    /// (RFC 1929: `socks5://user@host` with no password is one), is an [`ErrorKind::Builder`] from
     /// [`ClientBuilder::build`](crate::ClientBuilder::build).
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Proxy {
         let (user, password) = (user.into(), password.into());
@@ -407,14 +407,20 @@ fn check_url(url: &str) -> Result<(String, String), String> {
 }
 
 /// Holds credentials to [`Proxy::basic_auth`]'s rules (tollgate-core's
-/// checks), and SOCKS5 ones to RFC 1929's 255 bytes each. The message never
+/// checks), and SOCKS5 ones to RFC 1929's 1 to 255 bytes each. The message never
 /// shows them.
 fn check_credentials(scheme: &str, user: &str, password: &str) -> Result<HeaderValue, String> {
     let credential = tollgate_core::Credential::basic(user, password)
         .map_err(|e| format!("proxy credentials: {e}"))?;
-    if scheme.starts_with("socks5") && (user.len() > 255 || password.len() > 255) {
+    // RFC 1929 gives each a length byte of 1 to 255: a longer one wraps
+    // the byte and desynchronises the handshake, and an empty one is not a
+    // username/password at all (a proxy that needs none takes no
+    // `basic_auth`).
+    let fits = |part: &str| (1..=255).contains(&part.len());
+    if scheme.starts_with("socks5") && !(fits(user) && fits(password)) {
         return Err(
-            "proxy credentials: a SOCKS5 user name or password is at most 255 bytes (RFC 1929)"
+            "proxy credentials: a SOCKS5 user name and password are each 1 to 255 bytes \
+             (RFC 1929)"
                 .to_owned(),
         );
     }

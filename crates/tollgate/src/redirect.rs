@@ -77,8 +77,12 @@ pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
 ///   [`ErrorKind::Redirect`] error.
 ///
 /// 301/302/303 turn a `POST` into a `GET` without a body; 307/308 keep the
-/// method and the body. The facade's request bodies are in memory, so every
-/// body can be sent again.
+/// method and the body. A body in memory (`body`, `json`, `form`, a
+/// multipart form of text and bytes) is sent again on the next hop; a body
+/// streamed once (`body_stream`, a multipart form with a file part) cannot
+/// be, so a 307 or 308 answering it is returned as the response, with its
+/// `Location`, rather than followed without the body (a 301/302/303 still
+/// turns it into a body-less `GET` and is followed).
 ///
 /// ```
 /// use tollgate::{Client, RedirectPolicy};

@@ -295,6 +295,46 @@ async fn socks5_credentials_over_255_bytes_are_a_builder_error() {
     }
 }
 
+/// RFC 1929's lengths are 1 to 255: an empty SOCKS5 user name or password
+/// (from `basic_auth` or a URL with no password) is refused when the
+/// client is built, not sent as a zero-length field the proxy may take for
+/// a broken handshake. An HTTP proxy still takes an empty password (Basic
+/// allows one).
+#[test]
+fn empty_socks5_credentials_are_a_builder_error() {
+    let cases = [
+        Proxy::all("socks5://127.0.0.1:1080")
+            .expect("proxy")
+            .basic_auth("me", ""),
+        Proxy::all("socks5h://127.0.0.1:1080")
+            .expect("proxy")
+            .basic_auth("", "secret"),
+    ];
+    for proxy in cases {
+        let err = Client::builder("http://127.0.0.1:9")
+            .proxy(proxy)
+            .build()
+            .expect_err("empty SOCKS5 credentials");
+        assert_eq!(err.kind(), ErrorKind::Builder);
+        let text = err.to_string();
+        assert!(text.contains("1 to 255") || text.contains("empty"), "{err}");
+        assert!(!format!("{err:?}").contains("secret"), "{err:?}");
+    }
+    let err = Proxy::all("socks5://me@127.0.0.1:1080")
+        .map(|p| Client::builder("http://127.0.0.1:9").proxy(p).build())
+        .and_then(|built| built.map(|_| ()))
+        .expect_err("no password in the URL");
+    assert_eq!(err.kind(), ErrorKind::Builder);
+    Client::builder("http://127.0.0.1:9")
+        .proxy(
+            Proxy::all("http://127.0.0.1:3128")
+                .expect("proxy")
+                .basic_auth("me", ""),
+        )
+        .build()
+        .expect("an HTTP proxy takes an empty password");
+}
+
 /// The docs say `*` matches everything; hyper-util keeps `*` among the
 /// domain patterns, and an IP destination is only compared with the IP
 /// patterns: `NO_PROXY=*` does not bypass `http://127.0.0.1:...`.
