@@ -36,6 +36,8 @@ pub struct RecordedRequest {
     pub method: Method,
     /// The request target (path and query).
     pub uri: Uri,
+    /// The HTTP version it came in (`HTTP/2.0` over h2c or ALPN `h2`).
+    pub version: http::Version,
     /// Every header the server received.
     pub headers: HeaderMap,
     /// The request body.
@@ -508,6 +510,7 @@ async fn answer(
     let recorded = RecordedRequest {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
+        version: parts.version,
         headers: parts.headers.clone(),
         body: body.clone(),
     };
@@ -1111,6 +1114,7 @@ async fn streamed_route(
         entry.last = Some(RecordedRequest {
             method: req.method().clone(),
             uri: req.uri().clone(),
+            version: req.version(),
             headers: req.headers().clone(),
             body: Bytes::new(),
         });

@@ -2,7 +2,9 @@
 //! [`FaultProxy`], a TCP proxy that breaks connections on purpose, and
 //! [`StubTransport`], canned answers in process with no sockets, and
 //! [`HttpProxy`] and [`Socks5Proxy`], forward proxies that record what they
-//! were asked (CONNECT targets, SOCKS5 targets, proxy credentials).
+//! were asked (CONNECT targets, SOCKS5 targets, proxy credentials), and
+//! [`TlsFront`] (feature `tls`), TLS with a self-signed certificate in
+//! front of any of them.
 //!
 //! `FakeApi` serves JSONPlaceholder's resources (`/posts`, `/users`,
 //! `/comments`), a batch endpoint (`/metadata?id=1&id=2..`) and an echo
@@ -45,6 +47,8 @@ mod logs;
 mod proxy;
 mod redis;
 mod stub;
+#[cfg(feature = "tls")]
+mod tls_front;
 mod tunnel_proxy;
 
 pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
@@ -53,6 +57,8 @@ pub use logs::CapturedLogs;
 pub use proxy::{FaultMix, FaultProxy, ProxyFault, ProxyStats};
 pub use redis::{RedisServer, HOW_TO_GET_REDIS};
 pub use stub::{Params, Reply, StubTransport};
+#[cfg(feature = "tls")]
+pub use tls_front::{TlsFront, TlsFrontBuilder};
 pub use tunnel_proxy::{HttpProxy, Socks5Proxy};
 
 /// The README's example, compiled and run as a doc test so it stays true.

@@ -318,6 +318,7 @@ where
             let recorded = RecordedRequest {
                 method: parts.method,
                 uri: parts.uri,
+                version: parts.version,
                 headers: parts.headers,
                 body,
             };

@@ -26,7 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tollgate::{Client, Error, ErrorKind, NoProxy, Proxy};
-use tollgate_testkit::{CapturedLogs, FakeApi, HttpProxy, Socks5Proxy};
+use tollgate_testkit::{CapturedLogs, FakeApi, HttpProxy, Socks5Proxy, TlsFront};
 
 // ---- helpers ----------------------------------------------------------------
 
@@ -1225,54 +1225,19 @@ async fn the_mtls_identity_is_never_offered_to_an_https_proxy() {
     );
 }
 
-/// A TLS listener on 127.0.0.1 piping each connection to `upstream`; when
-/// `client_root` is set it requires a client certificate chaining to it.
+/// A TLS front for `upstream` (the testkit's), requiring a client
+/// certificate chaining to `client_root` when one is given.
 async fn tls_front(
     upstream: SocketAddr,
     alpn: &[&[u8]],
     client_root: Option<CertificateDer<'static>>,
-) -> (Hostile, CertificateDer<'static>) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
-    let root = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_root {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca).expect("client root");
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .expect("verifier");
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(vec![root.clone()], key)
-        .expect("config");
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let front = Hostile::start(move |tcp| {
-        let acceptor = acceptor.clone();
-        async move {
-            let Ok(mut tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let Ok(mut up) = TcpStream::connect(upstream).await else {
-                return;
-            };
-            let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-        }
-    })
-    .await;
+) -> (TlsFront, CertificateDer<'static>) {
+    let mut builder = TlsFront::builder(upstream).alpn(alpn);
+    if let Some(ca) = client_root {
+        builder = builder.client_ca(ca);
+    }
+    let front = builder.start().await.expect("tls front");
+    let root = front.root().clone();
     (front, root)
 }
 
@@ -1289,7 +1254,7 @@ async fn through_a_tunnel_mtls_reaches_the_origin_and_logs_show_no_bearer() {
     let (front, root) = tls_front(api.addr(), &[b"h2", b"http/1.1"], Some(client_cert)).await;
     let proxy = HttpProxy::start().await.expect("proxy");
     proxy.require_basic_auth("me", "Adv7TunnelPw");
-    let client = Client::builder(front.url("https"))
+    let client = Client::builder(front.url())
         .add_root_certificate_der(root.to_vec())
         .identity(identity)
         .bearer_auth("Adv7TunnelBearer")
@@ -1307,7 +1272,7 @@ async fn through_a_tunnel_mtls_reaches_the_origin_and_logs_show_no_bearer() {
         .expect("mTLS through CONNECT");
     assert_eq!(res.status(), 200);
     assert_eq!(res.version(), http::Version::HTTP_2);
-    assert_eq!(proxy.connect_targets(), vec![front.addr.to_string()]);
+    assert_eq!(proxy.connect_targets(), vec![front.addr().to_string()]);
     for head in proxy.heads() {
         assert!(head.starts_with("CONNECT "), "{head}");
         assert!(!head.contains("Adv7TunnelBearer"), "{head}");
@@ -1462,7 +1427,7 @@ async fn a_downgrade_redirect_puts_no_origin_credential_in_clear_before_the_prox
     let api = FakeApi::start().await.expect("api");
     let (front, root) = tls_front(api.addr(), &[b"http/1.1"], None).await;
     let proxy = HttpProxy::start().await.expect("proxy");
-    let client = Client::builder(front.url("https"))
+    let client = Client::builder(front.url())
         .add_root_certificate_der(root.to_vec())
         .bearer_auth("Adv7DowngradeBearer")
         .api_key_header("x-api-key", "Adv7DowngradeKey")
@@ -1484,7 +1449,7 @@ async fn a_downgrade_redirect_puts_no_origin_credential_in_clear_before_the_prox
         .await
         .expect("followed");
     assert_eq!(res.status(), 200);
-    assert_eq!(proxy.connect_targets(), vec![front.addr.to_string()]);
+    assert_eq!(proxy.connect_targets(), vec![front.addr().to_string()]);
     assert_eq!(proxy.forwarded(), vec![format!("{}/posts/1", api.url())]);
     for head in proxy.heads() {
         for secret in [

@@ -1,6 +1,6 @@
 //! Proxies and TLS options, over loopback: the testkit's HTTP (CONNECT)
 //! and SOCKS5 proxies in front of a `FakeApi`, either plain or behind a TLS
-//! front made here (an rcgen certificate and tokio-rustls); mutual TLS
+//! front (the testkit's `TlsFront`); mutual TLS
 //! against a front that requires a client certificate; a caller's own
 //! rustls config; the platform's roots. (TLS options live in this file too:
 //! one test binary instead of two.)
@@ -10,95 +10,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Version;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 use tollgate::{Client, ErrorKind, NoProxy, Proxy};
-use tollgate_testkit::{FakeApi, HttpProxy, Socks5Proxy};
+use tollgate_testkit::{FakeApi, HttpProxy, Socks5Proxy, TlsFront};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A TLS listener on 127.0.0.1 that pipes each connection to `upstream`.
-struct TlsFront {
-    addr: SocketAddr,
-    root: CertificateDer<'static>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TlsFront {
-    fn url(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-}
-
-/// `client_ca`: the root a client certificate must chain to, if one is
-/// required.
+/// A TLS front for `upstream` offering `alpn`; `client_ca`: the root a
+/// client certificate must chain to, if one is required.
 async fn tls_front(
     upstream: SocketAddr,
     alpn: &[&[u8]],
     client_ca: Option<CertificateDer<'static>>,
 ) -> TlsFront {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("certificate");
-    let cert = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca).expect("ca");
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .expect("verifier");
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(vec![cert.clone()], key)
-        .expect("server config");
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    TlsFront {
-        addr,
-        root: cert,
-        task,
+    let mut builder = TlsFront::builder(upstream).alpn(alpn);
+    if let Some(ca) = client_ca {
+        builder = builder.client_ca(ca);
     }
+    builder.start().await.expect("tls front")
 }
 
 const H1_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -141,7 +72,7 @@ async fn https_goes_through_connect_and_the_proxy_sees_no_origin_credential() {
     let proxy = HttpProxy::start().await.expect("proxy");
     proxy.require_basic_auth("me", "pw");
     let client = Client::builder(front.url())
-        .add_root_certificate_der(front.root.to_vec())
+        .add_root_certificate_der(front.root().to_vec())
         .bearer_auth("origin-s3cret")
         .proxy(
             Proxy::all(proxy.url())
@@ -160,7 +91,7 @@ async fn https_goes_through_connect_and_the_proxy_sees_no_origin_credential() {
         .expect("through the tunnel");
     assert_eq!(res.status(), 200);
     assert_eq!(res.version(), Version::HTTP_2, "ALPN inside the tunnel");
-    assert_eq!(proxy.connect_targets(), vec![front.addr.to_string()]);
+    assert_eq!(proxy.connect_targets(), vec![front.addr().to_string()]);
     assert!(proxy.forwarded().is_empty());
     assert_eq!(
         proxy.proxy_authorizations(),
@@ -184,11 +115,11 @@ async fn an_https_proxy_is_spoken_to_over_tls() {
     // One client for both: plain HTTP forwarded, HTTPS tunnelled, each over
     // TLS to the proxy (TLS in TLS for the second).
     for (base, root) in [
-        (api.url(), proxy_front.root.clone()),
-        (origin_front.url(), origin_front.root.clone()),
+        (api.url(), proxy_front.root().clone()),
+        (origin_front.url(), origin_front.root().clone()),
     ] {
         let client = Client::builder(&base)
-            .add_root_certificate_der(proxy_front.root.to_vec())
+            .add_root_certificate_der(proxy_front.root().to_vec())
             .add_root_certificate_der(root.to_vec())
             .proxy(Proxy::all(proxy_front.url()).expect("proxy"))
             .build()
@@ -201,7 +132,10 @@ async fn an_https_proxy_is_spoken_to_over_tls() {
         assert_eq!(res.status(), 200, "{base}");
     }
     assert_eq!(proxy.forwarded().len(), 1);
-    assert_eq!(proxy.connect_targets(), vec![origin_front.addr.to_string()]);
+    assert_eq!(
+        proxy.connect_targets(),
+        vec![origin_front.addr().to_string()]
+    );
 }
 
 #[tokio::test]
@@ -392,7 +326,7 @@ async fn a_proxy_asking_for_credentials_is_a_typed_407_error() {
             p = p.basic_auth("me", pw);
         }
         let client = Client::builder(front.url())
-            .add_root_certificate_der(front.root.to_vec())
+            .add_root_certificate_der(front.root().to_vec())
             .proxy(p)
             .build()
             .expect("client");
@@ -416,7 +350,7 @@ async fn a_proxy_refusing_the_tunnel_is_a_typed_proxy_error() {
     let proxy = HttpProxy::start().await.expect("proxy");
     proxy.refuse_with(403);
     let client = Client::builder(front.url())
-        .add_root_certificate_der(front.root.to_vec())
+        .add_root_certificate_der(front.root().to_vec())
         .proxy(Proxy::https(proxy.url()).expect("proxy"))
         .build()
         .expect("client");
@@ -506,7 +440,7 @@ async fn mutual_tls_needs_the_identity() {
     let front = tls_front(api.addr(), H1_H2, Some(ca)).await;
 
     let without = Client::builder(front.url())
-        .add_root_certificate_der(front.root.to_vec())
+        .add_root_certificate_der(front.root().to_vec())
         .build()
         .expect("client");
     let err = without
@@ -523,7 +457,7 @@ async fn mutual_tls_needs_the_identity() {
     let identity = tollgate::Identity::from_pem(pem.as_bytes()).expect("identity");
     assert!(!format!("{identity:?}").contains("PRIVATE"));
     let with = Client::builder(front.url())
-        .add_root_certificate_der(front.root.to_vec())
+        .add_root_certificate_der(front.root().to_vec())
         .identity(identity)
         .build()
         .expect("client");
@@ -573,7 +507,7 @@ async fn a_callers_rustls_config_is_used_with_alpn_set_when_left_empty() {
     let api = FakeApi::start().await.expect("api");
     let front = tls_front(api.addr(), H1_H2, None).await;
     let client = Client::builder(front.url())
-        .use_rustls_config(config_trusting(&front.root))
+        .use_rustls_config(config_trusting(front.root()))
         .build()
         .expect("client");
     let res = client
@@ -585,7 +519,7 @@ async fn a_callers_rustls_config_is_used_with_alpn_set_when_left_empty() {
 
     // A caller's own ALPN list is kept (no panic, as hyper-rustls's builder
     // would): here HTTP/1.1 only.
-    let mut config = config_trusting(&front.root);
+    let mut config = config_trusting(front.root());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let client = Client::builder(front.url())
         .use_rustls_config(config)
@@ -595,8 +529,8 @@ async fn a_callers_rustls_config_is_used_with_alpn_set_when_left_empty() {
     assert_eq!(res.version(), Version::HTTP_11);
 
     let err = Client::builder(front.url())
-        .use_rustls_config(config_trusting(&front.root))
-        .add_root_certificate_der(front.root.to_vec())
+        .use_rustls_config(config_trusting(front.root()))
+        .add_root_certificate_der(front.root().to_vec())
         .build()
         .expect_err("two TLS set-ups");
     assert_eq!(err.kind(), ErrorKind::Builder);
@@ -706,7 +640,7 @@ async fn a_proxy_refusal_is_never_retried() {
             proxy.refuse_with(403);
         }
         let client = Client::builder(front.url())
-            .add_root_certificate_der(front.root.to_vec())
+            .add_root_certificate_der(front.root().to_vec())
             .proxy(
                 Proxy::all(proxy.url())
                     .expect("proxy")
