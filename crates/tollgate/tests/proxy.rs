@@ -669,3 +669,150 @@ async fn a_proxy_refusal_is_never_retried() {
     }
     assert_eq!(api.total_hits(), 0);
 }
+
+// ---- streaming through proxies and over HTTP/2 -------------------------------
+
+/// Reads a streamed response to its end, chunk by chunk: the bytes and the
+/// chunks counted, or the first error.
+async fn drain(mut res: tollgate::StreamingResponse) -> Result<(u64, u64), tollgate::Error> {
+    let (mut bytes, mut chunks) = (0u64, 0u64);
+    while let Some(chunk) = res.chunk().await? {
+        bytes += chunk.len() as u64;
+        chunks += 1;
+    }
+    Ok((bytes, chunks))
+}
+
+/// A download of 8 MiB streams through a CONNECT tunnel over HTTP/2 (ALPN
+/// inside the tunnel) in many chunks, whole; the pool slot is back after.
+#[tokio::test]
+async fn a_download_streams_whole_through_a_connect_tunnel_over_http2() {
+    let api = FakeApi::start().await.expect("api");
+    let front = tls_front(api.addr(), H1_H2, None).await;
+    let proxy = HttpProxy::start().await.expect("proxy");
+    let client = Client::builder(front.url())
+        .add_root_certificate_der(front.root().to_vec())
+        .proxy(Proxy::all(proxy.url()).expect("proxy"))
+        .concurrency_limit(
+            tollgate::limit::ConcurrencyLimitLayer::new(1)
+                .queue_timeout(std::time::Duration::from_secs(5)),
+        )
+        .build()
+        .expect("client");
+    let res = client
+        .get("/huge?size=8388608")
+        .send_streaming()
+        .await
+        .expect("head");
+    assert_eq!(res.version(), Version::HTTP_2);
+    let (bytes, chunks) = drain(res).await.expect("whole");
+    assert_eq!(bytes, 8 << 20);
+    assert!(chunks > 8, "streamed in pieces, not buffered: {chunks}");
+    assert_eq!(proxy.connect_targets(), vec![front.addr().to_string()]);
+    // The one slot is free again, and the tunnel is reused.
+    let res = client.get("/posts/1").send().await.expect("after");
+    assert_eq!(res.status(), 200);
+    assert_eq!(proxy.connections(), 1, "one tunnel for both calls");
+}
+
+/// Through SOCKS5 (plain HTTP): a streamed download and a streamed upload
+/// arrive whole.
+#[tokio::test]
+async fn streams_go_whole_both_ways_through_socks5() {
+    let api = FakeApi::start().await.expect("api");
+    let socks = Socks5Proxy::start().await.expect("socks");
+    let client = Client::builder(api.url())
+        .proxy(Proxy::all(socks.url()).expect("proxy"))
+        .build()
+        .expect("client");
+    let res = client
+        .get("/huge?size=3000000&chunk=10000")
+        .send_streaming()
+        .await
+        .expect("head");
+    assert_eq!(drain(res).await.expect("whole").0, 3_000_000);
+    let parts: Vec<Result<bytes::Bytes, std::io::Error>> = (0..64)
+        .map(|i| Ok(bytes::Bytes::from(vec![b'a' + (i % 26) as u8; 1000])))
+        .collect();
+    let res = client
+        .post("/anything/upload")
+        .body_stream(ready_stream(parts))
+        .send()
+        .await
+        .expect("uploaded");
+    assert_eq!(res.status(), 200);
+    let seen = api.last_request("/anything/upload").expect("reached");
+    assert_eq!(seen.body.len(), 64_000);
+    assert!(seen.body[..1000].iter().all(|&b| b == b'a'));
+    assert!(!socks.targets().is_empty());
+}
+
+/// A stream of ready items (no extra dependency for the test).
+fn ready_stream(
+    items: Vec<Result<bytes::Bytes, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    struct Items(std::collections::VecDeque<Result<bytes::Bytes, std::io::Error>>);
+    impl futures_core::Stream for Items {
+        type Item = Result<bytes::Bytes, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.pop_front())
+        }
+    }
+    Items(items.into())
+}
+
+/// Over HTTP/2, the connection cut in the middle of a streamed body ends
+/// the read with one `Body` error (never a short success), the slot is
+/// freed, and the next call works on a new connection. An endless body
+/// dropped half read frees its slot too (the stream is reset, the
+/// connection kept).
+#[tokio::test]
+async fn over_http2_a_cut_mid_body_is_one_body_error_and_a_dropped_stream_frees_its_slot() {
+    let api = FakeApi::start().await.expect("api");
+    let faults = tollgate_testkit::FaultProxy::start(api.addr())
+        .await
+        .expect("fault proxy");
+    let front = tls_front(faults.addr(), H1_H2, None).await;
+    let client = Client::builder(front.url())
+        .add_root_certificate_der(front.root().to_vec())
+        .concurrency_limit(
+            tollgate::limit::ConcurrencyLimitLayer::new(1)
+                .queue_timeout(std::time::Duration::from_secs(5)),
+        )
+        .build()
+        .expect("client");
+
+    // Dropped half read: the slot comes back, the connection stays.
+    let mut endless = client.get("/endless").send_streaming().await.expect("head");
+    assert_eq!(endless.version(), Version::HTTP_2);
+    for _ in 0..4 {
+        assert!(endless.chunk().await.expect("a chunk").is_some());
+    }
+    drop(endless);
+    let res = client.get("/posts/1").send().await.expect("slot free");
+    assert_eq!(res.status(), 200);
+    assert_eq!(front.handshakes(), 1, "the h2 connection was kept");
+
+    // Cut mid-body: a new connection, reset 1 MiB in.
+    faults.inject(tollgate_testkit::ProxyFault::reset_after(1 << 20).times(1));
+    let fresh = Client::builder(front.url())
+        .add_root_certificate_der(front.root().to_vec())
+        .concurrency_limit(
+            tollgate::limit::ConcurrencyLimitLayer::new(1)
+                .queue_timeout(std::time::Duration::from_secs(5)),
+        )
+        .build()
+        .expect("client");
+    let res = fresh
+        .get("/huge?size=8388608")
+        .send_streaming()
+        .await
+        .expect("head");
+    let err = drain(res).await.expect_err("cut short");
+    assert_eq!(err.kind(), ErrorKind::Body, "{err:?}");
+    let res = fresh.get("/posts/1").send().await.expect("after the cut");
+    assert_eq!(res.status(), 200);
+}
