@@ -683,6 +683,20 @@ async fn drain(mut res: tollgate::StreamingResponse) -> Result<(u64, u64), tollg
     Ok((bytes, chunks))
 }
 
+/// A client of `front` (through `proxy`, if any) with a pool of one slot.
+fn one_slot(front: &TlsFront, proxy: Option<Proxy>) -> Client {
+    let mut builder = Client::builder(front.url())
+        .add_root_certificate_der(front.root().to_vec())
+        .concurrency_limit(
+            tollgate::limit::ConcurrencyLimitLayer::new(1)
+                .queue_timeout(std::time::Duration::from_secs(5)),
+        );
+    if let Some(proxy) = proxy {
+        builder = builder.proxy(proxy);
+    }
+    builder.build().expect("client")
+}
+
 /// A download of 8 MiB streams through a CONNECT tunnel over HTTP/2 (ALPN
 /// inside the tunnel) in many chunks, whole; the pool slot is back after.
 #[tokio::test]
@@ -690,15 +704,7 @@ async fn a_download_streams_whole_through_a_connect_tunnel_over_http2() {
     let api = FakeApi::start().await.expect("api");
     let front = tls_front(api.addr(), H1_H2, None).await;
     let proxy = HttpProxy::start().await.expect("proxy");
-    let client = Client::builder(front.url())
-        .add_root_certificate_der(front.root().to_vec())
-        .proxy(Proxy::all(proxy.url()).expect("proxy"))
-        .concurrency_limit(
-            tollgate::limit::ConcurrencyLimitLayer::new(1)
-                .queue_timeout(std::time::Duration::from_secs(5)),
-        )
-        .build()
-        .expect("client");
+    let client = one_slot(&front, Some(Proxy::all(proxy.url()).expect("proxy")));
     let res = client
         .get("/huge?size=8388608")
         .send_streaming()
@@ -776,14 +782,7 @@ async fn over_http2_a_cut_mid_body_is_one_body_error_and_a_dropped_stream_frees_
         .await
         .expect("fault proxy");
     let front = tls_front(faults.addr(), H1_H2, None).await;
-    let client = Client::builder(front.url())
-        .add_root_certificate_der(front.root().to_vec())
-        .concurrency_limit(
-            tollgate::limit::ConcurrencyLimitLayer::new(1)
-                .queue_timeout(std::time::Duration::from_secs(5)),
-        )
-        .build()
-        .expect("client");
+    let client = one_slot(&front, None);
 
     // Dropped half read: the slot comes back, the connection stays.
     let mut endless = client.get("/endless").send_streaming().await.expect("head");
@@ -798,14 +797,7 @@ async fn over_http2_a_cut_mid_body_is_one_body_error_and_a_dropped_stream_frees_
 
     // Cut mid-body: a new connection, reset 1 MiB in.
     faults.inject(tollgate_testkit::ProxyFault::reset_after(1 << 20).times(1));
-    let fresh = Client::builder(front.url())
-        .add_root_certificate_der(front.root().to_vec())
-        .concurrency_limit(
-            tollgate::limit::ConcurrencyLimitLayer::new(1)
-                .queue_timeout(std::time::Duration::from_secs(5)),
-        )
-        .build()
-        .expect("client");
+    let fresh = one_slot(&front, None);
     let res = fresh
         .get("/huge?size=8388608")
         .send_streaming()
