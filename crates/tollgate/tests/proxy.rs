@@ -795,9 +795,15 @@ async fn over_http2_a_cut_mid_body_is_one_body_error_and_a_dropped_stream_frees_
     assert_eq!(res.status(), 200);
     assert_eq!(front.handshakes(), 1, "the h2 connection was kept");
 
-    // Cut mid-body: a new connection, reset 1 MiB in.
-    faults.inject(tollgate_testkit::ProxyFault::reset_after(1 << 20).times(1));
-    let fresh = one_slot(&front, None);
+    // Cut mid-body, 1 MiB in, on a connection of its own (an HTTP/2
+    // connection's control frames would take a fault scripted on a proxy it
+    // already uses).
+    let cut = tollgate_testkit::FaultProxy::start(api.addr())
+        .await
+        .expect("fault proxy");
+    cut.inject(tollgate_testkit::ProxyFault::reset_after(1 << 20).times(1));
+    let cut_front = tls_front(cut.addr(), H1_H2, None).await;
+    let fresh = one_slot(&cut_front, None);
     let res = fresh
         .get("/huge?size=8388608")
         .send_streaming()
