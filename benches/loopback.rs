@@ -41,7 +41,9 @@ use tokio::time::Instant;
 const BODY: &[u8] = br#"{"userId":1,"id":1,"title":"sunt aut facere","body":"quia et suscipit"}"#;
 /// Client kinds measured by default; `--clients` picks others (`facade-nt`
 /// is the facade without its default deadline, to price the timer;
-/// `facade-retry` adds the default `RetryLayer`).
+/// `facade-retry` adds the default `RetryLayer`; `facade-noredir`,
+/// `facade-nogzip` and `facade-lean` turn off the default redirect stage,
+/// the default decompression, or both, to price them).
 const CLIENTS: &str = "bare,facade,reqwest";
 
 fn main() {
@@ -151,6 +153,22 @@ fn client(args: &[&str]) {
                     let c = tollgate::Client::builder(format!("http://{addr}"))
                         .build()
                         .expect("client");
+                    Arc::new(move || {
+                        let c = c.clone();
+                        Box::pin(async move { c.get("/posts/1").send().await.is_ok() })
+                    })
+                }
+                "facade-noredir" | "facade-nogzip" | "facade-lean" => {
+                    // Prices the default redirect and decompression stages:
+                    // each off alone, then both.
+                    let mut builder = tollgate::Client::builder(format!("http://{addr}"));
+                    if kind != "facade-nogzip" {
+                        builder = builder.redirect(tollgate::RedirectPolicy::none());
+                    }
+                    if kind != "facade-noredir" {
+                        builder = builder.gzip(false);
+                    }
+                    let c = builder.build().expect("client");
                     Arc::new(move || {
                         let c = c.clone();
                         Box::pin(async move { c.get("/posts/1").send().await.is_ok() })
