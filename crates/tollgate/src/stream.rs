@@ -525,3 +525,147 @@ where
         }
     }
 }
+
+/// A streamed body that did not match the `Content-Length` the caller set
+/// (`ExactLength`): the call fails with [`ErrorKind::Body`], the request
+/// unfinished.
+#[derive(Debug)]
+pub(crate) enum LengthMismatch {
+    /// More than the declared length.
+    Longer { declared: u64 },
+    /// The end came after `sent` of the declared bytes.
+    Shorter { declared: u64, sent: u64 },
+}
+
+impl fmt::Display for LengthMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LengthMismatch::Longer { declared } => write!(
+                f,
+                "the streamed body is longer than its Content-Length of {declared} bytes"
+            ),
+            LengthMismatch::Shorter { declared, sent } => write!(
+                f,
+                "the streamed body ended after {sent} of the {declared} bytes its \
+                 Content-Length declares"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LengthMismatch {}
+
+pin_project_lite::pin_project! {
+    /// A streamed body held to the `Content-Length` its caller declared:
+    /// exactly `declared` bytes, or an [`UploadFailed`] error
+    /// ([`LengthMismatch`]) before the request is complete.
+    ///
+    /// hyper, given a `Content-Length` and a longer body, sends the declared
+    /// length and stops there (the rest is silently dropped, the request a
+    /// success); given a shorter one, it fails the request. Neither may pass
+    /// for a success here, so the frame that completes the length is held
+    /// back until the stream says it has ended: more data after it is an
+    /// error, and hyper never has the whole declared length to send.
+    pub(crate) struct ExactLength<B> {
+        #[pin]
+        inner: B,
+        declared: u64,
+        sent: u64,
+        // The frame that completes the length, until the stream's end.
+        held: Option<Frame<Bytes>>,
+        done: bool,
+    }
+}
+
+impl<B> ExactLength<B> {
+    pub(crate) fn new(inner: B, declared: u64) -> Self {
+        ExactLength {
+            inner,
+            declared,
+            sent: 0,
+            held: None,
+            done: false,
+        }
+    }
+}
+
+impl<B> HttpBody for ExactLength<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let declared = *this.declared;
+        let fail = |e: LengthMismatch| Poll::Ready(Some(Err(UploadFailed(e.into()).into())));
+        loop {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    *this.done = true;
+                    if *this.sent < declared {
+                        return fail(LengthMismatch::Shorter {
+                            declared,
+                            sent: *this.sent,
+                        });
+                    }
+                    return Poll::Ready(this.held.take().map(Ok));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    *this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len == 0 {
+                        // An empty chunk or trailers: nothing to count;
+                        // behind a held frame, nothing to send either.
+                        if this.held.is_some() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    if len > declared - *this.sent {
+                        *this.done = true;
+                        *this.held = None;
+                        return fail(LengthMismatch::Longer { declared });
+                    }
+                    *this.sent += len;
+                    if *this.sent == declared {
+                        *this.held = Some(frame);
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.declared == 0 && !self.done {
+            // Unknown until the stream ends: an exact zero would let the
+            // transport send an empty body without reading the stream.
+            return SizeHint::default();
+        }
+        // Still to come: the bytes not yet counted and the held frame.
+        let held = self
+            .held
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        SizeHint::with_exact(self.declared - self.sent + held)
+    }
+}
