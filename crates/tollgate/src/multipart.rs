@@ -29,8 +29,8 @@
 //! - **A file part** gets its file name from the path's last component and
 //!   `application/octet-stream` unless given ([`Part::mime_str`]); its
 //!   length is taken when it is opened and exactly that many bytes are sent:
-//!   a file that grew meanwhile is read only up to that length (the bytes
-//!   added are not sent, and the call succeeds with the file as it was);
+//!   a file that grew meanwhile is read only up to that length (its first
+//!   bytes are sent, those added are not, and the call succeeds);
 //!   a file that shrank fails the call with a `Body` error when its read
 //!   ends short, before anything after it (the closing boundary) is sent,
 //!   so the server never sees a complete form with a cut file in it.

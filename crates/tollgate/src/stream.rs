@@ -37,7 +37,11 @@
 //! response is the answer: a `503` comes back as the `503`, a `307` as the
 //! `307`), and never given to the cache. An error from the stream ends the
 //! call with an [`ErrorKind::Body`] error and the request is not finished
-//! (the connection is closed, nothing more is sent).
+//! (the connection is closed, nothing more is sent). So does a stream
+//! longer or shorter than a `Content-Length` the caller set (see
+//! [`RequestBuilder::body_stream`](crate::RequestBuilder::body_stream)).
+//! The read timeout counts each piece of the body sent as progress: the
+//! wait for the response head starts when the body has been sent in full.
 
 use std::fmt;
 use std::future::Future;
