@@ -673,3 +673,74 @@ where
         SizeHint::with_exact(self.declared - self.sent + held)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// These chunks, each ready at once.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Stream for Chunks {
+        type Item = Result<Bytes, Infallible>;
+
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    proptest! {
+        /// Against a model: a stream of exactly the declared length comes
+        /// through whole; any other ends in one error, and before it the
+        /// transport never had the whole declared length (so hyper, which
+        /// stops at it, cannot finish the request).
+        #[test]
+        fn exact_length_passes_the_declared_length_or_fails_before_reaching_it(
+            sizes in proptest::collection::vec(0usize..5, 0..6),
+            declared in 0u64..20,
+        ) {
+            let chunks: VecDeque<Bytes> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
+                .collect();
+            let whole: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+            let mut body = std::pin::pin!(ExactLength::new(
+                StreamBody::new(Chunks(chunks), None),
+                declared,
+            ));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut sent = Vec::new();
+            let mut errors = 0;
+            for _ in 0..32 {
+                match body.as_mut().poll_frame(&mut cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        prop_assert_eq!(errors, 0, "nothing after the error");
+                        sent.extend_from_slice(frame.data_ref().expect("data"));
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        prop_assert!(e.is::<UploadFailed>());
+                        errors += 1;
+                    }
+                    Poll::Ready(None) => break,
+                    Poll::Pending => prop_assert!(false, "never pending"),
+                }
+            }
+            prop_assert!(body.is_end_stream());
+            if whole.len() as u64 == declared {
+                prop_assert_eq!(errors, 0);
+                prop_assert_eq!(sent, whole);
+            } else {
+                prop_assert_eq!(errors, 1);
+                prop_assert!(sent.len() as u64 <= declared);
+                prop_assert!(declared == 0 || (sent.len() as u64) < declared);
+                prop_assert_eq!(&whole[..sent.len()], &sent[..]);
+            }
+        }
+    }
+}
