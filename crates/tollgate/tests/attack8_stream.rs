@@ -1479,6 +1479,7 @@ async fn a_content_length_longer_than_the_streamed_body_ends_the_call_with_one_e
         ErrorKind::Timeout,
         "ended by the lie, not the deadline: {err:?}"
     );
+    assert_eq!(err.kind(), ErrorKind::Body, "{err:?}");
     assert_eq!(api.hits("/anything/short"), 0);
     assert!(slot_is_free(&client).await);
 }
