@@ -423,6 +423,12 @@ impl ClientBuilder {
     /// the [`connect_timeout`](Self::connect_timeout) cuts connecting too
     /// (as a `Timeout`).
     ///
+    /// While a streamed request body
+    /// ([`body_stream`](crate::RequestBuilder::body_stream), a multipart form
+    /// with a file) is sent, each piece of it the transport takes counts as
+    /// progress: the wait for the head starts when it has been sent in
+    /// full, and an upload that stalls for this long is a `Timeout`.
+    ///
     /// With retry on, a read timeout is retried like an attempt timeout
     /// (idempotent methods only). `Duration::MAX` means no read timeout;
     /// zero is an [`ErrorKind::Builder`] from `build`. A custom

@@ -28,8 +28,12 @@
 //!   are best checked by the caller.
 //! - **A file part** gets its file name from the path's last component and
 //!   `application/octet-stream` unless given ([`Part::mime_str`]); its
-//!   length is taken when it is opened and exactly that many bytes are sent
-//!   (a file that shrinks meanwhile fails the call with a `Body` error).
+//!   length is taken when it is opened and exactly that many bytes are sent:
+//!   a file that grew meanwhile is read only up to that length (its first
+//!   bytes are sent, those added are not, and the call succeeds);
+//!   a file that shrank fails the call with a `Body` error when its read
+//!   ends short, before anything after it (the closing boundary) is sent,
+//!   so the server never sees a complete form with a cut file in it.
 //! - **The body**: a form of text and bytes parts is one buffer in memory
 //!   (replayable: retry and redirects may send it again); a form with a
 //!   file part is streamed and sent once (see
@@ -174,10 +178,10 @@ impl Form {
                     streamed = true;
                     len += head.len() as u64 + n;
                     segments.push_back(Segment::Bytes(head.split().freeze()));
-                    segments.push_back(Segment::File(ReaderStream::with_capacity(
-                        file.take(n),
-                        64 * 1024,
-                    )));
+                    segments.push_back(Segment::File {
+                        reader: ReaderStream::with_capacity(file.take(n), 64 * 1024),
+                        left: n,
+                    });
                 }
             }
             head.extend_from_slice(b"\r\n");
@@ -295,7 +299,24 @@ impl Part {
 /// The pieces of a streamed form: the bytes between files, and the files.
 enum Segment {
     Bytes(Bytes),
-    File(ReaderStream<tokio::io::Take<tokio::fs::File>>),
+    /// A file, read up to the length it had when opened (`Take`): `left`
+    /// bytes of it are still to come.
+    File {
+        reader: ReaderStream<tokio::io::Take<tokio::fs::File>>,
+        left: u64,
+    },
+}
+
+/// A file part that ended `left` bytes short of the length it had when
+/// opened: sending on would make a well-formed form with a cut file in it.
+fn file_shrank(left: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!(
+            "a multipart file part ended {left} bytes short of the length it had when \
+             opened (the file shrank while it was sent)"
+        ),
+    )
 }
 
 struct FormStream {
@@ -316,8 +337,23 @@ impl Stream for FormStream {
                         return Poll::Ready(Some(Ok(bytes)));
                     }
                 }
-                Some(Segment::File(file)) => match Pin::new(file).poll_next(cx) {
-                    Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+                Some(Segment::File { reader, left }) => match Pin::new(reader).poll_next(cx) {
+                    Poll::Ready(Some(Ok(bytes))) => {
+                        // `Take` never reads past the length: a file that
+                        // grew is sent as it was when opened.
+                        *left = left.saturating_sub(bytes.len() as u64);
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        self.segments.clear();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Ready(None) if *left > 0 => {
+                        // Nothing after it: the form is never completed.
+                        let left = *left;
+                        self.segments.clear();
+                        return Poll::Ready(Some(Err(file_shrank(left))));
+                    }
                     Poll::Ready(None) => {
                         self.segments.pop_front();
                     }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -145,6 +145,56 @@ pub(crate) fn merge_headers(into: &mut HeaderMap, from: HeaderMap) {
             }
         }
     }
+}
+
+/// Holds a streamed body to the `Content-Length` its caller set, if any
+/// (see [`RequestBuilder::body_stream`]): the body is sent as exactly that
+/// many bytes or the call fails with [`ErrorKind::Body`], never truncated or
+/// overlong.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidRequest`] for a `Content-Length` that is not one
+/// decimal number (repeated values must agree, RFC 9110 section 8.6).
+fn hold_to_declared_length(request: &mut Request<RequestBody>) -> Result<(), Error> {
+    let mut declared: Option<u64> = None;
+    for value in request.headers().get_all(CONTENT_LENGTH) {
+        let n = value
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok());
+        match (n, declared) {
+            (Some(n), Some(d)) if n != d => {
+                return Err(Error::new(
+                    ErrorKind::InvalidRequest,
+                    "the request has Content-Length headers that disagree",
+                ))
+            }
+            (Some(n), _) => declared = Some(n),
+            (None, _) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidRequest,
+                    "the request's Content-Length is not a number of bytes",
+                ))
+            }
+        }
+    }
+    if let Some(n) = declared {
+        if n == 0 {
+            // hyper would send `Content-Length: 0` and never read the
+            // stream: sent chunked instead, the stream read to its end, and
+            // an empty body on the wire unless it yields data (an error).
+            request.headers_mut().remove(CONTENT_LENGTH);
+        } else {
+            request
+                .headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        let body = std::mem::take(request.body_mut());
+        *request.body_mut() = RequestBody::streaming(crate::stream::ExactLength::new(body, n));
+    }
+    Ok(())
 }
 
 impl RequestBuilder {
@@ -341,6 +391,23 @@ impl RequestBuilder {
     /// `401`, and the cache is bypassed. An error from the stream ends the
     /// call with [`ErrorKind::Body`](crate::ErrorKind::Body), and the
     /// request is not completed (its connection is closed).
+    ///
+    /// **A `Content-Length` set by the caller** (on the request, the
+    /// endpoint or the client) is held to: the stream must yield exactly
+    /// that many bytes. One byte more, or an end before the declared length,
+    /// fails the call with [`ErrorKind::Body`](crate::ErrorKind::Body) and
+    /// the request is not completed: the server never sees a truncated or
+    /// overlong body as a whole request. (hyper, which reqwest and this
+    /// client send with, fails a short body but silently cuts a long one at
+    /// the declared length; Go's `net/http` fails both, as this does.) To
+    /// hold the length, the chunk that completes it is sent once the stream
+    /// has ended. A `Content-Length` that is not one decimal number (or
+    /// repeated with different values) is an
+    /// [`ErrorKind::InvalidRequest`](crate::ErrorKind::InvalidRequest).
+    /// Without one, the body is sent chunked (HTTP/1.1); with a declared
+    /// length of zero too (hyper would send `Content-Length: 0` without
+    /// reading the stream, so data from it would go unnoticed): an empty
+    /// chunked body, or a `Body` error if the stream yields data.
     ///
     /// ```no_run
     /// # async fn run(client: tollgate::Client) -> Result<(), tollgate::Error> {
@@ -675,6 +742,9 @@ impl RequestBuilder {
             .as_ref()
             .and_then(|_| all_headers.get(CONTENT_TYPE).cloned());
         *request.headers_mut() = all_headers;
+        if streamed_body {
+            hold_to_declared_length(&mut request)?;
+        }
         #[cfg(feature = "cache")]
         {
             if streaming || streamed_body {

@@ -37,7 +37,11 @@
 //! response is the answer: a `503` comes back as the `503`, a `307` as the
 //! `307`), and never given to the cache. An error from the stream ends the
 //! call with an [`ErrorKind::Body`] error and the request is not finished
-//! (the connection is closed, nothing more is sent).
+//! (the connection is closed, nothing more is sent). So does a stream
+//! longer or shorter than a `Content-Length` the caller set (see
+//! [`RequestBuilder::body_stream`](crate::RequestBuilder::body_stream)).
+//! The read timeout counts each piece of the body sent as progress: the
+//! wait for the response head starts when the body has been sent in full.
 
 use std::fmt;
 use std::future::Future;
@@ -522,6 +526,221 @@ where
         match self.len {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
+        }
+    }
+}
+
+/// A streamed body that did not match the `Content-Length` the caller set
+/// (`ExactLength`): the call fails with [`ErrorKind::Body`], the request
+/// unfinished.
+#[derive(Debug)]
+pub(crate) enum LengthMismatch {
+    /// More than the declared length.
+    Longer { declared: u64 },
+    /// The end came after `sent` of the declared bytes.
+    Shorter { declared: u64, sent: u64 },
+}
+
+impl fmt::Display for LengthMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LengthMismatch::Longer { declared } => write!(
+                f,
+                "the streamed body is longer than its Content-Length of {declared} bytes"
+            ),
+            LengthMismatch::Shorter { declared, sent } => write!(
+                f,
+                "the streamed body ended after {sent} of the {declared} bytes its \
+                 Content-Length declares"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LengthMismatch {}
+
+pin_project_lite::pin_project! {
+    /// A streamed body held to the `Content-Length` its caller declared:
+    /// exactly `declared` bytes, or an [`UploadFailed`] error
+    /// ([`LengthMismatch`]) before the request is complete.
+    ///
+    /// hyper, given a `Content-Length` and a longer body, sends the declared
+    /// length and stops there (the rest is silently dropped, the request a
+    /// success); given a shorter one, it fails the request. Neither may pass
+    /// for a success here, so the frame that completes the length is held
+    /// back until the stream says it has ended: more data after it is an
+    /// error, and hyper never has the whole declared length to send.
+    pub(crate) struct ExactLength<B> {
+        #[pin]
+        inner: B,
+        declared: u64,
+        sent: u64,
+        // The frame that completes the length, until the stream's end.
+        held: Option<Frame<Bytes>>,
+        done: bool,
+    }
+}
+
+impl<B> ExactLength<B> {
+    pub(crate) fn new(inner: B, declared: u64) -> Self {
+        ExactLength {
+            inner,
+            declared,
+            sent: 0,
+            held: None,
+            done: false,
+        }
+    }
+}
+
+impl<B> HttpBody for ExactLength<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let declared = *this.declared;
+        let fail = |e: LengthMismatch| Poll::Ready(Some(Err(UploadFailed(e.into()).into())));
+        loop {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    *this.done = true;
+                    if *this.sent < declared {
+                        return fail(LengthMismatch::Shorter {
+                            declared,
+                            sent: *this.sent,
+                        });
+                    }
+                    return Poll::Ready(this.held.take().map(Ok));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    *this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len == 0 {
+                        // An empty chunk or trailers: nothing to count;
+                        // behind a held frame, nothing to send either.
+                        if this.held.is_some() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    if len > declared - *this.sent {
+                        *this.done = true;
+                        *this.held = None;
+                        return fail(LengthMismatch::Longer { declared });
+                    }
+                    *this.sent += len;
+                    if *this.sent == declared {
+                        *this.held = Some(frame);
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.declared == 0 && !self.done {
+            // Unknown until the stream ends: an exact zero would let the
+            // transport send an empty body without reading the stream.
+            return SizeHint::default();
+        }
+        // Still to come: the bytes not yet counted and the held frame.
+        let held = self
+            .held
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        SizeHint::with_exact(self.declared - self.sent + held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// These chunks, each ready at once.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Stream for Chunks {
+        type Item = Result<Bytes, Infallible>;
+
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    proptest! {
+        /// Against a model: a stream of exactly the declared length comes
+        /// through whole; any other ends in one error, and before it the
+        /// transport never had the whole declared length (so hyper, which
+        /// stops at it, cannot finish the request).
+        #[test]
+        fn exact_length_passes_the_declared_length_or_fails_before_reaching_it(
+            sizes in proptest::collection::vec(0usize..5, 0..6),
+            declared in 0u64..20,
+        ) {
+            let chunks: VecDeque<Bytes> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
+                .collect();
+            let whole: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+            let mut body = std::pin::pin!(ExactLength::new(
+                StreamBody::new(Chunks(chunks), None),
+                declared,
+            ));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut sent = Vec::new();
+            let mut errors = 0;
+            for _ in 0..32 {
+                match body.as_mut().poll_frame(&mut cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        prop_assert_eq!(errors, 0, "nothing after the error");
+                        sent.extend_from_slice(frame.data_ref().expect("data"));
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        prop_assert!(e.is::<UploadFailed>());
+                        errors += 1;
+                    }
+                    Poll::Ready(None) => break,
+                    Poll::Pending => prop_assert!(false, "never pending"),
+                }
+            }
+            prop_assert!(body.is_end_stream());
+            if whole.len() as u64 == declared {
+                prop_assert_eq!(errors, 0);
+                prop_assert_eq!(sent, whole);
+            } else {
+                prop_assert_eq!(errors, 1);
+                prop_assert!(sent.len() as u64 <= declared);
+                prop_assert!(declared == 0 || (sent.len() as u64) < declared);
+                prop_assert_eq!(&whole[..sent.len()], &sent[..]);
+            }
         }
     }
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -239,10 +241,14 @@ fn read_timed_out(d: Duration) -> BoxError {
     io::Error::new(io::ErrorKind::TimedOut, ReadTimedOut(d)).into()
 }
 
-/// Bounds each wait for data: for the response head from the moment the
-/// request is handed to the transport, then between two pieces of the body.
-/// A body that stops (or a head that never comes) ends with a timeout error
-/// instead of holding its connection, its pool slot and its caller.
+/// Bounds each wait: for the response head from the moment the request is
+/// handed to the transport (or, with a streamed request body, from the last
+/// frame of it the transport took: while it is sent, each frame is
+/// progress, and the wait for the head starts when it has been sent in
+/// full), then between two pieces of the response body. A body that stops
+/// (or a head that never comes, or an upload that stalls) ends with a
+/// timeout error instead of holding its connection, its pool slot and its
+/// caller.
 #[derive(Clone, Debug)]
 pub(crate) struct ReadTimeout<S> {
     inner: S,
@@ -271,12 +277,91 @@ where
     }
 
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        // A body in memory is sent at once: the wait starts now, at no cost.
+        // A streamed one reports each frame the transport takes.
+        let (req, upload) = if self.timeout.is_some() && !req.body().is_replayable() {
+            let upload = Arc::new(Upload::new());
+            let req = req.map(|body| {
+                RequestBody::streaming(UploadBody {
+                    inner: body,
+                    upload: upload.clone(),
+                })
+            });
+            (req, Some(upload))
+        } else {
+            (req, None)
+        };
         ReadTimeoutFuture {
             inner: self.inner.call(req),
             timeout: self.timeout,
             deadline: after(self.timeout),
+            upload,
             sleep: None,
         }
+    }
+}
+
+/// The progress of a streamed request body: when the transport last took
+/// a frame of it (or its end), shared by the body and the response future.
+#[derive(Debug)]
+struct Upload {
+    start: Instant,
+    /// Nanoseconds from `start` to the last progress.
+    last: AtomicU64,
+}
+
+impl Upload {
+    fn new() -> Self {
+        Upload {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn progressed(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// The instant `d` after the last progress.
+    fn idle_until(&self, d: Duration) -> Option<Instant> {
+        let last = Duration::from_nanos(self.last.load(Ordering::Relaxed));
+        self.start.checked_add(last)?.checked_add(d)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A streamed request body that reports each frame taken (see
+    /// [`Upload`]).
+    struct UploadBody {
+        #[pin]
+        inner: RequestBody,
+        upload: Arc<Upload>,
+    }
+}
+
+impl HttpBody for UploadBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if polled.is_ready() {
+            this.upload.progressed();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -287,6 +372,8 @@ pin_project_lite::pin_project! {
         inner: F,
         timeout: Option<Duration>,
         deadline: Option<Instant>,
+        // A streamed request body's progress: the deadline moves with it.
+        upload: Option<Arc<Upload>>,
         // Made at the first wait: a response that is ready at once costs no
         // timer.
         #[pin]
@@ -317,9 +404,23 @@ where
         if this.sleep.is_none() {
             this.sleep.set(Some(tokio::time::sleep_until(at)));
         }
-        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(read_timed_out(d))),
-            _ => Poll::Pending,
+        let Some(mut sleep) = this.sleep.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The timer is not moved at each frame of a streamed upload:
+            // when it fires, it moves to the idle wait's end, if the upload
+            // progressed since it was set.
+            match this.upload.as_ref().and_then(|u| u.idle_until(d)) {
+                Some(later) if later > sleep.deadline() => {
+                    *this.deadline = Some(later);
+                    sleep.as_mut().reset(later);
+                }
+                _ => return Poll::Ready(Err(read_timed_out(d))),
+            }
         }
     }
 }
