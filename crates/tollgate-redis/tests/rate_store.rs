@@ -569,3 +569,31 @@ async fn one_smooth_quota_reads_state_of_another_format_as_an_error_too() {
     assert_eq!(store.check("k", 0).await.unwrap(), Ok(()));
     assert!(store.check("k", 0).await.unwrap().is_err());
 }
+
+/// The script's command is built by the store (not redis-rs's
+/// `ScriptInvocation`): a Redis that lost its scripts (`SCRIPT FLUSH`, a
+/// restart) answers `NOSCRIPT`, and the store loads the script and asks
+/// again: a decision, not an outage.
+#[tokio::test]
+async fn a_redis_that_lost_the_script_still_decides_without_an_outage() {
+    let redis = redis();
+    let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
+        .quota(Quota::per_second(1).unwrap())
+        .build()
+        .unwrap();
+    let mut conn = raw(&redis.url()).await;
+    for key in ["a", "b", "c"] {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(check(&store, key, 0).await, Ok(()));
+        assert!(check(&store, key, 0).await.is_err(), "the key's one permit");
+    }
+    let stats = store.stats();
+    assert_eq!((stats.shared, stats.degradations), (6, 0), "{stats:?}");
+    assert_eq!(store.mode(), Mode::Shared);
+}
