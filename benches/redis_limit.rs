@@ -9,17 +9,27 @@
 //!   at T = 64. Each call's latency is recorded: p50, p99 and max printed.
 //! - **Why**: the same server's ceilings measured by `redis-benchmark` (if
 //!   on the PATH): `PING` and `EVALSHA` of the store's own script with the
-//!   store's arguments, and of a minimal GCRA-like script (`TIME`, `GET`,
-//!   `SET PX`), over 64 connections, over one connection pipelining 64 (the
-//!   store uses one multiplexed connection) and one at a time; and the
-//!   server's own time per script call (`INFO commandstats`).
+//!   store's own command (`script_command`: its keys and arguments as it
+//!   sends them; run once by hand first and its answer printed, so that an
+//!   error path is never what is measured), and of a minimal GCRA-like
+//!   script (`TIME`, `GET`, `SET PX`), over 64 connections, over one
+//!   connection pipelining 64 (the store uses one multiplexed connection)
+//!   and one at a time; and the server's own time per script call (`INFO
+//!   commandstats`), for the throughput runs and for each script under
+//!   `redis-benchmark`: a figure the machine's load changes little.
 //! - **criterion**: one decision's round trip (`check`, one caller),
 //!   `check` on a key Redis just refused (answered by the deny cache; with
 //!   a fixed `now`, the store's own cost, and with a system-clock read),
 //!   `MemoryStore::check_sync` in process for comparison, and the
 //!   system-clock read alone.
 //!
-//! `cargo bench --bench redis_limit` (about a minute). The store's timeout
+//! - **Instructions per `check`** (the client's side, load-independent):
+//!   `REDIS_LIMIT_CALLS=N` runs only N sequential checks; the bench runs
+//!   itself so under `valgrind --tool=callgrind` (if on the PATH) with two
+//!   values of N and prints the difference of the counts over the
+//!   difference of N.
+//!
+//! `cargo bench --bench redis_limit` (about three minutes). The store's timeout
 //! is set to 1 s here so that a loaded machine measures Redis, not the
 //! degraded mode; the counts of refusals and failures are printed.
 #![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary")]
@@ -31,7 +41,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::Criterion;
 use tokio::time::Instant;
-use tollgate_limit::gcra::Gcra;
 use tollgate_limit::{MemoryStore, Quota, RateLimitStore, UnixNanos};
 use tollgate_redis::RedisRateLimitStore;
 use tollgate_testkit::{RedisServer, HOW_TO_GET_REDIS};
@@ -167,6 +176,47 @@ fn redis_benchmark(port: u16, clients: u32, pipeline: u32, command: &[String]) -
     )
 }
 
+/// `REDIS_LIMIT_CALLS=N`: only N `check`s one after another (one caller,
+/// one key), then exit: run under `valgrind --tool=callgrind` twice with
+/// two values of N, the difference of the instruction counts divided by
+/// the difference of N is the client's instructions per `check`, a figure
+/// a loaded machine does not change (valgrind does not follow the
+/// redis-server child).
+fn sequential_calls(rt: &tokio::runtime::Runtime, url: &str, calls: u64) {
+    let one = store(url, "bench-calls", huge());
+    let (mut permits, mut other) = (0u64, 0u64);
+    rt.block_on(async {
+        for _ in 0..calls {
+            match one.check("", unix_now()).await {
+                Ok(Ok(())) => permits += 1,
+                _ => other += 1,
+            }
+        }
+    });
+    println!("{calls} sequential checks: {permits} permits, {other} other");
+}
+
+/// The client's instructions per `check`: this binary run twice under
+/// callgrind (`REDIS_LIMIT_CALLS`), the difference of the two counts over
+/// the difference of the calls. `None` without valgrind.
+#[allow(clippy::disallowed_methods)]
+fn instructions_per_check() -> Option<u64> {
+    let exe = std::env::current_exe().ok()?;
+    let count = |calls: u64| -> Option<u64> {
+        let output = Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(&exe)
+            .env("REDIS_LIMIT_CALLS", calls.to_string())
+            .output()
+            .ok()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let line = stderr.lines().find(|l| l.contains("Collected :"))?;
+        line.rsplit(' ').next()?.trim().parse().ok()
+    };
+    let (few, many) = (count(300)?, count(1_300)?);
+    Some(many.saturating_sub(few) / 1_000)
+}
+
 fn main() {
     let redis = RedisServer::start().expect(HOW_TO_GET_REDIS);
     let url = redis.url();
@@ -178,6 +228,13 @@ fn main() {
         .expect("runtime");
     // The stores connect lazily on the runtime.
     let _runtime = rt.enter();
+    if let Some(calls) = std::env::var("REDIS_LIMIT_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        sequential_calls(&rt, &url, calls);
+        return;
+    }
 
     println!("permits per second from one process, one connection ({RUN:?} each)");
     println!(
@@ -237,27 +294,24 @@ fn main() {
     )
     .map(|s| s.trim().to_owned())
     .unwrap_or_default();
+    // The store's own command for a check (its keys and arguments, as it
+    // sends them), with the hash of the script as loaded here.
     let probe = store(&url, "bench-redis-benchmark", huge());
-    let gcra = Gcra::new(&huge());
-    let split = |n: u64| {
-        [
-            (n / 1_000_000_000).to_string(),
-            (n % 1_000_000_000).to_string(),
-        ]
-    };
-    let mut evalsha = vec!["EVALSHA".to_owned(), sha, "2".to_owned()];
-    evalsha.extend(probe.redis_keys(""));
-    evalsha.extend(["check".to_owned(), "redis".to_owned()]);
-    evalsha.extend(split(unix_now()));
-    evalsha.extend([
-        "0".to_owned(),
-        "0".to_owned(),
-        "1".to_owned(),
-        "g".to_owned(),
-    ]);
-    evalsha.extend(split(gcra.interval()));
-    evalsha.extend(split(gcra.tolerance()));
-    evalsha.push("0".to_owned());
+    let mut evalsha = probe.script_command("");
+    if !sha.is_empty() {
+        evalsha[1] = sha;
+    }
+    // One run by hand first: the answer must be a permit, not an error (a
+    // wrong invocation would measure the error path).
+    let answer = run(
+        "redis-cli",
+        &[["-p".to_owned(), port.to_string()].as_slice(), &evalsha].concat(),
+    )
+    .unwrap_or_default();
+    println!(
+        "  the store's script by hand: {}",
+        answer.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
     let ping = vec!["PING".to_owned()];
     // The least a GCRA script does: read the clock, read and write its key.
     let minimal = [
@@ -270,11 +324,17 @@ fn main() {
     .map(str::to_owned)
     .to_vec();
     println!("\nthe same server's ceilings (redis-benchmark, 300,000 requests):");
+    let stat = |args: &[&str]| {
+        let mut all = vec!["-p".to_owned(), port.to_string()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        run("redis-cli", &all).unwrap_or_default()
+    };
     for (name, command) in [
         ("PING", &ping),
         ("EVAL (a minimal GCRA-like script)", &minimal),
         ("EVALSHA (the store's script)", &evalsha),
     ] {
+        stat(&["CONFIG", "RESETSTAT"]);
         for (clients, pipeline) in [(64, 1), (1, 64), (1, 1)] {
             println!(
                 "  {name:<30} {clients:>2} conn x {pipeline:>2} pipelined: {}",
@@ -284,7 +344,19 @@ fn main() {
                     .unwrap_or_default()
             );
         }
+        // The server's own time per call of this script, whatever the
+        // machine's load did to the rates above.
+        for line in stat(&["INFO", "commandstats"]).lines() {
+            if line.starts_with("cmdstat_evalsha") || line.starts_with("cmdstat_eval:") {
+                println!("    {}", line.trim());
+            }
+        }
     }
+    println!(
+        "\nthe client's instructions per check (callgrind, one caller): {}",
+        instructions_per_check()
+            .map_or_else(|| "valgrind not available".to_owned(), |n| n.to_string())
+    );
     println!();
 
     let mut c = Criterion::default()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, RedisResult, ScriptInvocation};
+use redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 
 /// A Redis URL that cannot be used: malformed, or a scheme this build does
 /// not speak. It never repeats the URL (it may hold a password).
@@ -118,25 +118,46 @@ pub(crate) struct ClusterSlot {
 }
 
 impl Conn {
-    /// Runs a script (EVALSHA, EVAL on NOSCRIPT).
-    pub(crate) async fn invoke<T: FromRedisValue>(
-        &self,
-        invocation: &ScriptInvocation<'_>,
-    ) -> RedisResult<T> {
+    /// Runs `evalsha`, an `EVALSHA` of `script` built by the caller (its
+    /// keys and arguments written straight into one buffer); on `NOSCRIPT`
+    /// (a Redis restarted, or `SCRIPT FLUSH`) loads the script and sends
+    /// it again (as redis-rs's `ScriptInvocation` does).
+    pub(crate) async fn eval(&self, script: &Script, evalsha: &Cmd) -> RedisResult<Value> {
         match self {
             Conn::Single(manager) => {
                 let mut conn = manager.clone();
-                invocation.invoke_async(&mut conn).await
+                eval_on(&mut conn, script, evalsha).await
             }
             Conn::Cluster(slot) => {
-                let conn = slot
-                    .conn
-                    .get_or_try_init(|| slot.client.get_async_connection())
-                    .await?;
-                let mut conn = conn.clone();
-                invocation.invoke_async(&mut conn).await
+                let mut conn = slot.connection().await?;
+                eval_on(&mut conn, script, evalsha).await
             }
         }
+    }
+}
+
+async fn eval_on(
+    conn: &mut impl redis::aio::ConnectionLike,
+    script: &Script,
+    evalsha: &Cmd,
+) -> RedisResult<Value> {
+    match evalsha.query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            evalsha.query_async(conn).await
+        }
+        answer => answer,
+    }
+}
+
+impl ClusterSlot {
+    /// The cluster connection, made on first use.
+    async fn connection(&self) -> RedisResult<ClusterConnection> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await?;
+        Ok(conn.clone())
     }
 }
 

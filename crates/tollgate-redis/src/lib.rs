@@ -92,10 +92,11 @@
 //! since no decision over it is sound. Pauses learned while degraded are
 //! held by the replica (deny cache, local share) but not written to Redis.
 //!
-//! Each Redis call runs on a task of its own, so it ends (and an outage is
-//! noticed) even when its caller stops waiting first, at its `max_wait`
-//! or deadline; a check whose caller left may still take a permit in
-//! Redis, which then goes unused (never more than the quota).
+//! A Redis call runs in its caller's task; if the caller stops waiting
+//! first, at its `max_wait` or deadline, the call is finished on a task of
+//! its own, so it ends (and an outage is noticed) all the same; a check
+//! whose caller left may still take a permit in Redis, which then goes
+//! unused (never more than the quota).
 //!
 //! What the store cannot promise, by design:
 //!
@@ -131,7 +132,10 @@
 //! configured with another quota never read this state; `s` is the state
 //! (a string `1:<s>:<ns>` for GCRA, a hash `v, pu, re, rn` for a window),
 //! `l` a window's grants (a list of at most `count` times). Every key
-//! expires one second after its state stops constraining anything.
+//! expires one second after its state stops constraining anything. A store
+//! remembers the names of the keys it used lately (by a 128-bit keyed hash
+//! of the key, never the key), so a call does not hash them again; the
+//! names are the same, and replicas of any build share the state.
 #![deny(missing_docs)]
 
 /// The README's example, compiled so it stays true.

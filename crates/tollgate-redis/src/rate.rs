@@ -320,13 +320,19 @@ impl RedisRateLimitBuilder {
             .max()
             .unwrap_or(0)
             .min(1 << 40);
+        // The script's last arguments never change: built once here.
+        let mut tail = vec![args.len().to_string(), linger_ms.to_string()];
+        for a in &args {
+            tail.extend(a.values.iter().cloned());
+        }
         Ok(RedisRateLimitStore {
             inner: Arc::new(Inner {
-                linger_ms,
                 conn,
                 script: Script::new(SCRIPT),
                 quotas: self.quotas,
                 args,
+                tail,
+                names: NameCache::default(),
                 namespace: self.namespace,
                 timeout: self.timeout,
                 degraded: self.degraded,
@@ -460,13 +466,17 @@ pub struct RedisRateLimitStore {
 }
 
 struct Inner {
-    /// How long a pause key outlives its pause (ms): the longest ramp of
-    /// this replica's quotas after a pause.
-    linger_ms: u64,
     conn: Conn,
     script: Script,
     quotas: Vec<Quota>,
     args: Vec<QuotaArgs>,
+    /// The script's arguments after the call's own: the number of quotas,
+    /// how long a pause key outlives its pause (ms: the longest ramp of
+    /// this replica's quotas after a pause), each quota's values (built
+    /// once).
+    tail: Vec<String>,
+    /// The Redis key names of the keys used lately.
+    names: NameCache,
     namespace: String,
     timeout: Duration,
     degraded: Degraded,
@@ -599,6 +609,28 @@ impl RedisRateLimitStore {
     pub fn redis_keys(&self, key: &str) -> Vec<String> {
         self.inner.keys(key)
     }
+
+    /// The command a check of `key` sends (`EVALSHA`, the script's hash,
+    /// the key count, the keys, the arguments), for measuring the script
+    /// with `redis-benchmark` (the `redis_limit` bench). Not a stable API.
+    #[doc(hidden)]
+    pub fn script_command(&self, key: &str) -> Vec<String> {
+        let inner = &self.inner;
+        let keys = inner.keys(key);
+        let mut command = vec![
+            "EVALSHA".to_owned(),
+            inner.script.get_hash().to_owned(),
+            keys.len().to_string(),
+        ];
+        command.extend(keys);
+        let clock = match inner.clock {
+            Clock::Redis => "redis",
+            Clock::Caller => "caller",
+        };
+        command.extend(["check", clock, "0", "0", "0", "0"].map(str::to_owned));
+        command.extend(inner.tail.iter().cloned());
+        command
+    }
 }
 
 impl Inner {
@@ -635,80 +667,68 @@ impl Inner {
         now: UnixNanos,
         delay: u64,
     ) -> Result<RedisDecision, CallError> {
-        let keys = if op == "probe" {
-            vec![format!(
+        if op == "probe" {
+            let probe = [format!(
                 "{}:rl{FORMAT_VERSION}:{{probe}}:probe",
                 self.namespace
-            )]
-        } else {
-            self.keys(key)
-        };
-        self.call_keys(op, keys, now, delay).await
+            )];
+            return self.call_keys(op, &probe, now, delay).await;
+        }
+        let names = self.names.get(key, || self.keys(key));
+        self.call_keys(op, &names, now, delay).await
     }
 
-    /// [`call`](Self::call) with the Redis keys given.
+    /// [`call`](Self::call) with the Redis keys given. The command is
+    /// written straight into one buffer: the keys, the call's own
+    /// arguments (numbers written as they are), then the arguments built
+    /// once at build time.
     async fn call_keys(
         &self,
         op: &str,
-        keys: Vec<String>,
+        keys: &[String],
         now: UnixNanos,
         delay: u64,
     ) -> Result<RedisDecision, CallError> {
-        let mut invocation = self.script.prepare_invoke();
+        const SEC: u64 = 1_000_000_000;
+        let hash = self.script.get_hash();
+        let size = 64
+            + hash.len()
+            + keys.iter().map(String::len).sum::<usize>()
+            + self.tail.iter().map(String::len).sum::<usize>();
+        let mut evalsha = redis::Cmd::with_capacity(9 + keys.len() + self.tail.len(), size);
+        evalsha.arg("EVALSHA").arg(hash).arg(keys.len());
         for k in keys {
-            invocation.key(k);
+            evalsha.arg(k.as_bytes());
         }
-        let (ns, nn) = pair(now);
-        let (ds, dn) = pair(delay);
-        invocation
+        evalsha
             .arg(op)
             .arg(match self.clock {
                 Clock::Redis => "redis",
                 Clock::Caller => "caller",
             })
-            .arg(ns)
-            .arg(nn)
-            .arg(ds)
-            .arg(dn)
-            .arg(self.args.len())
-            .arg(self.linger_ms);
-        for a in &self.args {
-            for v in &a.values {
-                invocation.arg(v);
-            }
+            .arg(now / SEC)
+            .arg(now % SEC)
+            .arg(delay / SEC)
+            .arg(delay % SEC);
+        for a in &self.tail {
+            evalsha.arg(a.as_bytes());
         }
-        let answer: Vec<u64> =
-            match tokio::time::timeout(self.timeout, self.conn.invoke(&invocation)).await {
-                Err(_) => {
-                    return Err(CallError::Unavailable(format!(
-                        "no answer within {:?}",
-                        self.timeout
-                    )))
-                }
-                Ok(Err(e)) => return Err(classify(&e)),
-                Ok(Ok(answer)) => answer,
-            };
-        let time = |s: u64, n: u64| s.saturating_mul(1_000_000_000).saturating_add(n);
-        match answer.as_slice() {
-            [0, s, n] => Ok(RedisDecision {
-                permit: Ok(()),
-                decided_at: time(*s, *n),
-            }),
-            [1, as_, an, s, n] => {
-                let (at, server_now) = (time(*as_, *an), time(*s, *n));
-                // On the caller's clock: its now plus the delay Redis found.
-                let at = now.saturating_add(at.saturating_sub(server_now));
-                Ok(RedisDecision {
-                    // A refusal names a later time; at the end of time the
-                    // caller's now is all there is.
-                    permit: Err(at.max(now)),
-                    decided_at: server_now,
-                })
+        let answer = match tokio::time::timeout(
+            self.timeout,
+            self.conn.eval(&self.script, &evalsha),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(CallError::Unavailable(format!(
+                    "no answer within {:?}",
+                    self.timeout
+                )))
             }
-            _ => Err(CallError::Refused(
-                "an answer of another format from the script".to_owned(),
-            )),
-        }
+            Ok(Err(e)) => return Err(classify(&e)),
+            Ok(Ok(answer)) => answer,
+        };
+        decision(&answer, now)
     }
 
     /// The degraded mode's answer.
@@ -790,7 +810,7 @@ impl Inner {
             // Redis's clock (or the caller's, 0 then: a pause ending in
             // the past changes nothing there; caller-clock stores resume
             // from their local share's own no-burst state).
-            if self.call_keys("pause", keys, 0, 1).await.is_err() {
+            if self.call_keys("pause", &keys, 0, 1).await.is_err() {
                 return;
             }
         }
@@ -800,6 +820,44 @@ impl Inner {
         for store in &self.fallback {
             store.pause_sync(key, now, until);
         }
+    }
+}
+
+/// The script's answer read without collecting it: `{0, now s, now ns}`
+/// (a permit) or `{1, at s, at ns, now s, now ns}` (none before `at`).
+fn decision(answer: &redis::Value, now: UnixNanos) -> Result<RedisDecision, CallError> {
+    let mut numbers = [0u64; 5];
+    let mut len = 0;
+    let other = || CallError::Refused("an answer of another format from the script".to_owned());
+    let redis::Value::Array(items) = answer else {
+        return Err(other());
+    };
+    for item in items {
+        let redis::Value::Int(n) = item else {
+            return Err(other());
+        };
+        let slot = numbers.get_mut(len).ok_or_else(other)?;
+        *slot = u64::try_from(*n).map_err(|_| other())?;
+        len += 1;
+    }
+    let time = |s: u64, n: u64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    match &numbers[..len] {
+        [0, s, n] => Ok(RedisDecision {
+            permit: Ok(()),
+            decided_at: time(*s, *n),
+        }),
+        [1, as_, an, s, n] => {
+            let (at, server_now) = (time(*as_, *an), time(*s, *n));
+            // On the caller's clock: its now plus the delay Redis found.
+            let at = now.saturating_add(at.saturating_sub(server_now));
+            Ok(RedisDecision {
+                // A refusal names a later time; at the end of time the
+                // caller's now is all there is.
+                permit: Err(at.max(now)),
+                decided_at: server_now,
+            })
+        }
+        _ => Err(other()),
     }
 }
 
@@ -941,24 +999,59 @@ impl Inner {
 
 type CheckAnswer = Result<Result<(), UnixNanos>, StoreError>;
 
-/// Runs a Redis call on a task of its own, so that it ends, and an outage
-/// is noticed, even when the caller stops waiting first (its `max_wait`,
-/// its deadline, the layer's store timeout): the caller waits on the task.
+/// Runs a Redis call in its caller's task, and finishes it on a task of
+/// its own only if the caller stops waiting first (its `max_wait`, its
+/// deadline, the layer's store timeout): the call still ends, within the
+/// store's timeout, and an outage it meets is still noticed. A caller who
+/// waits to the end (nearly every one) costs no task.
 fn detached<T: Send + 'static>(
     future: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
 ) -> StoreFuture<T> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            let task = runtime.spawn(future);
-            StoreFuture::later(async move {
-                task.await.unwrap_or_else(|e| {
-                    Err(StoreError::new(RedisUnavailable {
-                        reason: format!("the redis call's task ended: {e}"),
-                    }))
-                })
-            })
+    StoreFuture::later(FinishOnDrop(Some(Box::pin(future))))
+}
+
+/// A future that, dropped before it is done, is finished on the current
+/// tokio runtime (when there is one: a runtime shutting down drops it).
+struct FinishOnDrop<F: std::future::Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>)
+where
+    F::Output: Send;
+
+impl<F> std::future::Future for FinishOnDrop<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(future) = self.0.as_mut() else {
+            // Polled after it was done: a caller's bug, never this crate's.
+            return std::task::Poll::Pending;
+        };
+        let answer = std::task::ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(answer)
+    }
+}
+
+impl<F> Drop for FinishOnDrop<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        if let Some(future) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                // Its answer goes nowhere: what matters is that it ends,
+                // and that an outage it meets switches the mode.
+                runtime.spawn(async move {
+                    let _ = future.await;
+                });
+            }
         }
-        Err(_) => StoreFuture::later(future),
     }
 }
 
@@ -1128,5 +1221,127 @@ impl DenyCache {
             }
         }
         shard.insert(hash, at);
+    }
+}
+
+/// The Redis key names of the keys used lately, so that a call neither
+/// hashes its key with SHA-256 nor formats the names again.
+///
+/// Held by a 128-bit keyed hash of the key (two SipHash-1-3 with random
+/// keys of this process), never the key itself (it may be a credential).
+/// Unlike the deny cache's, a collision here would matter (one key would
+/// decide on another's state), so the entry is found by the first 64 bits
+/// and checked against the other 64: two keys collide with a chance of
+/// 2^-128 a pair, which no number of keys a process sees comes near
+/// (2^-128 × (10^12 keys)^2 is about 3 × 10^-15). The names themselves
+/// are the same SHA-256 names as ever: the key layout does not change.
+/// Bounded: a shard that is full is emptied.
+struct NameCache {
+    shards: Box<[Mutex<NameMap>]>,
+    hashers: [RandomState; 2],
+}
+
+type NameMap = HashMap<u64, (u64, Arc<[String]>), std::hash::BuildHasherDefault<Prehashed>>;
+
+/// How many keys' names a store remembers.
+const NAME_CACHE_KEYS: usize = 4_096;
+
+impl Default for NameCache {
+    fn default() -> NameCache {
+        NameCache {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(NameMap::default()))
+                .collect(),
+            hashers: [RandomState::new(), RandomState::new()],
+        }
+    }
+}
+
+impl NameCache {
+    /// `key`'s names: remembered, or made by `names` and remembered.
+    fn get(&self, key: &str, names: impl FnOnce() -> Vec<String>) -> Arc<[String]> {
+        let (first, check) = (self.hashers[0].hash_one(key), self.hashers[1].hash_one(key));
+        let shard = &self.shards[usize::try_from((first >> 32) % SHARDS as u64).unwrap_or(0)];
+        if let Some((c, found)) = shard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&first)
+        {
+            if *c == check {
+                return Arc::clone(found);
+            }
+        }
+        let made: Arc<[String]> = names().into();
+        let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= NAME_CACHE_KEYS / SHARDS {
+            map.clear();
+        }
+        map.insert(first, (check, Arc::clone(&made)));
+        made
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    /// Far more keys than the cache holds, each asked for twice: every
+    /// answer is the names made for that key (a full shard is emptied,
+    /// never mixed up).
+    #[test]
+    fn the_name_cache_answers_each_key_its_own_names_past_its_bound() {
+        let cache = NameCache::default();
+        for round in 0..2 {
+            for i in 0..NAME_CACHE_KEYS * 3 {
+                let key = format!("key-{i}");
+                let names = cache.get(&key, || vec![format!("names of {key}")]);
+                assert_eq!(&*names, [format!("names of {key}")], "round {round}");
+            }
+        }
+        let held: usize = cache
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum();
+        assert!(held <= NAME_CACHE_KEYS, "{held}");
+    }
+
+    /// A key's names are made once, then remembered.
+    #[test]
+    fn the_name_cache_makes_a_keys_names_once() {
+        let cache = NameCache::default();
+        let mut made = 0;
+        for _ in 0..3 {
+            let names = cache.get("k", || {
+                made += 1;
+                vec!["a".to_owned(), "b".to_owned()]
+            });
+            assert_eq!(&*names, ["a", "b"]);
+        }
+        assert_eq!(made, 1);
+    }
+
+    /// The cached names are the layout's names: the same SHA-256 names a
+    /// store made before the cache (and replicas of older builds make).
+    #[tokio::test]
+    async fn cached_names_are_the_documented_layout() {
+        let store = RedisRateLimitStore::builder("redis://127.0.0.1:1")
+            .quota(Quota::per_second(10).unwrap())
+            .namespace("ns")
+            .build()
+            .unwrap();
+        let inner = &store.inner;
+        let cached = inner.names.get("secret", || inner.keys("secret"));
+        let again = inner.names.get("secret", Vec::new);
+        assert_eq!(&*cached, &*again);
+        assert_eq!(
+            &*cached,
+            [
+                "ns:rl1r:{7b61114da988455a03fd6988a68ac7c0}:pause",
+                "ns:rl1r:{7b61114da988455a03fd6988a68ac7c0}:g100000000b10:s",
+                "ns:rl1r:{7b61114da988455a03fd6988a68ac7c0}:g100000000b10:l",
+            ]
+        );
     }
 }

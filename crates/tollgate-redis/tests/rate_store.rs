@@ -501,3 +501,99 @@ async fn a_smooth_state_of_another_type_is_a_typed_error() {
         assert!(err.to_string().contains("format"), "{err}");
     }
 }
+
+/// The script's common case (one smooth quota, a check) is written
+/// apart from the general path: it reads state of another format, version
+/// or type as an error, never a decision, exactly as the general path does.
+#[tokio::test]
+async fn one_smooth_quota_reads_state_of_another_format_as_an_error_too() {
+    let redis = redis();
+    let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
+        .quota(Quota::per_second(1).unwrap())
+        .degraded(Degraded::FailOpen)
+        .deny_cache_keys(0)
+        .build()
+        .unwrap();
+    let keys = store.redis_keys("k");
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let mut conn = raw(&redis.url()).await;
+    let set = |key: &str, value: &str| redis::cmd("SET").arg(key).arg(value).clone();
+    for (key, value) in [
+        (&keys[0], "9:1:1"),
+        (&keys[0], "1:1"),
+        (&keys[1], "2:1:0"),
+        (&keys[1], "1:garbage"),
+        (&keys[1], ""),
+        (&keys[1], "1:99999999999999999999999:0"),
+        (&keys[1], "1:1:1000000000"),
+        (&keys[1], "1:18446744073:709551616"),
+        (&keys[1], "01:1:0"),
+    ] {
+        let _: () = set(key, value).query_async(&mut conn).await.unwrap();
+        let err = store.check("k", 0).await.expect_err(value);
+        assert!(err.to_string().contains("format"), "{value}: {err}");
+        assert_eq!(store.mode(), Mode::Shared, "not an outage: no fail-open");
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // The state of another type (MGET reads it as nothing).
+    let _: () = redis::cmd("RPUSH")
+        .arg(&keys[1])
+        .arg("1:0:0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(store.check("k", 0).await.is_err(), "a list at the state");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys[1])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The last nanosecond of u64 is a state it reads: refused to the end.
+    let _: () = set(&keys[1], "1:18446744073:709551615")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(store.check("k", 0).await.unwrap().is_err());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys[1])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Readable state again: decisions again.
+    assert_eq!(store.check("k", 0).await.unwrap(), Ok(()));
+    assert!(store.check("k", 0).await.unwrap().is_err());
+}
+
+/// The script's command is built by the store (not redis-rs's
+/// `ScriptInvocation`): a Redis that lost its scripts (`SCRIPT FLUSH`, a
+/// restart) answers `NOSCRIPT`, and the store loads the script and asks
+/// again: a decision, not an outage.
+#[tokio::test]
+async fn a_redis_that_lost_the_script_still_decides_without_an_outage() {
+    let redis = redis();
+    let store = RedisRateLimitStore::builder(redis.url())
+        // Not a test of timeouts: room for a loaded machine.
+        .timeout(std::time::Duration::from_secs(2))
+        .quota(Quota::per_second(1).unwrap())
+        .build()
+        .unwrap();
+    let mut conn = raw(&redis.url()).await;
+    for key in ["a", "b", "c"] {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(check(&store, key, 0).await, Ok(()));
+        assert!(check(&store, key, 0).await.is_err(), "the key's one permit");
+    }
+    let stats = store.stats();
+    assert_eq!((stats.shared, stats.degradations), (6, 0), "{stats:?}");
+    assert_eq!(store.mode(), Mode::Shared);
+}
