@@ -105,6 +105,14 @@ async fn fast_and_general_paths_decide_exactly_as_in_process_interleaved() {
             .with_burst(1)
             .unwrap(),
         Quota::per(1, Duration::from_secs(3_600)).unwrap(),
+        // One nanosecond apart, a burst of a second's worth.
+        Quota::per(1_000_000_000, Duration::from_secs(1)).unwrap(),
+        // Periods of 2^62 ns: every sum saturates near the end of u64.
+        Quota::per(4, Duration::from_nanos(1 << 62)).unwrap(),
+        Quota::per(3, Duration::from_nanos(1 << 62))
+            .unwrap()
+            .with_burst(1)
+            .unwrap(),
     ] {
         let store = caller_store(redis.url(), quota, "diff");
         // The script is loaded (EVALSHA below needs it).
@@ -121,7 +129,7 @@ async fn fast_and_general_paths_decide_exactly_as_in_process_interleaved() {
                 format!("g{round}{quota}"),
                 format!("m{round}{quota}"),
             ];
-            for step in 0..120 {
+            for step in 0..70 {
                 let roll = rng.next();
                 now = now.saturating_add(match roll % 5 {
                     0 => 0,
@@ -130,7 +138,7 @@ async fn fast_and_general_paths_decide_exactly_as_in_process_interleaved() {
                     3 => roll % 40_000_000,
                     _ => roll % (3 * SEC),
                 });
-                if roll % 23 == 0 {
+                if roll.is_multiple_of(23) {
                     // A pause: for all keys, by the store (the general path).
                     let until = now.saturating_add(rng.next() % (2 * SEC) + 1);
                     for key in &keys {
@@ -403,4 +411,128 @@ async fn values_of_other_types_on_the_fast_path_are_typed_errors() {
             .expect_err(&format!("{value:?}"));
         assert!(err.to_string().contains("format"), "{value:?}: {err}");
     }
+}
+
+/// A check made and started on the runtime, whose caller then drops it off
+/// the runtime (a future handed to a plain thread, or dropped by a
+/// non-tokio executor after a tokio task started it): the call it started
+/// meets a hung Redis, and the outage must still be noticed. The store
+/// used to spawn the call when `check` was called; now the call is moved
+/// to a task only in `Drop`, on the runtime current *there*: with none,
+/// the call is dropped, and the store stays in shared mode.
+#[test]
+#[ignore = "BROKEN: a started call dropped outside a runtime context is cancelled, not finished: its outage goes unnoticed (FinishOnDrop::drop, rate.rs)"]
+fn a_started_call_dropped_off_the_runtime_still_notices_the_outage() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, _task) = runtime.block_on(blackhole());
+    let store = runtime.block_on(async {
+        RedisRateLimitStore::builder(url)
+            .quota(Quota::per_second(10).unwrap())
+            .timeout(Duration::from_millis(50))
+            .degraded(Degraded::FailOpen)
+            .build()
+            .unwrap()
+    });
+    #[allow(
+        clippy::async_yields_async,
+        reason = "the started call is handed out, to be dropped off the runtime"
+    )]
+    let started = runtime.block_on(async {
+        let mut future = store.check("k", 0);
+        let pending =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx).is_pending()))
+                .await;
+        assert!(pending, "a hung Redis cannot have answered");
+        future
+    });
+    // Off the runtime: this thread has no tokio context.
+    std::thread::spawn(move || drop(started)).join().unwrap();
+    runtime.block_on(async {
+        let waited = Instant::now();
+        while store.mode() != Mode::Degraded {
+            assert!(
+                waited.elapsed() < Duration::from_secs(1),
+                "the outage the dropped call met was never noticed: {:?}",
+                store.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.stats().degradations, 1);
+    });
+}
+
+/// Many callers on one key, each giving up after its own short wait
+/// (some at once, some mid-call, some never): the permits the waiting
+/// callers got never pass the burst, every call ends in Redis and is
+/// counted once, and the key is spent exactly once every call has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_callers_who_give_up_never_pass_the_burst() {
+    let redis = redis();
+    let burst = 20;
+    let callers = 48;
+    let quota = Quota::per(burst, Duration::from_secs(3_600)).unwrap();
+    let store = caller_store(redis.url(), quota, "race");
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let check = store.check("k", SEC);
+            match i % 4 {
+                0 => {
+                    drop(check);
+                    false
+                }
+                1 => {
+                    poll_then_drop(check, 1 + i % 3).await;
+                    false
+                }
+                2 => matches!(
+                    tokio::time::timeout(Duration::from_micros(200 * i as u64), check).await,
+                    Ok(Ok(Ok(())))
+                ),
+                _ => check.await.unwrap().is_ok(),
+            }
+        }));
+    }
+    let mut received = 0;
+    for task in tasks {
+        received += usize::from(task.await.unwrap());
+    }
+    assert!(received <= burst as usize, "{received} permits of {burst}");
+    let waited = Instant::now();
+    while store.stats().shared < callers as u64 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            store.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        store.stats().shared,
+        callers as u64,
+        "each call counted once"
+    );
+    assert!(fast(&store, "k", SEC).await.is_err(), "the burst is spent");
+    assert_eq!(store.stats().degradations, 0);
+}
+
+/// A Redis store's answer, read, then polled again (a caller's bug): the
+/// in-process answers say "store answer read twice"; this one must end
+/// too, never stay pending with no waker (a task that hangs forever).
+#[tokio::test]
+#[ignore = "BROKEN: a Redis store future polled again after its answer stays Pending forever with no waker (FinishOnDrop::poll, rate.rs), where StoreFuture::ready answers an error"]
+async fn a_store_future_polled_after_its_answer_never_hangs() {
+    let redis = redis();
+    let quota = Quota::per(5, Duration::from_secs(1)).unwrap();
+    let store = caller_store(redis.url(), quota, "twice");
+    let mut future = store.check("k", SEC);
+    assert_eq!((&mut future).await.unwrap(), Ok(()));
+    let again = tokio::time::timeout(Duration::from_secs(1), &mut future).await;
+    assert!(again.is_ok(), "polled again: pending forever");
+    assert!(again.unwrap().is_err(), "read twice is an error");
 }
