@@ -1007,32 +1007,43 @@ type CheckAnswer = Result<Result<(), UnixNanos>, StoreError>;
 fn detached<T: Send + 'static>(
     future: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
 ) -> StoreFuture<T> {
-    StoreFuture::later(FinishOnDrop(Some(Box::pin(future))))
+    StoreFuture::later(FinishOnDrop {
+        future: Some(Box::pin(future)),
+        // The runtime the call was made on: a caller may drop the future
+        // where no runtime is current, and the call must still end there.
+        runtime: tokio::runtime::Handle::try_current().ok(),
+    })
 }
 
-/// A future that, dropped before it is done, is finished on the current
-/// tokio runtime (when there is one: a runtime shutting down drops it).
-struct FinishOnDrop<F: std::future::Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>)
+/// A future that, dropped before it is done, is finished on the tokio
+/// runtime it was made on (without one, or on a runtime shutting down, it
+/// is dropped: nothing could run it).
+struct FinishOnDrop<F: std::future::Future + Send + 'static>
 where
-    F::Output: Send;
-
-impl<F> std::future::Future for FinishOnDrop<F>
-where
-    F: std::future::Future + Send + 'static,
     F::Output: Send,
 {
-    type Output = F::Output;
+    future: Option<std::pin::Pin<Box<F>>>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl<F, T> std::future::Future for FinishOnDrop<F>
+where
+    F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    T: Send,
+{
+    type Output = Result<T, StoreError>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let Some(future) = self.0.as_mut() else {
-            // Polled after it was done: a caller's bug, never this crate's.
-            return std::task::Poll::Pending;
+    ) -> std::task::Poll<Self::Output> {
+        let Some(future) = self.future.as_mut() else {
+            // Polled after its answer: an error, as `StoreFuture`'s own
+            // ready answers give, never a wait without a wake-up.
+            return std::task::Poll::Ready(Err(StoreError::new("store answer read twice")));
         };
         let answer = std::task::ready!(future.as_mut().poll(cx));
-        self.0 = None;
+        self.future = None;
         std::task::Poll::Ready(answer)
     }
 }
@@ -1043,8 +1054,12 @@ where
     F::Output: Send,
 {
     fn drop(&mut self) {
-        if let Some(future) = self.0.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if let Some(future) = self.future.take() {
+            let runtime = self
+                .runtime
+                .take()
+                .or_else(|| tokio::runtime::Handle::try_current().ok());
+            if let Some(runtime) = runtime {
                 // Its answer goes nowhere: what matters is that it ends,
                 // and that an outage it meets switches the mode.
                 runtime.spawn(async move {

@@ -421,7 +421,6 @@ async fn values_of_other_types_on_the_fast_path_are_typed_errors() {
 /// to a task only in `Drop`, on the runtime current *there*: with none,
 /// the call is dropped, and the store stays in shared mode.
 #[test]
-#[ignore = "BROKEN: a started call dropped outside a runtime context is cancelled, not finished: its outage goes unnoticed (FinishOnDrop::drop, rate.rs)"]
 fn a_started_call_dropped_off_the_runtime_still_notices_the_outage() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -525,7 +524,6 @@ async fn racing_callers_who_give_up_never_pass_the_burst() {
 /// in-process answers say "store answer read twice"; this one must end
 /// too, never stay pending with no waker (a task that hangs forever).
 #[tokio::test]
-#[ignore = "BROKEN: a Redis store future polled again after its answer stays Pending forever with no waker (FinishOnDrop::poll, rate.rs), where StoreFuture::ready answers an error"]
 async fn a_store_future_polled_after_its_answer_never_hangs() {
     let redis = redis();
     let quota = Quota::per(5, Duration::from_secs(1)).unwrap();
