@@ -239,8 +239,11 @@ impl Part {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidRequest`] when the file cannot be opened or is
-    /// not a regular file (the error names the file, with the I/O error as
-    /// its source).
+    /// not a regular file (a FIFO or a device is refused before it is
+    /// opened, so that opening never blocks), or when it reports a size of 0
+    /// but has content, as `/proc` and `/sys` files do (its length is what
+    /// the part is sent with: read such a file and use [`bytes`](Self::bytes)).
+    /// The error names the file, with the I/O error as its source.
     pub async fn file(path: impl AsRef<Path>) -> Result<Part, Error> {
         let path = path.as_ref();
         let failed = |what: &str, e: std::io::Error| {
@@ -250,15 +253,45 @@ impl Part {
             )
             .with_source(e)
         };
-        let file = tokio::fs::File::open(path)
+        let not_regular = || {
+            Error::new(
+                ErrorKind::InvalidRequest,
+                format!("{} is not a regular file", path.display()),
+            )
+        };
+        // Looked at before it is opened: opening a FIFO with no writer (or
+        // a device) can block for ever. Checked again on the open file, in
+        // case the path changed in between.
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| failed("opened", e))?;
+        if !meta.is_file() {
+            return Err(not_regular());
+        }
+        let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| failed("opened", e))?;
         let meta = file.metadata().await.map_err(|e| failed("read", e))?;
         if !meta.is_file() {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                format!("{} is not a regular file", path.display()),
-            ));
+            return Err(not_regular());
+        }
+        if meta.len() == 0 {
+            // A file that says it is empty but reads data (procfs, sysfs)
+            // has no length to send it with: refused rather than sent empty.
+            let mut one = [0u8; 1];
+            let read = tokio::io::AsyncReadExt::read(&mut file, &mut one)
+                .await
+                .map_err(|e| failed("read", e))?;
+            if read > 0 {
+                return Err(Error::new(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "{} reports a size of 0 but has content (a /proc or /sys file?): \
+                         read it and send it with Part::bytes",
+                        path.display()
+                    ),
+                ));
+            }
         }
         Ok(Part {
             body: PartBody::File {

@@ -147,18 +147,16 @@ pub(crate) fn merge_headers(into: &mut HeaderMap, from: HeaderMap) {
     }
 }
 
-/// Holds a streamed body to the `Content-Length` its caller set, if any
-/// (see [`RequestBuilder::body_stream`]): the body is sent as exactly that
-/// many bytes or the call fails with [`ErrorKind::Body`], never truncated or
-/// overlong.
+/// The `Content-Length` a caller set (through a request's or the client's
+/// headers), if any.
 ///
 /// # Errors
 ///
 /// [`ErrorKind::InvalidRequest`] for a `Content-Length` that is not one
 /// decimal number (repeated values must agree, RFC 9110 section 8.6).
-fn hold_to_declared_length(request: &mut Request<RequestBody>) -> Result<(), Error> {
+fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, Error> {
     let mut declared: Option<u64> = None;
-    for value in request.headers().get_all(CONTENT_LENGTH) {
+    for value in headers.get_all(CONTENT_LENGTH) {
         let n = value
             .to_str()
             .ok()
@@ -180,6 +178,46 @@ fn hold_to_declared_length(request: &mut Request<RequestBody>) -> Result<(), Err
             }
         }
     }
+    Ok(declared)
+}
+
+/// A body in memory has a known length: a caller's `Content-Length` that
+/// says otherwise is refused before anything is sent (hyper would send the
+/// header as it is: a shorter one cuts the body, a longer one leaves the
+/// server waiting for bytes that never come).
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidRequest`]: a `Content-Length` that is not one number,
+/// or not the body's length.
+fn check_declared_length(request: &Request<RequestBody>) -> Result<(), Error> {
+    let Some(declared) = declared_length(request.headers())? else {
+        return Ok(());
+    };
+    let actual = http_body::Body::size_hint(request.body()).exact();
+    match actual {
+        Some(actual) if actual != declared => Err(Error::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "the request's Content-Length ({declared}) is not the length of its body \
+                 ({actual} bytes)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Holds a streamed body to the `Content-Length` its caller set, if any
+/// (see [`RequestBuilder::body_stream`]): the body is sent as exactly that
+/// many bytes or the call fails with [`ErrorKind::Body`], never truncated or
+/// overlong.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidRequest`] for a `Content-Length` that is not one
+/// decimal number (repeated values must agree, RFC 9110 section 8.6).
+fn hold_to_declared_length(request: &mut Request<RequestBody>) -> Result<(), Error> {
+    let declared = declared_length(request.headers())?;
     if let Some(n) = declared {
         if n == 0 {
             // hyper would send `Content-Length: 0` and never read the
@@ -327,7 +365,12 @@ impl RequestBuilder {
         }
     }
 
-    /// Sends these bytes as the body.
+    /// Sends these bytes as the body. A `Content-Length` header set by the
+    /// caller (on the request or the client) must be their length: one
+    /// that is not is an [`ErrorKind::InvalidRequest`] before anything is
+    /// sent (hyper would send it as it is, cutting the body or leaving the
+    /// server waiting). The same holds for every body in memory (`json`,
+    /// `form`, a multipart form without files).
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.set_body(body.into());
         self
@@ -744,6 +787,8 @@ impl RequestBuilder {
         *request.headers_mut() = all_headers;
         if streamed_body {
             hold_to_declared_length(&mut request)?;
+        } else {
+            check_declared_length(&request)?;
         }
         #[cfg(feature = "cache")]
         {
