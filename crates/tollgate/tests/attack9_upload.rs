@@ -927,7 +927,14 @@ async fn a_file_whose_length_is_zero_but_reads_data_is_never_sent_empty() {
     assert!(!content.is_empty());
     let api = FakeApi::start().await.expect("api");
     let client = Client::new(api.url()).expect("client");
-    let part = Part::file(path).await.expect("a regular file");
+    // Refused up front (a typed error) or sent whole: never sent empty.
+    let part = match Part::file(path).await {
+        Ok(part) => part,
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::InvalidRequest, "{e}");
+            return;
+        }
+    };
     let result = client
         .post("/multipart")
         .multipart(Form::new().part("p", part))
