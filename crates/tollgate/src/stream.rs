@@ -569,7 +569,9 @@ pin_project_lite::pin_project! {
     /// success); given a shorter one, it fails the request. Neither may pass
     /// for a success here, so the frame that completes the length is held
     /// back until the stream says it has ended: more data after it is an
-    /// error, and hyper never has the whole declared length to send.
+    /// error, and hyper never has the whole declared length to send. In its
+    /// place an empty data frame is passed on at once, so that the chunk
+    /// counts as progress for the read timeout.
     pub(crate) struct ExactLength<B> {
         #[pin]
         inner: B,
@@ -646,7 +648,12 @@ where
                     *this.sent += len;
                     if *this.sent == declared {
                         *this.held = Some(frame);
-                        continue;
+                        // The caller's stream yielded a chunk: news, even
+                        // held back. An empty data frame says so to the
+                        // transport's read timeout, which counts each frame
+                        // as progress (hyper sends nothing for it over
+                        // HTTP/1.1, an empty DATA frame over HTTP/2).
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::new()))));
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
