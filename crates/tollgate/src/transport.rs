@@ -294,13 +294,8 @@ where
         let (req, upload) = if req.body().is_replayable() {
             (req, None)
         } else {
-            let (parts, body) = req.into_parts();
-            let upload = Arc::new(Upload::new(body));
-            let body = RequestBody::streaming(UploadBody {
-                upload: upload.clone(),
-                end: End::Open,
-            });
-            (Request::from_parts(parts, body), Some(CallEnd(upload)))
+            let (req, upload) = watch_upload(req);
+            (req, Some(upload))
         };
         ReadTimeoutFuture {
             inner: self.inner.call(req),
@@ -310,6 +305,20 @@ where
             sleep: None,
         }
     }
+}
+
+/// Puts a streamed request body in its [`Upload`] slot: the request the
+/// transport gets, and the call's hold on the slot. Out of line: most
+/// requests have a body in memory.
+#[inline(never)]
+fn watch_upload(req: Request<RequestBody>) -> (Request<RequestBody>, CallEnd) {
+    let (parts, body) = req.into_parts();
+    let upload = Arc::new(Upload::new(body));
+    let body = RequestBody::streaming(UploadBody {
+        upload: upload.clone(),
+        end: End::Open,
+    });
+    (Request::from_parts(parts, body), CallEnd(upload))
 }
 
 /// A streamed request body shared by the body the transport polls
@@ -505,6 +514,18 @@ impl HttpBody for UploadBody {
     }
 }
 
+/// The error of a call that failed: a request body that failed is the
+/// call's error, over HTTP/2 too (where hyper reports a reset stream
+/// instead). Out of line: the common path is a success.
+#[cold]
+#[inline(never)]
+fn call_error(error: BoxError, upload: Option<&CallEnd>) -> BoxError {
+    match upload.and_then(|u| u.0.failed()) {
+        Some(failed) => Box::new(failed),
+        None => error,
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The response future of [`ReadTimeout`].
     pub(crate) struct ReadTimeoutFuture<F> {
@@ -535,17 +556,12 @@ where
             let timeout = *this.timeout;
             let upload = this.upload.take();
             return Poll::Ready(match result {
-                Ok(res) => Ok(res.map(|body| {
-                    let mut body = ReadTimeoutBody::new(body, timeout);
-                    body.upload = upload;
-                    body
+                Ok(res) => Ok(res.map(|body| ReadTimeoutBody {
+                    upload,
+                    ..ReadTimeoutBody::new(body, timeout)
                 })),
-                // A request body that failed is the call's error, over
-                // HTTP/2 too (where hyper reports a reset stream instead).
-                Err(e) => match upload.as_ref().and_then(|u| u.0.failed()) {
-                    Some(failed) => Err(Box::new(failed) as BoxError),
-                    None => Err(e.into()),
-                },
+                // The upload, if any, ends with the call (dropped below).
+                Err(e) => Err(call_error(e.into(), upload.as_ref())),
             });
         }
         let (Some(d), Some(at)) = (*this.timeout, *this.deadline) else {
@@ -621,7 +637,7 @@ where
         let mut this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.armed = false;
-            if !matches!(frame, Some(Ok(_))) {
+            if this.upload.is_some() && !matches!(frame, Some(Ok(_))) {
                 // The response ended (or failed): so does the call, and an
                 // upload still held by the connection is dropped.
                 *this.upload = None;
