@@ -3,7 +3,8 @@
 //! never hangs), a file part that shrinks is a `Body` error, and a caller's
 //! `Content-Length` is never a truncated or overlong body passed off as a
 //! success. A test marked `#[ignore = "BROKEN: ..."]` shows a break that is
-//! still there; the others guard.
+//! still there, one marked `#[ignore = "LIMITATION ..."]` a limit that is
+//! documented where it says; the others guard.
 //!
 //! Real HTTP over 127.0.0.1: FakeApi, or a small hostile server in this file
 //! (a slow reader, an HTTP/2 server that never reads); paused time where
