@@ -426,8 +426,23 @@ impl ClientBuilder {
     /// While a streamed request body
     /// ([`body_stream`](crate::RequestBuilder::body_stream), a multipart form
     /// with a file) is sent, each piece of it the transport takes counts as
-    /// progress: the wait for the head starts when it has been sent in
-    /// full, and an upload that stalls for this long is a `Timeout`.
+    /// progress (and each chunk the caller's stream yields, even one held
+    /// back to check a declared `Content-Length`): the wait for the head
+    /// starts when it has been sent in full, and an upload that stalls for
+    /// this long is a `Timeout`.
+    ///
+    /// Limitation: progress is what the transport takes from the body, not
+    /// what reaches the server. The kernel's send buffer takes up to
+    /// several MiB at once (Linux grows it to `net.ipv4.tcp_wmem`'s
+    /// maximum, 4 MiB by default), and while those bytes drain to a slow
+    /// reader nothing more is taken: a streamed upload to a server that
+    /// reads less than that buffer per read timeout (4 MiB in 30 s is
+    /// ~140 KiB/s) is cut with a `Timeout` while the server still reads.
+    /// A body in memory counts no progress at all: the wait for the head
+    /// runs from the hand-over, so sending the whole body must fit in the
+    /// read timeout. For big uploads to slow servers, raise the read
+    /// timeout (or set `Duration::MAX`) and bound the call with
+    /// [`timeout`](Self::timeout).
     ///
     /// With retry on, a read timeout is retried like an attempt timeout
     /// (idempotent methods only). `Duration::MAX` means no read timeout;

@@ -36,12 +36,16 @@
 //! auth layer and a 307/308 redirect all need the body again, so the first
 //! response is the answer: a `503` comes back as the `503`, a `307` as the
 //! `307`), and never given to the cache. An error from the stream ends the
-//! call with an [`ErrorKind::Body`] error and the request is not finished
-//! (the connection is closed, nothing more is sent). So does a stream
+//! call with an [`ErrorKind::Body`] error, over HTTP/1.1 and HTTP/2 alike,
+//! and the request is not finished (the HTTP/1.1 connection is closed, the
+//! HTTP/2 stream reset; nothing more is sent). So does a stream
 //! longer or shorter than a `Content-Length` the caller set (see
 //! [`RequestBuilder::body_stream`](crate::RequestBuilder::body_stream)).
 //! The read timeout counts each piece of the body sent as progress: the
 //! wait for the response head starts when the body has been sent in full.
+//! The stream is dropped when the call ends (its response read or dropped,
+//! its future dropped, or the call failed), even when the server answered
+//! before reading it all and keeps the connection open.
 
 use std::fmt;
 use std::future::Future;
@@ -569,7 +573,9 @@ pin_project_lite::pin_project! {
     /// success); given a shorter one, it fails the request. Neither may pass
     /// for a success here, so the frame that completes the length is held
     /// back until the stream says it has ended: more data after it is an
-    /// error, and hyper never has the whole declared length to send.
+    /// error, and hyper never has the whole declared length to send. In its
+    /// place an empty data frame is passed on at once, so that the chunk
+    /// counts as progress for the read timeout.
     pub(crate) struct ExactLength<B> {
         #[pin]
         inner: B,
@@ -646,7 +652,12 @@ where
                     *this.sent += len;
                     if *this.sent == declared {
                         *this.held = Some(frame);
-                        continue;
+                        // The caller's stream yielded a chunk: news, even
+                        // held back. An empty data frame says so to the
+                        // transport's read timeout, which counts each frame
+                        // as progress (hyper sends nothing for it over
+                        // HTTP/1.1, an empty DATA frame over HTTP/2).
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::new()))));
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }

@@ -7,8 +7,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
+use tollgate_core::SharedError;
 use tower::{BoxError, Service};
 
 use crate::error::Error;
@@ -249,6 +250,15 @@ fn read_timed_out(d: Duration) -> BoxError {
 /// (or a head that never comes, or an upload that stalls) ends with a
 /// timeout error instead of holding its connection, its pool slot and its
 /// caller.
+///
+/// It also owns a streamed request body's life (see [`Upload`]): the body's
+/// error is the call's error over either protocol, and the body is dropped
+/// when the call ends, even if the connection still holds the request.
+///
+/// Progress is what the transport takes from the body, not what reaches the
+/// server: bytes the kernel's send buffer took (megabytes, on a fast
+/// link) and drains to a slow reader are not counted while they drain (see
+/// `ClientBuilder::read_timeout`).
 #[derive(Clone, Debug)]
 pub(crate) struct ReadTimeout<S> {
     inner: S,
@@ -278,18 +288,14 @@ where
 
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
         // A body in memory is sent at once: the wait starts now, at no cost.
-        // A streamed one reports each frame the transport takes.
-        let (req, upload) = if self.timeout.is_some() && !req.body().is_replayable() {
-            let upload = Arc::new(Upload::new());
-            let req = req.map(|body| {
-                RequestBody::streaming(UploadBody {
-                    inner: body,
-                    upload: upload.clone(),
-                })
-            });
-            (req, Some(upload))
-        } else {
+        // A streamed one (whatever the read timeout) lives in a slot shared
+        // with the call: it reports each frame the transport takes, keeps
+        // its error for the call, and is dropped when the call ends.
+        let (req, upload) = if req.body().is_replayable() {
             (req, None)
+        } else {
+            let (req, upload) = watch_upload(req);
+            (req, Some(upload))
         };
         ReadTimeoutFuture {
             inner: self.inner.call(req),
@@ -301,21 +307,61 @@ where
     }
 }
 
-/// The progress of a streamed request body: when the transport last took
-/// a frame of it (or its end), shared by the body and the response future.
-#[derive(Debug)]
+/// Puts a streamed request body in its [`Upload`] slot: the request the
+/// transport gets, and the call's hold on the slot. Out of line: most
+/// requests have a body in memory.
+#[inline(never)]
+fn watch_upload(req: Request<RequestBody>) -> (Request<RequestBody>, CallEnd) {
+    let (parts, body) = req.into_parts();
+    let upload = Arc::new(Upload::new(body));
+    let body = RequestBody::streaming(UploadBody {
+        upload: upload.clone(),
+        end: End::Open,
+    });
+    (Request::from_parts(parts, body), CallEnd(upload))
+}
+
+/// A streamed request body shared by the body the transport polls
+/// ([`UploadBody`]) and its call ([`CallEnd`]): when the transport last
+/// took a frame of it, the error it ended with, and the caller's body
+/// itself, in a slot the call's end empties.
 struct Upload {
     start: Instant,
     /// Nanoseconds from `start` to the last progress.
     last: AtomicU64,
+    slot: Mutex<Slot>,
+}
+
+/// What [`Upload`] keeps behind its lock.
+struct Slot {
+    /// The caller's body, until its end, its error or the call's end.
+    body: Option<RequestBody>,
+    /// The transport's task waiting on the body, woken when the call ends
+    /// so that its next poll gets [`CallEnded`] at once.
+    waker: Option<Waker>,
+    /// The error the body ended with: the call's error, whatever the
+    /// transport makes of it (hyper's HTTP/2 client turns it into a
+    /// `RST_STREAM` and reports that instead).
+    failed: Option<SharedError>,
 }
 
 impl Upload {
-    fn new() -> Self {
+    fn new(body: RequestBody) -> Self {
         Upload {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            slot: Mutex::new(Slot {
+                body: Some(body),
+                waker: None,
+                failed: None,
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // A panic while polling the caller's stream poisons the lock; the
+        // slot is still consistent (each field is set in one step).
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn progressed(&self) {
@@ -328,16 +374,67 @@ impl Upload {
         let last = Duration::from_nanos(self.last.load(Ordering::Relaxed));
         self.start.checked_add(last)?.checked_add(d)
     }
+
+    /// The error the body ended with, if it failed.
+    fn failed(&self) -> Option<SharedError> {
+        self.lock().failed.clone()
+    }
 }
 
-pin_project_lite::pin_project! {
-    /// A streamed request body that reports each frame taken (see
-    /// [`Upload`]).
-    struct UploadBody {
-        #[pin]
-        inner: RequestBody,
-        upload: Arc<Upload>,
+/// The call's hold on its [`Upload`]: in the response future, then in the
+/// response body. Dropped when the call ends (its response body ended,
+/// failed or dropped, its future failed or dropped), it drops the caller's
+/// body at once, without waiting for the transport to poll it again (hyper
+/// may not, on a connection whose socket is blocked or whose server
+/// answered early and keeps the upload unread), and wakes the transport:
+/// its next poll gets [`CallEnded`], and the request is abandoned (the
+/// HTTP/1.1 connection closed, the HTTP/2 stream reset).
+struct CallEnd(Arc<Upload>);
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        let (body, waker) = {
+            let mut slot = self.0.lock();
+            (slot.body.take(), slot.waker.take())
+        };
+        // Outside the lock: the caller's stream may do anything when
+        // dropped.
+        drop(body);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
+}
+
+/// The error the transport gets from a streamed request body polled after
+/// its call ended.
+#[derive(Debug)]
+struct CallEnded;
+
+impl fmt::Display for CallEnded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the call ended before its request body was sent in full")
+    }
+}
+
+impl std::error::Error for CallEnded {}
+
+/// Where an [`UploadBody`] is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Open,
+    /// Its end was handed on.
+    Whole,
+    /// An error was handed on.
+    Failed,
+}
+
+/// The streamed request body the transport polls: the caller's, from the
+/// [`Upload`] slot. Each frame the caller's body yields (or its end) is
+/// progress; its error is kept for the call.
+struct UploadBody {
+    upload: Arc<Upload>,
+    end: End,
 }
 
 impl HttpBody for UploadBody {
@@ -348,20 +445,84 @@ impl HttpBody for UploadBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if polled.is_ready() {
-            this.upload.progressed();
+        let this = self.get_mut();
+        if this.end != End::Open {
+            return Poll::Ready(None);
         }
-        polled
+        let mut slot = this.upload.lock();
+        let Some(body) = slot.body.as_mut() else {
+            this.end = End::Failed;
+            return Poll::Ready(Some(Err(CallEnded.into())));
+        };
+        let polled = match Pin::new(body).poll_frame(cx) {
+            Poll::Pending => {
+                match &mut slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    waker => *waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(frame))) => Some(Ok(frame)),
+            Poll::Ready(Some(Err(e))) => {
+                let failed = SharedError::new(e);
+                slot.failed = Some(failed.clone());
+                this.end = End::Failed;
+                Some(Err(Box::new(failed) as BoxError))
+            }
+            Poll::Ready(None) => {
+                this.end = End::Whole;
+                None
+            }
+        };
+        // The caller's body is dropped as soon as it has ended.
+        let ended = if this.end == End::Open {
+            None
+        } else {
+            slot.body.take()
+        };
+        drop(slot);
+        drop(ended);
+        this.upload.progressed();
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self.end {
+            End::Whole => true,
+            End::Failed => false,
+            // An emptied slot is not an end: the next poll is an error, so
+            // that a body cut short never passes for a whole one.
+            End::Open => self
+                .upload
+                .lock()
+                .body
+                .as_ref()
+                .is_some_and(HttpBody::is_end_stream),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match self.end {
+            End::Whole => http_body::SizeHint::with_exact(0),
+            _ => self
+                .upload
+                .lock()
+                .body
+                .as_ref()
+                .map_or_else(http_body::SizeHint::default, HttpBody::size_hint),
+        }
+    }
+}
+
+/// The error of a call that failed: a request body that failed is the
+/// call's error, over HTTP/2 too (where hyper reports a reset stream
+/// instead). Out of line: the common path is a success.
+#[cold]
+#[inline(never)]
+fn call_error(error: BoxError, upload: Option<&CallEnd>) -> BoxError {
+    match upload.and_then(|u| u.0.failed()) {
+        Some(failed) => Box::new(failed),
+        None => error,
     }
 }
 
@@ -372,8 +533,9 @@ pin_project_lite::pin_project! {
         inner: F,
         timeout: Option<Duration>,
         deadline: Option<Instant>,
-        // A streamed request body's progress: the deadline moves with it.
-        upload: Option<Arc<Upload>>,
+        // A streamed request body: the deadline moves with its progress,
+        // its error is the call's, and it ends with the call.
+        upload: Option<CallEnd>,
         // Made at the first wait: a response that is ready at once costs no
         // timer.
         #[pin]
@@ -392,11 +554,15 @@ where
         let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             let timeout = *this.timeout;
-            return Poll::Ready(
-                result
-                    .map(|res| res.map(|body| ReadTimeoutBody::new(body, timeout)))
-                    .map_err(Into::into),
-            );
+            let upload = this.upload.take();
+            return Poll::Ready(match result {
+                Ok(res) => Ok(res.map(|body| ReadTimeoutBody {
+                    upload,
+                    ..ReadTimeoutBody::new(body, timeout)
+                })),
+                // The upload, if any, ends with the call (dropped below).
+                Err(e) => Err(call_error(e.into(), upload.as_ref())),
+            });
         }
         let (Some(d), Some(at)) = (*this.timeout, *this.deadline) else {
             return Poll::Pending;
@@ -414,12 +580,16 @@ where
             // The timer is not moved at each frame of a streamed upload:
             // when it fires, it moves to the idle wait's end, if the upload
             // progressed since it was set.
-            match this.upload.as_ref().and_then(|u| u.idle_until(d)) {
+            match this.upload.as_ref().and_then(|u| u.0.idle_until(d)) {
                 Some(later) if later > sleep.deadline() => {
                     *this.deadline = Some(later);
                     sleep.as_mut().reset(later);
                 }
-                _ => return Poll::Ready(Err(read_timed_out(d))),
+                _ => {
+                    // The call ends here: so does its upload.
+                    *this.upload = None;
+                    return Poll::Ready(Err(read_timed_out(d)));
+                }
             }
         }
     }
@@ -435,6 +605,8 @@ pin_project_lite::pin_project! {
         armed: bool,
         #[pin]
         sleep: Option<Sleep>,
+        // The call's streamed request body, ended with this body.
+        upload: Option<CallEnd>,
     }
 }
 
@@ -445,6 +617,7 @@ impl<B> ReadTimeoutBody<B> {
             timeout,
             armed: false,
             sleep: None,
+            upload: None,
         }
     }
 }
@@ -464,6 +637,11 @@ where
         let mut this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.armed = false;
+            if this.upload.is_some() && !matches!(frame, Some(Ok(_))) {
+                // The response ended (or failed): so does the call, and an
+                // upload still held by the connection is dropped.
+                *this.upload = None;
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let Some(d) = *this.timeout else {
@@ -482,7 +660,10 @@ where
             *this.armed = true;
         }
         match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Some(Err(read_timed_out(d)))),
+            Some(Poll::Ready(())) => {
+                *this.upload = None;
+                Poll::Ready(Some(Err(read_timed_out(d))))
+            }
             _ => Poll::Pending,
         }
     }
@@ -542,6 +723,50 @@ mod tests {
             self.sleep = None;
             self.delays.pop_front();
             Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    /// A body that is never ready: a caller's stream that never ends.
+    struct Endless;
+
+    impl HttpBody for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn an_upload_cut_by_its_call_ending_is_an_error_to_the_transport_never_an_end() {
+        let upload = Arc::new(Upload::new(RequestBody::streaming(Endless)));
+        let mut body = UploadBody {
+            upload: upload.clone(),
+            end: End::Open,
+        };
+        let woken = Arc::new(Woken(AtomicU64::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        drop(CallEnd(upload.clone()));
+        assert!(upload.lock().body.is_none(), "the caller's body is dropped");
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the transport is woken");
+        assert!(!body.is_end_stream());
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Err(e))) => assert!(e.is::<CallEnded>()),
+            other => panic!("not an error: {:?}", other.map(|f| f.map(|r| r.is_ok()))),
+        }
+    }
+
+    struct Woken(AtomicU64);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 
