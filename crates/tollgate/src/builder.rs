@@ -438,10 +438,11 @@ impl ClientBuilder {
     /// reader nothing more is taken: a streamed upload to a server that
     /// reads less than that buffer per read timeout (4 MiB in 30 s is
     /// ~140 KiB/s) is cut with a `Timeout` while the server still reads.
-    /// A body in memory counts no progress at all: the wait for the head
-    /// runs from the hand-over, so sending the whole body must fit in the
-    /// read timeout. For big uploads to slow servers, raise the read
-    /// timeout (or set `Duration::MAX`) and bound the call with
+    /// A body in memory over 256 KiB is handed to the transport in 64 KiB
+    /// frames (slices of it, nothing copied), each one progress in the same
+    /// way; a smaller one is handed over whole, and the wait for the head
+    /// runs from the hand-over. For big uploads to very slow servers, raise
+    /// the read timeout (or set `Duration::MAX`) and bound the call with
     /// [`timeout`](Self::timeout).
     ///
     /// With retry on, a read timeout is retried like an attempt timeout

@@ -287,12 +287,18 @@ where
     }
 
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
-        // A body in memory is sent at once: the wait starts now, at no cost.
-        // A streamed one (whatever the read timeout) lives in a slot shared
+        // A body in memory is sent at once: the wait starts now, at no cost
+        // (a large one is handed on in frames, each progress, as a streamed
+        // one). A streamed one (whatever the read timeout) lives in a slot shared
         // with the call: it reports each frame the transport takes, keeps
         // its error for the call, and is dropped when the call ends.
         let (req, upload) = if req.body().is_replayable() {
-            (req, None)
+            if self.timeout.is_some() && is_large(req.body()) {
+                let (req, upload) = watch_upload(framed(req));
+                (req, Some(upload))
+            } else {
+                (req, None)
+            }
         } else {
             let (req, upload) = watch_upload(req);
             (req, Some(upload))
@@ -304,6 +310,81 @@ where
             upload,
             sleep: None,
         }
+    }
+}
+
+/// A body in memory over this many bytes is handed to the transport in
+/// frames of [`FRAME`] bytes, each taken frame counting as progress for
+/// the read timeout, as a streamed body's do: sent whole it would count
+/// none, and a big upload to a slow server would be cut while it still
+/// reads. Smaller bodies fit in the socket's buffers at once.
+const FRAMED_OVER: u64 = 256 * 1024;
+
+/// The frame size of a large body in memory (zero-copy slices of it).
+const FRAME: usize = 64 * 1024;
+
+fn is_large(body: &RequestBody) -> bool {
+    HttpBody::size_hint(body)
+        .exact()
+        .is_some_and(|n| n > FRAMED_OVER)
+}
+
+/// The request with its body in memory handed on in [`Framed`] pieces.
+#[inline(never)]
+fn framed(req: Request<RequestBody>) -> Request<RequestBody> {
+    let (parts, body) = req.into_parts();
+    let body = RequestBody::streaming(Framed {
+        body,
+        rest: Bytes::new(),
+    });
+    Request::from_parts(parts, body)
+}
+
+/// A body whose data frames are cut into pieces of at most [`FRAME`]
+/// bytes (slices of the same buffer: nothing is copied); its trailers and
+/// its size are the body's.
+struct Framed {
+    body: RequestBody,
+    /// What is left of the frame being cut.
+    rest: Bytes,
+}
+
+impl HttpBody for Framed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            match std::task::ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
+        let piece = this.rest.split_to(this.rest.len().min(FRAME));
+        Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let rest = self.rest.len() as u64;
+        let inner = self.body.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
