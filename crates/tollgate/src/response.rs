@@ -105,6 +105,131 @@ impl Summary {
     }
 }
 
+/// A response's head and the record of its call: what [`ApiResponse`] and
+/// [`StreamingResponse`](crate::StreamingResponse) both hold, with the
+/// accessors both give ([`head_accessors`]).
+pub(crate) struct ResponseHead {
+    pub(crate) method: Method,
+    pub(crate) url: Uri,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) extensions: Extensions,
+    pub(crate) summary: Summary,
+}
+
+impl ResponseHead {
+    pub(crate) fn new(method: Method, url: Uri, parts: Parts, summary: Summary) -> Self {
+        // After redirects, the URL the response came from.
+        #[cfg(feature = "redirect")]
+        let url = parts
+            .extensions
+            .get::<crate::redirect::Followed>()
+            .map_or(url, |f| f.url.clone());
+        ResponseHead {
+            method,
+            url,
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+            summary,
+        }
+    }
+}
+
+/// The accessors of a [`ResponseHead`] held in a field `head`, written once
+/// for [`ApiResponse`] and [`StreamingResponse`](crate::StreamingResponse),
+/// and their `error_for_status` pair (documented by the first sentence given;
+/// the type has a `status_error(&self) -> Option<Error>`).
+macro_rules! head_accessors {
+    ($error_for_status:literal) => {
+        /// The status code.
+        pub fn status(&self) -> http::StatusCode {
+            self.head.status
+        }
+
+        /// The HTTP version the response came over.
+        pub fn version(&self) -> http::Version {
+            self.head.version
+        }
+
+        /// The response headers.
+        pub fn headers(&self) -> &http::HeaderMap {
+            &self.head.headers
+        }
+
+        /// The response's extensions: each layer's typed record of what it
+        /// did.
+        pub fn extensions(&self) -> &http::Extensions {
+            &self.head.extensions
+        }
+
+        /// The method of the request.
+        pub fn method(&self) -> &http::Method {
+            &self.head.method
+        }
+
+        /// The URL the response came from: the request's, or after
+        /// redirects the last one followed (as sent: without a credential
+        /// the chain dropped, and without one the auth layer added below).
+        pub fn url(&self) -> &http::Uri {
+            &self.head.url
+        }
+
+        /// How many redirects were followed to get this response (see
+        /// [`RedirectPolicy`](crate::RedirectPolicy); also
+        /// [`Summary::redirects`](crate::Summary::redirects)).
+        pub fn redirects(&self) -> u32 {
+            self.head.summary.redirects
+        }
+
+        /// What the middleware did: attempts, cache, time waited for a
+        /// permit or a pool slot, the tracking id. (A streamed call
+        /// bypasses the cache: its `from_cache` is false.)
+        pub fn summary(&self) -> &crate::Summary {
+            &self.head.summary
+        }
+
+        /// The address of the peer the response came from (the built-in
+        /// transport's connection, after redirects the last hop's). `None`
+        /// for a response from the cache, or from a custom
+        /// [`transport`](crate::ClientBuilder::transport) that does not set
+        /// hyper-util's `HttpInfo`.
+        pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+            self.head
+                .extensions
+                .get::<hyper_util::client::legacy::connect::HttpInfo>()
+                .map(hyper_util::client::legacy::connect::HttpInfo::remote_addr)
+        }
+
+        #[doc = $error_for_status]
+        ///
+        /// # Errors
+        ///
+        /// For a 4xx or 5xx status.
+        pub fn error_for_status(self) -> Result<Self, crate::Error> {
+            match self.status_error() {
+                Some(e) => Err(e),
+                None => Ok(self),
+            }
+        }
+
+        /// As [`error_for_status`](Self::error_for_status), by reference.
+        ///
+        /// # Errors
+        ///
+        /// For a 4xx or 5xx status.
+        pub fn error_for_status_ref(&self) -> Result<&Self, crate::Error> {
+            match self.status_error() {
+                Some(e) => Err(e),
+                None => Ok(self),
+            }
+        }
+    };
+}
+pub(crate) use head_accessors;
+
 /// A complete response: status, headers, the whole body, and how it was
 /// obtained.
 ///
@@ -117,30 +242,24 @@ impl Summary {
 /// # Ok(()) }
 /// ```
 pub struct ApiResponse {
-    method: Method,
-    url: Uri,
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
+    head: ResponseHead,
     body: Bytes,
     received_at: SystemTime,
     elapsed: Duration,
-    summary: Summary,
 }
 
 impl fmt::Debug for ApiResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiResponse")
-            .field("status", &self.status)
-            .field("method", &self.method)
+            .field("status", &self.head.status)
+            .field("method", &self.head.method)
             .field(
                 "url",
-                &crate::url::display_without_query(&self.url).to_string(),
+                &crate::url::display_without_query(&self.head.url).to_string(),
             )
             .field("body_len", &self.body.len())
             .field("elapsed", &self.elapsed)
-            .field("summary", &self.summary)
+            .field("summary", &self.head.summary)
             .finish_non_exhaustive()
     }
 }
@@ -163,64 +282,32 @@ impl ApiResponse {
         elapsed: Duration,
         summary: Summary,
     ) -> Self {
-        // After redirects, the URL the response came from.
-        #[cfg(feature = "redirect")]
-        let url = parts
-            .extensions
-            .get::<crate::redirect::Followed>()
-            .map_or(url, |f| f.url.clone());
-        ApiResponse {
-            method,
-            url,
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            extensions: parts.extensions,
+        Self::from_head(
+            ResponseHead::new(method, url, parts, summary),
             body,
             received_at,
             elapsed,
-            summary,
+        )
+    }
+
+    pub(crate) fn from_head(
+        head: ResponseHead,
+        body: Bytes,
+        received_at: SystemTime,
+        elapsed: Duration,
+    ) -> Self {
+        ApiResponse {
+            head,
+            body,
+            received_at,
+            elapsed,
         }
     }
 
-    /// The status code.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The HTTP version the response came over.
-    pub fn version(&self) -> Version {
-        self.version
-    }
-
-    /// The response headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// The response's extensions: each layer's typed record of what it did.
-    pub fn extensions(&self) -> &Extensions {
-        &self.extensions
-    }
-
-    /// The method of the request.
-    pub fn method(&self) -> &Method {
-        &self.method
-    }
-
-    /// The URL the response came from: the request's, or after redirects
-    /// the last one followed (as sent: without a credential the chain
-    /// dropped, and without one the auth layer added below).
-    pub fn url(&self) -> &Uri {
-        &self.url
-    }
-
-    /// How many redirects were followed to get this response (see
-    /// [`RedirectPolicy`](crate::RedirectPolicy); also
-    /// [`Summary::redirects`]).
-    pub fn redirects(&self) -> u32 {
-        self.summary.redirects
-    }
+    head_accessors!(
+        "The response itself for 1xx to 3xx, an [`ErrorKind::Status`] error for \
+         4xx and 5xx (with the status and the start of the body)."
+    );
 
     /// The whole body.
     pub fn bytes(&self) -> &Bytes {
@@ -249,13 +336,13 @@ impl ApiResponse {
     pub fn text(&self) -> Result<String, Error> {
         crate::response::decode_text(
             &self.body,
-            self.headers.get(http::header::CONTENT_TYPE),
+            self.head.headers.get(http::header::CONTENT_TYPE),
             false,
         )
         .map_err(|why| {
             Error::new(ErrorKind::Decode, why)
-                .with_status(self.status)
-                .with_request(&self.method, &self.url)
+                .with_status(self.head.status)
+                .with_request(&self.head.method, &self.head.url)
         })
     }
 
@@ -265,7 +352,7 @@ impl ApiResponse {
     pub fn text_lossy(&self) -> String {
         decode_text(
             &self.body,
-            self.headers.get(http::header::CONTENT_TYPE),
+            self.head.headers.get(http::header::CONTENT_TYPE),
             true,
         )
         .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned())
@@ -276,24 +363,14 @@ impl ApiResponse {
     /// the body read is `bytes().len()`; for a `HEAD` request this is the
     /// size the resource would have.
     pub fn content_length(&self) -> Option<u64> {
-        self.headers
+        self.head
+            .headers
             .get(http::header::CONTENT_LENGTH)?
             .to_str()
             .ok()?
             .trim()
             .parse()
             .ok()
-    }
-
-    /// The address of the peer the response came from (the built-in
-    /// transport's connection, after redirects the last hop's). `None` for
-    /// a response from the cache, or from a custom
-    /// [`transport`](crate::ClientBuilder::transport) that does not set
-    /// hyper-util's `HttpInfo`.
-    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
-        self.extensions
-            .get::<hyper_util::client::legacy::connect::HttpInfo>()
-            .map(hyper_util::client::legacy::connect::HttpInfo::remote_addr)
     }
 
     /// The body decoded from JSON as `T`.
@@ -320,8 +397,8 @@ impl ApiResponse {
     fn decode_error(&self, e: serde_json::Error) -> Error {
         Error::new(ErrorKind::Decode, e.to_string())
             .with_source(e)
-            .with_status(self.status)
-            .with_request(&self.method, &self.url)
+            .with_status(self.head.status)
+            .with_request(&self.head.method, &self.head.url)
             .with_snippet(&self.body)
     }
 
@@ -335,19 +412,14 @@ impl ApiResponse {
         self.elapsed
     }
 
-    /// What the middleware did: attempts, cache, time waited for a permit.
-    pub fn summary(&self) -> &Summary {
-        &self.summary
-    }
-
     fn status_error(&self) -> Option<Error> {
-        if !(self.status.is_client_error() || self.status.is_server_error()) {
+        if !(self.head.status.is_client_error() || self.head.status.is_server_error()) {
             return None;
         }
         #[allow(unused_mut, reason = "the retry feature adds to it")]
         let mut err = Error::new(ErrorKind::Status, "");
         #[cfg(feature = "retry")]
-        if let Some(record) = self.extensions.get::<tollgate_retry::RetryRecord>() {
+        if let Some(record) = self.head.extensions.get::<tollgate_retry::RetryRecord>() {
             if let Some(stopped) = &record.stopped {
                 err = Error::new(
                     ErrorKind::Status,
@@ -361,35 +433,10 @@ impl ApiResponse {
             }
         }
         Some(
-            err.with_status(self.status)
-                .with_request(&self.method, &self.url)
+            err.with_status(self.head.status)
+                .with_request(&self.head.method, &self.head.url)
                 .with_snippet(&self.body),
         )
-    }
-
-    /// The response itself for 1xx to 3xx, an [`ErrorKind::Status`] error for
-    /// 4xx and 5xx (with the status and the start of the body).
-    ///
-    /// # Errors
-    ///
-    /// For a 4xx or 5xx status.
-    pub fn error_for_status(self) -> Result<Self, Error> {
-        match self.status_error() {
-            Some(e) => Err(e),
-            None => Ok(self),
-        }
-    }
-
-    /// As [`error_for_status`](Self::error_for_status), by reference.
-    ///
-    /// # Errors
-    ///
-    /// For a 4xx or 5xx status.
-    pub fn error_for_status_ref(&self) -> Result<&Self, Error> {
-        match self.status_error() {
-            Some(e) => Err(e),
-            None => Ok(self),
-        }
     }
 
     /// A structured record for logs: status, the URL it came from (without
@@ -399,7 +446,7 @@ impl ApiResponse {
     /// `Authorization`, and headers marked sensitive, show as `"REDACTED"`.
     pub fn to_json(&self) -> Value {
         let mut headers = Map::new();
-        for (name, value) in &self.headers {
+        for (name, value) in &self.head.headers {
             let shown = if value.is_sensitive() || REDACTED_HEADERS.contains(&name.as_str()) {
                 Value::from("REDACTED")
             } else {
@@ -419,21 +466,21 @@ impl ApiResponse {
         };
         #[allow(unused_mut, reason = "the cache feature adds to it")]
         let mut record = serde_json::json!({
-            "status": self.status.as_u16(),
+            "status": self.head.status.as_u16(),
             "headers": headers,
             "data": data,
             "received_at": humantime::format_rfc3339_millis(self.received_at).to_string(),
             "elapsed_ms": self.elapsed.as_secs_f64() * 1e3,
-            "attempts": self.summary.attempts,
-            "redirects": self.summary.redirects,
-            "url": crate::url::display_without_query(&self.url).to_string(),
-            "from_cache": self.summary.from_cache,
-            "permit_wait_ms": self.summary.permit_wait.as_secs_f64() * 1e3,
-            "queue_wait_ms": self.summary.queue_wait.as_secs_f64() * 1e3,
-            "request_id": self.summary.request_id,
+            "attempts": self.head.summary.attempts,
+            "redirects": self.head.summary.redirects,
+            "url": crate::url::display_without_query(&self.head.url).to_string(),
+            "from_cache": self.head.summary.from_cache,
+            "permit_wait_ms": self.head.summary.permit_wait.as_secs_f64() * 1e3,
+            "queue_wait_ms": self.head.summary.queue_wait.as_secs_f64() * 1e3,
+            "request_id": self.head.summary.request_id,
         });
         #[cfg(feature = "cache")]
-        if let Some(status) = self.summary.cache {
+        if let Some(status) = self.head.summary.cache {
             record["cache"] = Value::from(status.as_str());
         }
         record

@@ -55,14 +55,14 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_core::Stream;
-use http::{Extensions, HeaderMap, Method, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 
 use crate::error::{Error, ErrorKind, TimedOut};
-use crate::response::{ApiResponse, Summary};
+use crate::response::{head_accessors, ApiResponse, ResponseHead, Summary};
 use crate::transport::ResponseBody;
 
 /// A response whose body is read as it arrives: a download of any size.
@@ -86,33 +86,32 @@ use crate::transport::ResponseBody;
 /// # Ok(()) }
 /// ```
 pub struct StreamingResponse {
-    method: Method,
-    url: Uri,
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
+    head: ResponseHead,
     body: CallBody,
     received_at: SystemTime,
     started: Instant,
     elapsed: Duration,
-    summary: Summary,
     max_body: usize,
 }
 
 impl fmt::Debug for StreamingResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Header names only: values may be credentials or cookies.
-        let names: Vec<&str> = self.headers.keys().map(http::HeaderName::as_str).collect();
+        let names: Vec<&str> = self
+            .head
+            .headers
+            .keys()
+            .map(http::HeaderName::as_str)
+            .collect();
         f.debug_struct("StreamingResponse")
-            .field("status", &self.status)
-            .field("method", &self.method)
+            .field("status", &self.head.status)
+            .field("method", &self.head.method)
             .field(
                 "url",
-                &crate::url::display_without_query(&self.url).to_string(),
+                &crate::url::display_without_query(&self.head.url).to_string(),
             )
             .field("headers", &names)
-            .field("summary", &self.summary)
+            .field("summary", &self.head.summary)
             .finish_non_exhaustive()
     }
 }
@@ -142,12 +141,7 @@ impl StreamingResponse {
             summary,
             max_body,
         } = head;
-        // After redirects, the URL the response came from.
-        #[cfg(feature = "redirect")]
-        let url = parts
-            .extensions
-            .get::<crate::redirect::Followed>()
-            .map_or(url, |f| f.url.clone());
+        let head = ResponseHead::new(method, url, parts, summary);
         StreamingResponse {
             body: CallBody {
                 inner: Some(body),
@@ -156,65 +150,23 @@ impl StreamingResponse {
                     d,
                     sleep: Box::pin(tokio::time::sleep_until(at)),
                 }),
-                method: method.clone(),
-                url: url.clone(),
-                status: parts.status,
+                method: head.method.clone(),
+                url: head.url.clone(),
+                status: head.status,
             },
-            method,
-            url,
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            extensions: parts.extensions,
+            head,
             received_at: SystemTime::now(),
             elapsed: started.elapsed(),
             started,
-            summary,
             max_body,
         }
     }
 
-    /// The status code.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The HTTP version the response came over.
-    pub fn version(&self) -> Version {
-        self.version
-    }
-
-    /// The response headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// The response's extensions: each layer's typed record of what it did.
-    pub fn extensions(&self) -> &Extensions {
-        &self.extensions
-    }
-
-    /// The method of the request.
-    pub fn method(&self) -> &Method {
-        &self.method
-    }
-
-    /// The URL the response came from (after redirects, the last one
-    /// followed), as [`ApiResponse::url`].
-    pub fn url(&self) -> &Uri {
-        &self.url
-    }
-
-    /// How many redirects were followed to get this response.
-    pub fn redirects(&self) -> u32 {
-        self.summary.redirects
-    }
-
-    /// What the middleware did (attempts, waits; `from_cache` is always
-    /// false: a streamed call bypasses the cache).
-    pub fn summary(&self) -> &Summary {
-        &self.summary
-    }
+    head_accessors!(
+        "The response itself for 1xx to 3xx, an [`ErrorKind::Status`] error for \
+         4xx and 5xx. The body is not read: the error has no snippet of it (read \
+         it first with [`into_buffered`](Self::into_buffered) for one)."
+    );
 
     /// When the head arrived, on the wall clock.
     pub fn received_at(&self) -> SystemTime {
@@ -233,21 +185,13 @@ impl StreamingResponse {
         self.body.inner.as_ref()?.size_hint().exact()
     }
 
-    /// The response itself for 1xx to 3xx, an [`ErrorKind::Status`] error
-    /// for 4xx and 5xx. The body is not read: the error has no snippet of
-    /// it (read it first with [`into_buffered`](Self::into_buffered) for
-    /// one).
-    ///
-    /// # Errors
-    ///
-    /// For a 4xx or 5xx status.
-    pub fn error_for_status(self) -> Result<Self, Error> {
-        if self.status.is_client_error() || self.status.is_server_error() {
-            return Err(Error::new(ErrorKind::Status, "")
-                .with_status(self.status)
-                .with_request(&self.method, &self.url));
-        }
-        Ok(self)
+    fn status_error(&self) -> Option<Error> {
+        let status = self.head.status;
+        (status.is_client_error() || status.is_server_error()).then(|| {
+            Error::new(ErrorKind::Status, "")
+                .with_status(status)
+                .with_request(&self.head.method, &self.head.url)
+        })
     }
 
     /// The next chunk of the body, `None` at its end. Chunks are handed on
@@ -292,8 +236,8 @@ impl StreamingResponse {
                     ErrorKind::BodyTooLarge,
                     format!("the body exceeds the limit of {max} bytes"),
                 )
-                .with_status(self.status)
-                .with_request(&self.method, &self.url));
+                .with_status(self.head.status)
+                .with_request(&self.head.method, &self.head.url));
             }
             // One chunk is kept as it is; more are joined.
             match first.take() {
@@ -306,23 +250,12 @@ impl StreamingResponse {
             }
         }
         let body = first.unwrap_or_else(|| Bytes::from(rest));
-        let parts = {
-            let mut response = http::Response::new(());
-            *response.status_mut() = self.status;
-            *response.version_mut() = self.version;
-            *response.headers_mut() = std::mem::take(&mut self.headers);
-            *response.extensions_mut() = std::mem::take(&mut self.extensions);
-            response.into_parts().0
-        };
         let elapsed = self.started.elapsed();
-        Ok(ApiResponse::new(
-            self.method,
-            self.url,
-            parts,
+        Ok(ApiResponse::from_head(
+            self.head,
             body,
             SystemTime::now(),
             elapsed,
-            self.summary,
         ))
     }
 

@@ -179,6 +179,36 @@ async fn remote_addr_and_content_length_come_from_the_connection_and_the_headers
 }
 
 #[tokio::test]
+async fn a_streamed_response_has_the_buffered_ones_head_accessors() {
+    // reqwest's one `Response` has `remote_addr` and `error_for_status_ref`
+    // whether its body is read whole or as a stream; so do both of ours.
+    let api = FakeApi::start().await.expect("api");
+    let client = Client::new(api.url()).expect("client");
+    let res = client.get("/posts/1").send_streaming().await.expect("sent");
+    assert_eq!(res.remote_addr(), Some(api.addr()));
+    assert!(res.error_for_status_ref().is_ok());
+    let buffered = res.into_buffered().await.expect("read");
+    assert_eq!(buffered.remote_addr(), Some(api.addr()));
+    assert_eq!(buffered.status(), 200);
+    assert_eq!(buffered.url().path(), "/posts/1");
+
+    let res = client
+        .get("/posts/999999")
+        .send_streaming()
+        .await
+        .expect("sent");
+    let err = res.error_for_status_ref().expect_err("404");
+    assert_eq!(err.kind(), ErrorKind::Status);
+    assert_eq!(err.status(), Some(http::StatusCode::NOT_FOUND));
+    assert_eq!(
+        res.status(),
+        404,
+        "by reference: the response is still there"
+    );
+    assert!(res.error_for_status().is_err());
+}
+
+#[tokio::test]
 async fn error_predicates_match_reqwests_by_kind() {
     let client = Client::new("http://127.0.0.1:1").expect("client");
     let err = client.get("/x").send().await.expect_err("refused");
