@@ -398,6 +398,48 @@ async fn cache_fill_of_a_bomb_is_body_too_large_and_nothing_is_stored() {
     }
 }
 
+/// Concurrent identical calls to a bomb through the cache's single-flight
+/// (with retry on, the bomb is found below the cache, as an error the
+/// waiters share): every caller gets BodyTooLarge, none another kind.
+#[cfg(all(feature = "cache", feature = "retry"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_of_a_cached_bomb_each_get_body_too_large() {
+    let bomb = bytes::Bytes::from(response(
+        "200 OK",
+        &[
+            ("content-encoding", "gzip"),
+            ("cache-control", "max-age=60"),
+        ],
+        &gzip_zeros(64),
+    ));
+    let raw = Raw::start(move |_| vec![Piece::Shared(bomb.clone())]).await;
+    for retry in [false, true] {
+        let builder = Client::builder(raw.url())
+            .max_response_body(1 << 20)
+            .cache(tollgate::cache::CacheLayer::new(Duration::from_secs(60)));
+        let builder = if retry {
+            builder.retry(tollgate::retry::RetryLayer::new())
+        } else {
+            builder
+        };
+        let client = builder.build().expect("client");
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.get("/bomb").send().await })
+            })
+            .collect();
+        for call in calls {
+            let err = call.await.expect("task").expect_err("bomb");
+            assert_eq!(
+                err.kind(),
+                ErrorKind::BodyTooLarge,
+                "retry {retry}: {err:?}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Memory: each case runs alone in a child process (this binary, this test
 // only), which reports its peak virtual size and peak resident set around
@@ -750,6 +792,45 @@ async fn garbage_after_the_compressed_stream_is_a_body_error_in_every_coding() {
         }
     }
     assert!(silent.is_empty(), "garbage dropped silently: {silent:?}");
+}
+
+/// A decoding error names the call, never its secrets: an API key in the
+/// query (and one in a header) stays out of the error's Display and Debug,
+/// buffered and streamed.
+#[cfg(feature = "auth")]
+#[tokio::test]
+async fn a_decoding_error_never_shows_the_api_key() {
+    let raw = Raw::start(move |_| {
+        one(response(
+            "200 OK",
+            &[("content-encoding", "gzip")],
+            b"not gzip at all, but long enough to be read as a header",
+        ))
+    })
+    .await;
+    let client = Client::builder(raw.url())
+        .api_key_query("api_key", "q-s3cr3t-q")
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let err = client.get("/x?page=2").send().await.expect_err("corrupt");
+    assert_eq!(err.kind(), ErrorKind::Body, "{err}");
+    let streamed = client
+        .get("/x?page=2")
+        .send_streaming()
+        .await
+        .expect("head")
+        .bytes()
+        .await
+        .expect_err("corrupt");
+    assert!(
+        raw.seen()[0].head.contains("q-s3cr3t-q"),
+        "the key was sent"
+    );
+    for e in [err, streamed] {
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("q-s3cr3t-q"), "{shown}");
+    }
 }
 
 /// Two gzip members (RFC 1952 §2.2: a gzip file is a series of members):
