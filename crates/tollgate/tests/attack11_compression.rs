@@ -714,7 +714,7 @@ async fn a_flushed_gzip_segment_is_handed_over_before_the_rest_arrives() {
     .await;
     let client = client(&raw.url());
     let mut res = client.get("/events").send_streaming().await.expect("head");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let chunk = res.chunk().await.expect("first").expect("some");
     assert_eq!(&chunk[..], b"data: first\n\n");
     assert!(
@@ -1256,7 +1256,7 @@ async fn a_trickled_gzip_body_is_ended_by_the_deadline() {
         .read_timeout(Duration::from_secs(5))
         .build()
         .expect("client");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let err = client.get("/x").send().await.expect_err("deadline");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(
@@ -1264,7 +1264,7 @@ async fn a_trickled_gzip_body_is_ended_by_the_deadline() {
         "{:?}",
         started.elapsed()
     );
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut res = client.get("/x").send_streaming().await.expect("head");
     let err = loop {
         match res.chunk().await {
@@ -1302,7 +1302,7 @@ async fn a_stalled_gzip_body_is_ended_by_the_read_timeout() {
         .read_timeout(Duration::from_millis(300))
         .build()
         .expect("client");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let err = client.get("/x").send().await.expect_err("stalled");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(
@@ -1324,7 +1324,7 @@ async fn decoding_a_big_bomb_is_cut_by_the_deadline() {
         .timeout(Duration::from_millis(150))
         .build()
         .expect("client");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let result = client.get("/x").send().await;
     let took = started.elapsed();
     match result {
