@@ -7,7 +7,8 @@
 //!   a client with a TTL cache over an in-process upstream that answers with
 //!   a gzip body; the upstream is asked once, before the timing.
 //! - `gunzip/{size}`: decoding that response's gzip body once, with flate2
-//!   (the crate tower-http's decompression uses): what a hit would cost on
+//!   (the codec under async-compression's gzip decoder, which the facade
+//!   uses): what a hit would cost on
 //!   top if the cache kept the encoded body and decoded it on every hit.
 //! - The sizes of each body, decoded and encoded, are printed once: what
 //!   keeping it encoded would save in memory.

@@ -8,6 +8,16 @@
 //! [`RequestBody`]: [`Buffer`] passes it down as it is (whole in memory, or
 //! streamed once).
 //!
+//! The body is read within the attempt's deadline when stack position 9
+//! set one ([`AttemptTimeout`] leaves it on the response as an
+//! [`AttemptDeadline`]): an attempt timeout bounds the whole attempt, body
+//! included, and a body that trickles past it is retried as a timeout.
+//!
+//! A redirect that may be followed (301, 302, 303, 307, 308 with a
+//! `Location`) is handed up unread: the redirect layer above drops its body
+//! when it follows (a bomb or a broken body there must not fail the call),
+//! and the caller's own read bounds it when it does not.
+//!
 //! A streaming call (`RequestBuilder::send_streaming`, marked with the
 //! [`Streamed`] extension) is let through unbuffered: its body goes to the
 //! caller as it arrives. Retry still decides on its status (a 503 is retried
@@ -19,11 +29,13 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::{Either, Full};
+use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 use crate::transport::RequestBody;
@@ -133,10 +145,17 @@ where
         let max = self.max;
         Box::pin(async move {
             let (parts, body) = response.await.map_err(Into::into)?.into_parts();
-            if streamed {
+            if streamed || followable(&parts) {
                 return Ok(Response::from_parts(parts, Either::Right(body)));
             }
-            match collect(body, max).await {
+            let read = collect(body, max);
+            let read = match parts.extensions.get::<AttemptDeadline>() {
+                Some(&AttemptDeadline(at)) => tokio::time::timeout_at(at, read)
+                    .await
+                    .map_err(|_| tower::timeout::error::Elapsed::new())?,
+                None => read.await,
+            };
+            match read {
                 Ok(bytes) => Ok(Response::from_parts(parts, Either::Left(Full::new(bytes)))),
                 Err(ReadError::TooLarge) => Err(BodyTooLarge { max }.into()),
                 // A timeout stays one: retried as a timeout, reported as one.
@@ -152,6 +171,101 @@ where
                 .into()),
             }
         })
+    }
+}
+
+/// Whether a response is a redirect the layer above may follow (see the
+/// module docs).
+fn followable(parts: &http::response::Parts) -> bool {
+    matches!(parts.status.as_u16(), 301 | 302 | 303 | 307 | 308)
+        && parts.headers.contains_key(http::header::LOCATION)
+}
+
+/// When the attempt a response belongs to must end, in the response's
+/// extensions (put there by [`AttemptTimeout`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttemptDeadline(pub(crate) Instant);
+
+/// Stack position 9: bounds an attempt's head by the attempt timeout and
+/// leaves its deadline on the response ([`AttemptDeadline`]), so that
+/// [`Buffer`] reads the body within the same bound. (tower's
+/// `TimeoutLayer` bounds the head alone.)
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttemptTimeoutLayer(pub(crate) Duration);
+
+impl<S> tower::Layer<S> for AttemptTimeoutLayer {
+    type Service = AttemptTimeout<S>;
+
+    fn layer(&self, inner: S) -> AttemptTimeout<S> {
+        AttemptTimeout {
+            inner,
+            timeout: self.0,
+        }
+    }
+}
+
+/// The service of [`AttemptTimeoutLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct AttemptTimeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, R, B> Service<Request<R>> for AttemptTimeout<S>
+where
+    S: Service<Request<R>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<B>;
+    type Error = BoxError;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<R>) -> Self::Future {
+        // `Duration::MAX` (no limit) has no instant: no sleep, no deadline.
+        let deadline = Instant::now().checked_add(self.timeout);
+        AttemptFuture {
+            inner: self.inner.call(req),
+            sleep: deadline.map(tokio::time::sleep_until),
+            deadline,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`AttemptTimeout`].
+    pub(crate) struct AttemptFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+        deadline: Option<Instant>,
+    }
+}
+
+impl<F, B, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            let mut res = result.map_err(Into::into)?;
+            if let Some(at) = *this.deadline {
+                res.extensions_mut().insert(AttemptDeadline(at));
+            }
+            return Poll::Ready(Ok(res));
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(tower::timeout::error::Elapsed::new().into())),
+            _ => Poll::Pending,
+        }
     }
 }
 

@@ -979,8 +979,11 @@ impl ClientBuilder {
         self
     }
 
-    /// Bounds each attempt (stack position 9); with retry on, an attempt
-    /// that times out is retried like a connection failure. The whole call
+    /// Bounds each attempt (stack position 9): its head, and, with retry on,
+    /// the reading of its body (retry reads each attempt's body whole), so
+    /// an attempt that times out, a body trickling past the bound included,
+    /// is retried like a connection failure. A streamed response's body is
+    /// bounded by the total timeout and the read timeout instead. The whole call
     /// stays bounded by [`timeout`](Self::timeout). `Duration::MAX` means
     /// no limit; zero is an [`ErrorKind::Builder`] from `build`.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
@@ -1086,23 +1089,7 @@ impl ClientBuilder {
             feature = "zstd"
         ))]
         {
-            let on = |i: usize, compiled: bool| compiled && self.codecs[i];
-            if on(0, cfg!(feature = "gzip"))
-                || on(1, cfg!(feature = "deflate"))
-                || on(2, cfg!(feature = "brotli"))
-                || on(3, cfg!(feature = "zstd"))
-            {
-                let layer = tower_http::decompression::DecompressionLayer::new();
-                #[cfg(feature = "gzip")]
-                let layer = layer.gzip(self.codecs[0]);
-                #[cfg(feature = "deflate")]
-                let layer = layer.deflate(self.codecs[1]);
-                #[cfg(feature = "brotli")]
-                let layer = layer.br(self.codecs[2]);
-                #[cfg(feature = "zstd")]
-                let layer = layer.zstd(self.codecs[3]);
-                layers.decompression = Some(layer);
-            }
+            layers.decompression = crate::decode::DecompressionLayer::new(self.codecs);
         }
         let finish = Finish {
             layers,

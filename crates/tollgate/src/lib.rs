@@ -184,6 +184,13 @@ mod batch;
 mod buffer;
 mod builder;
 mod client;
+#[cfg(any(
+    feature = "gzip",
+    feature = "deflate",
+    feature = "brotli",
+    feature = "zstd"
+))]
+mod decode;
 mod endpoint;
 mod error;
 #[cfg(feature = "metrics")]

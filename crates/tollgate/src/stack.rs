@@ -102,7 +102,7 @@ pub(crate) type RedirectLayer = FeatureOff;
     feature = "brotli",
     feature = "zstd"
 ))]
-pub(crate) type DecompressionLayer = tower_http::decompression::DecompressionLayer;
+pub(crate) type DecompressionLayer = crate::decode::DecompressionLayer;
 #[cfg(not(any(
     feature = "gzip",
     feature = "deflate",
@@ -198,7 +198,7 @@ impl Layers {
         // 8 auth
         stages.push(stage(self.auth));
         // 9 attempt timeout
-        let attempt_timeout = self.attempt_timeout.map(tower::timeout::TimeoutLayer::new);
+        let attempt_timeout = self.attempt_timeout.map(crate::buffer::AttemptTimeoutLayer);
         stages.push(stage(attempt_timeout));
         // 10 concurrency pool
         stages.push(stage(self.concurrency));
