@@ -121,10 +121,9 @@ fn a_caller_whose_batch_timer_died_with_its_runtime_does_not_hang() {
     let (_, upstream) = gated(open());
     let batcher = BatchLayer::new(10, Duration::from_millis(5)).layer(upstream);
     let first = runtime(false);
-    let mut call = first.block_on(async {
-        let mut call = batcher.clone().oneshot(1);
+    let mut call = batcher.clone().oneshot(1);
+    first.block_on(async {
         assert!(poll_once(&mut call).is_none(), "gathering");
-        call
     });
     drop(first);
     let second = runtime(true);
@@ -600,7 +599,7 @@ fn check_model(
     max_batch: usize,
     max_in_flight: usize,
     latency_us: u64,
-    arrivals: Vec<Arrival>,
+    arrivals: &[Arrival],
 ) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -614,7 +613,7 @@ fn check_model(
         .layer(service);
     let outcomes = rt.block_on(async {
         let mut tasks = Vec::new();
-        for a in arrivals.clone() {
+        for a in arrivals.iter().cloned() {
             let batcher = batcher.clone();
             let task = tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_micros(a.at)).await;
@@ -700,6 +699,6 @@ proptest! {
         latency_us in 0u64..1_500,
         arrivals in proptest::collection::vec(arrival(), 1..60),
     ) {
-        check_model(max_batch, max_in_flight, latency_us, arrivals)?;
+        check_model(max_batch, max_in_flight, latency_us, &arrivals)?;
     }
 }
