@@ -6,7 +6,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -193,6 +193,7 @@ impl<S, K, V> Layer<S> for BatchLayer<K, V> {
                 max_in_flight: self.max_in_flight,
                 in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
                 pending: Arc::new(AtomicUsize::new(0)),
+                generation: AtomicU64::new(0),
                 gathering: Mutex::new(Gathering::default()),
             }),
         }
@@ -233,12 +234,19 @@ struct Gathering<K, V> {
     /// Each key's callers, in the order the keys first arrived.
     keys: Entries<K, V>,
     index: HashMap<K, usize>,
-    /// Counts batches sent, so a flush timer knows whether its batch went
-    /// already.
-    generation: u64,
-    /// The flush timer of this batch, if one runs; stopped when the batch
-    /// goes by size, so no timer outlives its batch.
-    timer: Option<AbortHandle>,
+    /// The flush timer of this batch; stopped when the batch goes by size,
+    /// so no timer outlives its batch.
+    timer: Timer,
+}
+
+/// The flush timer of the batch being gathered.
+enum Timer {
+    None,
+    /// Being spawned by a caller (outside the lock: a runtime that is
+    /// shutting down drops the task at once, and its [`TimerGuard`] takes
+    /// the lock).
+    Starting,
+    Running(AbortHandle),
 }
 
 impl<K, V> Default for Gathering<K, V> {
@@ -246,16 +254,18 @@ impl<K, V> Default for Gathering<K, V> {
         Gathering {
             keys: Vec::new(),
             index: HashMap::new(),
-            generation: 0,
-            timer: None,
+            timer: Timer::None,
         }
     }
 }
 
 impl<K: Eq + Hash + Clone, V> Gathering<K, V> {
-    fn take(&mut self) -> Entries<K, V> {
-        self.generation += 1;
-        if let Some(timer) = self.timer.take() {
+    /// Takes the batch; `generation` counts it as sent (before its timer
+    /// is stopped, so that the timer's guard, should the stop drop it here,
+    /// sees it went).
+    fn take(&mut self, generation: &AtomicU64) -> Entries<K, V> {
+        generation.fetch_add(1, Ordering::AcqRel);
+        if let Timer::Running(timer) = std::mem::replace(&mut self.timer, Timer::None) {
             timer.abort();
         }
         self.index.clear();
@@ -303,6 +313,10 @@ struct Shared<K, V> {
     in_flight: Arc<Semaphore>,
     /// Callers counted as pending (see [`BatchLayer`]).
     pending: Arc<AtomicUsize>,
+    /// Counts batches sent (changed under the lock), so that a flush timer
+    /// knows whether its batch went already; read without the lock by a
+    /// timer's [`TimerGuard`].
+    generation: AtomicU64,
     gathering: Mutex<Gathering<K, V>>,
 }
 
@@ -420,21 +434,87 @@ where
             gathering.prune();
         }
         if gathering.keys.len() >= shared.max_batch {
-            let batch = gathering.take();
+            let batch = gathering.take(&shared.generation);
             drop(gathering);
             runtime.spawn(run(shared.clone(), self.inner.clone(), batch));
-        } else if gathering.timer.is_none() {
-            let generation = gathering.generation;
-            let timer = runtime.spawn(flush_later(shared.clone(), self.inner.clone(), generation));
-            gathering.timer = Some(timer.abort_handle());
+        } else if gathering.needs_timer() {
+            gathering.timer = Timer::Starting;
+            let generation = shared.generation.load(Ordering::Acquire);
+            drop(gathering);
+            let guard = TimerGuard {
+                shared: shared.clone(),
+                generation,
+                armed: true,
+            };
+            let timer = runtime.spawn(flush_later(guard, self.inner.clone()));
+            let mut gathering = shared.lock();
+            match gathering.timer {
+                Timer::Starting if shared.generation.load(Ordering::Acquire) == generation => {
+                    gathering.timer = Timer::Running(timer.abort_handle());
+                }
+                // The batch went already (by size, or its timer's runtime
+                // shut down and the guard failed it): this timer finds
+                // that out itself and ends.
+                _ => {}
+            }
         }
         ResponseFuture::waiting(rx, ticket, shared.max_wait)
     }
 }
 
-/// Flushes the batch `generation` after `max_delay`, unless it went
-/// already.
-async fn flush_later<S, K, V>(shared: Arc<Shared<K, V>>, service: S, generation: u64)
+impl<K, V> Gathering<K, V> {
+    /// Whether the batch being gathered needs a timer started: it has none,
+    /// or the one it had ended without sending it (its task was dropped
+    /// with its runtime before its guard could take the batch).
+    fn needs_timer(&self) -> bool {
+        match &self.timer {
+            Timer::None => true,
+            Timer::Starting => false,
+            Timer::Running(timer) => timer.is_finished(),
+        }
+    }
+}
+
+/// A flush timer's hold on its batch: if the timer's task is dropped
+/// before it sent the batch (its runtime shut down; a task spawned on a
+/// runtime shutting down is dropped at once), the batch is taken and its
+/// callers answered [`BatchError::Closed`] rather than left waiting for a
+/// timer that is gone. Callers on another runtime then start a new batch.
+struct TimerGuard<K, V> {
+    shared: Arc<Shared<K, V>>,
+    generation: u64,
+    armed: bool,
+}
+
+impl<K, V> Drop for TimerGuard<K, V> {
+    fn drop(&mut self) {
+        // A batch that went (by size, or by this timer) is not this
+        // guard's: and `take` counts it before it stops the timer, so a
+        // stop that drops the task with the lock held returns here.
+        if !self.armed || self.shared.generation.load(Ordering::Acquire) != self.generation {
+            return;
+        }
+        let mut gathering = self.shared.lock();
+        if self.shared.generation.load(Ordering::Acquire) != self.generation {
+            return;
+        }
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        gathering.timer = Timer::None;
+        gathering.index.clear();
+        let batch = std::mem::take(&mut gathering.keys);
+        drop(gathering);
+        for (_, callers) in batch {
+            for caller in callers {
+                caller.ticket.release();
+                // The reply is dropped unsent: the caller's answer is
+                // `Closed`.
+            }
+        }
+    }
+}
+
+/// Flushes the guard's batch after `max_delay`, unless it went already.
+async fn flush_later<S, K, V>(mut guard: TimerGuard<K, V>, service: S)
 where
     S: Service<Vec<K>, Response = HashMap<K, V>> + Send + 'static,
     S::Error: Into<BoxError>,
@@ -443,18 +523,20 @@ where
     V: Clone + Send + 'static,
 {
     let started = Instant::now();
-    match started.checked_add(shared.max_delay) {
+    match started.checked_add(guard.shared.max_delay) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+    let shared = guard.shared.clone();
     let batch = {
         let mut gathering = shared.lock();
-        if gathering.generation != generation {
+        if shared.generation.load(Ordering::Acquire) != guard.generation {
             return;
         }
         // This task is the timer: it must not abort itself.
-        gathering.timer = None;
-        gathering.take()
+        gathering.timer = Timer::None;
+        guard.armed = false;
+        gathering.take(&shared.generation)
     };
     run(shared, service, batch).await;
 }

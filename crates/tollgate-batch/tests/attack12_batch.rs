@@ -2,8 +2,9 @@
 //! cancellation at the flush, a panicking batched call, lingers of 0 and
 //! of decades, floods of callers that leave, odd answers, and a
 //! multi-threaded random test of "each caller gets its item's answer or one
-//! error". A test marked `BROKEN` shows a promise that does not hold; one
-//! marked `LIMITATION` a documented limit; the rest are guards.
+//! error". A test marked `LIMITATION` shows a documented limit; the rest
+//! are guards (the adversary's two `BROKEN` ones, a flush timer that died
+//! with its runtime, are fixed by the timer's guard).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -83,7 +84,6 @@ fn runtime(paused: bool) -> tokio::runtime::Runtime {
 /// starts another: every later caller with fewer than `max_batch` keys
 /// waits forever (or, with `max_wait`, times out every time).
 #[test]
-#[ignore = "BROKEN: after the runtime that started a batch's flush timer shuts down, callers on another runtime join that batch and are never flushed (hang forever) instead of being sent after max_delay"]
 fn a_batch_started_on_a_runtime_that_shut_down_is_still_flushed_for_callers_on_another() {
     let (calls, upstream) = gated(open());
     let batcher = BatchLayer::new(10, Duration::from_millis(5)).layer(upstream);
@@ -116,7 +116,6 @@ fn a_batch_started_on_a_runtime_that_shut_down_is_still_flushed_for_callers_on_a
 /// was made there, its runtime ended, and it is awaited on another one.
 /// It must end (its item, or `Closed`), not wait forever.
 #[test]
-#[ignore = "BROKEN: a caller whose batch's timer died with its runtime waits forever on another runtime (neither its item nor BatchError::Closed)"]
 fn a_caller_whose_batch_timer_died_with_its_runtime_does_not_hang() {
     let (_, upstream) = gated(open());
     let batcher = BatchLayer::new(10, Duration::from_millis(5)).layer(upstream);

@@ -23,6 +23,13 @@ use crate::error::{Error, ErrorKind};
 /// parameter `id`, items in the array at JSON pointer `/items`, each found
 /// by its `id` field (a number or a string, compared as text). Batches of at
 /// most 50, sent at most 10 ms after their first id, 4 in flight at once.
+///
+/// A numeric id must be an integer that fits in 64 bits: serde_json reads a
+/// larger number as a float, whose text is not the digits sent, so such an
+/// item is never matched and its caller gets [`ErrorKind::NotInBatch`]
+/// (never another caller's item). An API with ids that large sends them as
+/// strings. When an answer holds two items with one id, the last one is
+/// taken.
 #[derive(Debug, Clone)]
 pub struct BatchSpec {
     path: String,
@@ -242,12 +249,20 @@ fn batch_error(error: &BatchError) -> Error {
             "the batched answer has no item with this id",
         ),
         BatchError::Failed(shared) => {
-            let kind = shared
-                .get()
-                .downcast_ref::<Error>()
-                .map_or(ErrorKind::Transport, Error::kind);
-            Error::new(kind, format!("the batched request failed: {shared}"))
-                .with_source(error.clone())
+            let failed = shared.get().downcast_ref::<Error>();
+            let kind = failed.map_or(ErrorKind::Transport, Error::kind);
+            let mut each = Error::new(kind, format!("the batched request failed: {shared}"))
+                .with_source(error.clone());
+            // What each caller needs to act on: the status (404 is not 429
+            // is not 503) and when to try again. Not the body's snippet:
+            // it holds the other callers' items.
+            if let Some(status) = failed.and_then(Error::status) {
+                each = each.with_status(status);
+            }
+            if let Some(wait) = failed.and_then(Error::retry_after) {
+                each = each.with_retry_after(wait);
+            }
+            each
         }
         BatchError::TimedOut { waited } => Error::new(
             ErrorKind::Timeout,

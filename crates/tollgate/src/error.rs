@@ -46,7 +46,9 @@ pub enum ErrorKind {
     /// The response body is not the JSON the caller asked for, or not text
     /// in its charset (`ApiResponse::text`).
     Decode,
-    /// The concurrency pool's queue was full: refused without waiting.
+    /// Refused without waiting because too many were waiting already: the
+    /// concurrency pool's queue was full, or a batched endpoint's callers
+    /// waiting for their batch reached its bound (`BatchLayer::max_pending`).
     TooManyPending,
     /// The call waited in the concurrency pool's queue past its timeout.
     PendingTimeout,
