@@ -1,0 +1,499 @@
+//! Adversary 13: the facade's own decompression layer (`src/decode.rs`),
+//! the attempt deadline the retry buffer reads within (`src/buffer.rs`),
+//! and a failed batch's error (`src/batch.rs`), over real HTTP on
+//! 127.0.0.1: a raw server below that writes exact bytes.
+//!
+//! Each test's name says the promise it checks. A test marked `BROKEN`
+//! shows a break (what happens vs what is promised); the rest are guards.
+#![cfg(feature = "gzip")]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tollgate::{Client, ErrorKind};
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+// ---------------------------------------------------------------------------
+// A raw HTTP/1.1 server: each request's head goes to a handler, which
+// answers with pieces written as they are (pauses and a close included).
+
+#[derive(Clone, Debug)]
+enum Piece {
+    Bytes(Vec<u8>),
+    /// Bytes shared between replies (no copy per reply).
+    Shared(bytes::Bytes),
+    Sleep(Duration),
+    Close,
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    head: String,
+}
+
+impl Seen {
+    fn path(&self) -> &str {
+        let target = self.head.split(' ').nth(1).unwrap_or_default();
+        target.split('?').next().unwrap_or_default()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+type Handler = dyn Fn(&Seen) -> Vec<Piece> + Send + Sync;
+
+struct Raw {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Raw {
+    async fn start(handler: impl Fn(&Seen) -> Vec<Piece> + Send + Sync + 'static) -> Raw {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (h, s) = (hits.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request head (these clients send no bodies).
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        let req = Seen { head };
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        seen.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(req.clone());
+                        for piece in handler(&req) {
+                            match piece {
+                                Piece::Bytes(b) => {
+                                    if sock.write_all(&b).await.is_err() {
+                                        return;
+                                    }
+                                    let _ = sock.flush().await;
+                                }
+                                Piece::Shared(b) => {
+                                    if sock.write_all(&b).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Piece::Sleep(d) => tokio::time::sleep(d).await,
+                                Piece::Close => {
+                                    let _ = sock.shutdown().await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Raw { addr, hits, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A response head and body: a `Content-Length` of the body is added unless
+/// A response head and body: a `Content-Length` of the body is added unless
+/// the headers name one (or `Transfer-Encoding`), or the status has no body.
+fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\n").into_bytes();
+    for (n, v) in headers {
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    let framed = headers.iter().any(|(n, _)| {
+        n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
+    });
+    let bodyless = status.starts_with("204") || status.starts_with("304");
+    if !framed && !bodyless {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn one(bytes: Vec<u8>) -> Vec<Piece> {
+    vec![Piece::Bytes(bytes)]
+}
+
+const JSON: &[u8] = br#"{"hello":"world","n":[1,2,3,4,5,6,7,8,9,10]}"#;
+
+fn client(url: &str) -> Client {
+    Client::builder(url)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+fn small_limit(url: &str) -> Client {
+    Client::builder(url)
+        .max_response_body(1 << 20)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+// ---------------------------------------------------------------------------
+/// A gzip header with every optional field (FEXTRA, FNAME, FCOMMENT,
+/// FHCRC), then `data` deflated, then the trailer; `bad_hcrc` spoils the
+/// header CRC, `bad_crc` the trailer's CRC.
+fn gzip_with_fields(data: &[u8], bad_hcrc: bool, bad_crc: bool) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0b0001_1110, 0, 0, 0, 0, 0, 0xff];
+    out.extend_from_slice(&5u16.to_le_bytes());
+    out.extend_from_slice(b"AB\x01\x00z");
+    out.extend_from_slice(b"name.json\0");
+    out.extend_from_slice(b"a comment\0");
+    let mut hcrc = flate2::Crc::new();
+    hcrc.update(&out);
+    let mut h = (hcrc.sum() & 0xffff) as u16;
+    if bad_hcrc {
+        h ^= 1;
+    }
+    out.extend_from_slice(&h.to_le_bytes());
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("deflate");
+    out.extend_from_slice(&e.finish().expect("deflate"));
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    let mut sum = crc.sum();
+    if bad_crc {
+        sum ^= 1;
+    }
+    out.extend_from_slice(&sum.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(data.len()).expect("len").to_le_bytes());
+    out
+}
+
+/// Sends GET `/x` buffered and streamed; the body each way, or the error.
+async fn both_ways(client: &Client) -> [Result<Vec<u8>, tollgate::Error>; 2] {
+    let buffered = client
+        .get("/x")
+        .send()
+        .await
+        .map(|res| res.bytes().to_vec());
+    let streamed = async {
+        let mut res = client.get("/x").send_streaming().await?;
+        let mut all = Vec::new();
+        while let Some(chunk) = res.chunk().await? {
+            all.extend_from_slice(&chunk);
+        }
+        Ok(all)
+    }
+    .await;
+    [buffered, streamed]
+}
+
+fn assert_body_error(results: [Result<Vec<u8>, tollgate::Error>; 2], what: &str) {
+    for (way, result) in ["buffered", "streamed"].into_iter().zip(results) {
+        match result {
+            Ok(body) => panic!(
+                "{what} ({way}): {} bytes handed over as whole: {:?}",
+                body.len(),
+                String::from_utf8_lossy(&body[..body.len().min(80)])
+            ),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Body, "{what} ({way}): {e}"),
+        }
+    }
+}
+
+fn assert_whole(results: [Result<Vec<u8>, tollgate::Error>; 2], want: &[u8], what: &str) {
+    for (way, result) in ["buffered", "streamed"].into_iter().zip(results) {
+        match result {
+            Ok(body) => assert_eq!(&body[..], want, "{what} ({way})"),
+            Err(e) => panic!("{what} ({way}): {e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gzip members and header fields.
+
+/// A whole gzip member, then a second member cut short (header only, or
+/// halfway through its data, or just its trailer missing): the body is not
+/// whole, so it is a Body error, never the first member handed over as all.
+#[tokio::test]
+async fn a_gzip_member_then_a_truncated_second_member_is_a_body_error() {
+    let first = gzip(&JSON.repeat(10));
+    let second = gzip(b"the second member's own data, which must not be lost");
+    for cut in [3, 10, second.len() / 2, second.len() - 4, second.len() - 1] {
+        let mut body = first.clone();
+        body.extend_from_slice(&second[..cut]);
+        let raw = Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body)))
+            .await;
+        assert_body_error(
+            both_ways(&client(&raw.url())).await,
+            &format!("second member cut at {cut}"),
+        );
+    }
+}
+
+/// Empty gzip members (of zero bytes of data) before, between and after
+/// data members are members like any other: the body is their data joined.
+#[tokio::test]
+async fn empty_gzip_members_around_data_decode_whole() {
+    let mut body = gzip(b"");
+    body.extend_from_slice(&gzip(b"one,"));
+    body.extend_from_slice(&gzip(b""));
+    body.extend_from_slice(&gzip(b"two"));
+    body.extend_from_slice(&gzip(b""));
+    let raw =
+        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body))).await;
+    assert_whole(both_ways(&client(&raw.url())).await, b"one,two", "empty members");
+    // A body that is only an empty member is an empty body.
+    let raw = Raw::start(move |_| {
+        one(response("200 OK", &[("content-encoding", "gzip")], &gzip(b"")))
+    })
+    .await;
+    assert_whole(both_ways(&client(&raw.url())).await, b"", "one empty member");
+}
+
+/// A gzip header with FEXTRA, FNAME, FCOMMENT and a correct FHCRC decodes
+/// whole, also when each byte of it arrives in its own write.
+#[tokio::test]
+async fn gzip_header_fields_extra_name_comment_and_header_crc_decode_whole() {
+    let data = JSON.repeat(30);
+    let body = gzip_with_fields(&data, false, false);
+    let raw = Raw::start(move |_| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut pieces = vec![Piece::Bytes(head.into_bytes())];
+        for b in &body[..40] {
+            pieces.push(Piece::Bytes(vec![*b]));
+            pieces.push(Piece::Sleep(Duration::from_millis(1)));
+        }
+        pieces.push(Piece::Bytes(body[40..].to_vec()));
+        pieces
+    })
+    .await;
+    assert_whole(both_ways(&client(&raw.url())).await, &data, "all header fields");
+}
+
+/// A gzip body whose trailer CRC or header CRC is wrong is an altered body:
+/// a Body error, buffered and streamed.
+#[tokio::test]
+async fn a_gzip_body_with_a_wrong_crc_or_header_crc_is_a_body_error() {
+    for (hcrc, crc) in [(true, false), (false, true)] {
+        let body = gzip_with_fields(&JSON.repeat(30), hcrc, crc);
+        let raw =
+            Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body)))
+                .await;
+        assert_body_error(
+            both_ways(&client(&raw.url())).await,
+            &format!("bad header crc {hcrc}, bad crc {crc}"),
+        );
+    }
+}
+
+/// A gzip body that is only a header (the stream ends before any deflate
+/// data) is cut short, not an empty body.
+#[tokio::test]
+async fn a_gzip_header_alone_is_a_body_error_not_an_empty_body() {
+    let header = gzip(JSON)[..10].to_vec();
+    let raw =
+        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &header))).await;
+    assert_body_error(both_ways(&client(&raw.url())).await, "header alone");
+}
+
+// ---------------------------------------------------------------------------
+// zstd and zlib.
+
+/// A zstd skippable frame (magic 0x184D2A5?, any payload) before, between
+/// and after data frames is part of a valid zstd body (RFC 8878 §3.1.2):
+/// the body is the data frames' content.
+#[cfg(feature = "zstd")]
+#[tokio::test]
+async fn zstd_skippable_frames_around_data_frames_decode_whole() {
+    let skippable = |n: u8| {
+        let mut f = vec![0x50 + n, 0x2A, 0x4D, 0x18];
+        f.extend_from_slice(&7u32.to_le_bytes());
+        f.extend_from_slice(b"skipped");
+        f
+    };
+    let mut body = skippable(0);
+    body.extend_from_slice(&zstd::encode_all(&b"one,"[..], 3).expect("zstd"));
+    body.extend_from_slice(&skippable(1));
+    body.extend_from_slice(&zstd::encode_all(&b"two"[..], 3).expect("zstd"));
+    body.extend_from_slice(&skippable(15));
+    let raw =
+        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "zstd")], &body))).await;
+    assert_whole(
+        both_ways(&client(&raw.url())).await,
+        b"one,two",
+        "skippable frames",
+    );
+}
+
+/// A zstd frame with a content checksum that does not match its data is an
+/// altered body: a Body error.
+#[cfg(feature = "zstd")]
+#[tokio::test]
+async fn a_zstd_frame_with_a_wrong_checksum_is_a_body_error() {
+    let mut enc = zstd::Encoder::new(Vec::new(), 3).expect("zstd");
+    enc.include_checksum(true).expect("checksum");
+    enc.write_all(&JSON.repeat(20)).expect("zstd");
+    let mut body = enc.finish().expect("zstd");
+    let last = body.len() - 1;
+    body[last] ^= 0xff;
+    let raw =
+        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "zstd")], &body))).await;
+    assert_body_error(both_ways(&client(&raw.url())).await, "wrong zstd checksum");
+}
+
+/// A zlib (`deflate`) body whose Adler-32 does not match, or that lacks it,
+/// is an altered or short body: a Body error.
+#[cfg(feature = "deflate")]
+#[tokio::test]
+async fn a_zlib_body_with_a_wrong_or_missing_adler32_is_a_body_error() {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&JSON.repeat(20)).expect("zlib");
+    let whole = e.finish().expect("zlib");
+    let mut wrong = whole.clone();
+    let last = wrong.len() - 1;
+    wrong[last] ^= 0xff;
+    let missing = whole[..whole.len() - 4].to_vec();
+    for (what, body) in [("wrong adler", wrong), ("no adler", missing)] {
+        let raw =
+            Raw::start(move |_| one(response("200 OK", &[("content-encoding", "deflate")], &body)))
+                .await;
+        assert_body_error(both_ways(&client(&raw.url())).await, what);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Transfer-Encoding on bodyless responses.
+
+/// RFC 9112 §6.1: "A server MAY send a Transfer-Encoding header field in a
+/// response to a HEAD request or in a 304 response to a GET request,
+/// neither of which includes a message body". Such an answer has no body to
+/// refuse: the HEAD is a success with its headers, not a Body error.
+#[tokio::test]
+#[ignore = "BROKEN: a HEAD answered with `Transfer-Encoding: gzip, chunked` (RFC 9112 6.1 allows it) fails with ErrorKind::Body (ForeignTransferCoding) vs a bodyless success; decode.rs:241 refuses the transfer coding before the HEAD check at :250"]
+async fn a_head_answer_naming_a_transfer_coding_is_a_bodyless_success() {
+    let raw = Raw::start(move |_| {
+        one(response(
+            "200 OK",
+            &[
+                ("transfer-encoding", "gzip, chunked"),
+                ("content-type", "application/json"),
+            ],
+            b"",
+        ))
+    })
+    .await;
+    let res = client(&raw.url())
+        .request(Method::HEAD, "/x")
+        .send()
+        .await
+        .expect("a HEAD has no body to refuse");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.bytes().is_empty());
+}
+
+/// The same for a `304` to a conditional GET (RFC 9112 §6.1): no body, so
+/// nothing to refuse; the caller gets its 304.
+#[tokio::test]
+#[ignore = "BROKEN: a 304 with `Transfer-Encoding: gzip, chunked` (RFC 9112 6.1 allows it) fails with ErrorKind::Body (ForeignTransferCoding) vs the caller's 304; decode.rs:241 refuses it before looking at the status (204/304 have no body)"]
+async fn a_304_naming_a_transfer_coding_is_a_bodyless_304() {
+    let raw = Raw::start(move |_| {
+        one(response(
+            "304 Not Modified",
+            &[("transfer-encoding", "gzip, chunked"), ("etag", "\"v1\"")],
+            b"",
+        ))
+    })
+    .await;
+    let res = client(&raw.url())
+        .get("/x")
+        .header("if-none-match", "\"v1\"")
+        .send()
+        .await
+        .expect("a 304 has no body to refuse");
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+}
+
+/// A response refused for its transfer coding is not stored by the cache,
+/// and the next call (the server now answering plainly) gets the plain body.
+#[cfg(feature = "cache")]
+#[tokio::test]
+async fn a_response_refused_for_its_transfer_coding_is_never_cached() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let raw = Raw::start(move |_| {
+        let cache = [("cache-control", "max-age=600")];
+        if h.fetch_add(1, Ordering::SeqCst) == 0 {
+            let body = gzip(JSON);
+            let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+            chunked.extend_from_slice(&body);
+            chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+            one(response(
+                "200 OK",
+                &[cache[0], ("transfer-encoding", "gzip, chunked")],
+                &chunked,
+            ))
+        } else {
+            one(response("200 OK", &cache, JSON))
+        }
+    })
+    .await;
+    let client = Client::builder(raw.url())
+        .cache(tollgate::cache::CacheLayer::new(Duration::from_secs(60)))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let first = client.get("/x").send().await;
+    assert!(first.is_err(), "refused: {:?}", first.map(|r| r.bytes().len()));
+    let second = client.get("/x").send().await.expect("plain");
+    assert_eq!(&second.bytes()[..], JSON);
+    assert!(!second.summary().from_cache);
+}
