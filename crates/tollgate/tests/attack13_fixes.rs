@@ -497,3 +497,300 @@ async fn a_response_refused_for_its_transfer_coding_is_never_cached() {
     assert_eq!(&second.bytes()[..], JSON);
     assert!(!second.summary().from_cache);
 }
+
+// ---------------------------------------------------------------------------
+// The attempt deadline (stack position 9) and the retry buffer.
+
+/// A head, then `body` a byte per `gap`: a body trickled past any bound.
+fn trickled(head: String, body: &[u8], gap: Duration) -> Vec<Piece> {
+    let mut pieces = vec![Piece::Bytes(head.into_bytes())];
+    for b in body {
+        pieces.push(Piece::Bytes(vec![*b]));
+        pieces.push(Piece::Sleep(gap));
+    }
+    pieces
+}
+
+/// Retries 1 ms apart.
+#[cfg(feature = "retry")]
+fn fast_backoff() -> tollgate::retry::Backoff {
+    tollgate::retry::Backoff::exponential(Duration::from_millis(1))
+        .and_then(|b| b.cap(Duration::from_millis(1)))
+        .expect("backoff")
+}
+
+#[cfg(feature = "retry")]
+fn retrying(url: &str, attempt: Duration) -> tollgate::ClientBuilder {
+    Client::builder(url)
+        .retry(tollgate::retry::RetryLayer::new().backoff(fast_backoff()))
+        .attempt_timeout(attempt)
+        .read_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+}
+
+/// A POST is never sent twice (retry's default methods are idempotent
+/// ones): its response body trickling past the attempt timeout is the
+/// caller's Timeout after one request, never a second POST.
+#[cfg(feature = "retry")]
+#[tokio::test]
+async fn a_post_whose_body_trickles_past_the_attempt_timeout_is_sent_once() {
+    let raw = Raw::start(move |_| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            JSON.len()
+        );
+        trickled(head, JSON, Duration::from_millis(30))
+    })
+    .await;
+    let client = retrying(&raw.url(), Duration::from_millis(200))
+        .build()
+        .expect("client");
+    let started = tokio::time::Instant::now();
+    let err = client.post("/x").send().await.expect_err("trickled");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(raw.hits(), 1, "a POST sent again");
+}
+
+/// A read timeout inside a gzip body, met by the decoder: with retry on,
+/// buffered, it stays a Timeout (retried as one, reported as one); streamed,
+/// the caller's chunk error is a Timeout too, and the call is made once.
+#[cfg(feature = "retry")]
+#[tokio::test]
+async fn a_read_timeout_inside_a_gzip_body_stays_a_timeout_through_decoder_and_retry() {
+    let body = gzip(&JSON.repeat(40));
+    let raw = Raw::start(move |_| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        vec![
+            Piece::Bytes(head.into_bytes()),
+            Piece::Bytes(body[..body.len() / 2].to_vec()),
+            Piece::Sleep(Duration::from_secs(30)),
+        ]
+    })
+    .await;
+    let client = Client::builder(raw.url())
+        .retry(
+            tollgate::retry::RetryLayer::new()
+                .max_retries(1)
+                .backoff(fast_backoff()),
+        )
+        .read_timeout(Duration::from_millis(150))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let err = client.get("/x").send().await.expect_err("stalled");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "buffered: {err}");
+    assert_eq!(raw.hits(), 2, "retried once as a timeout");
+    let mut res = client.get("/x").send_streaming().await.expect("head");
+    let err = loop {
+        match res.chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("a stalled body ended whole"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Timeout, "streamed: {err}");
+    assert_eq!(raw.hits(), 3, "a streamed body is never retried");
+}
+
+/// Each redirect hop is a new request through retry and so its own
+/// attempt: two hops each taking most of the attempt timeout succeed.
+#[cfg(all(feature = "retry", feature = "redirect"))]
+#[tokio::test]
+async fn each_redirect_hop_has_its_own_attempt_deadline() {
+    let raw = Raw::start(move |seen| {
+        let reply = if seen.path() == "/start" {
+            response("302 Found", &[("location", "/final")], b"")
+        } else {
+            response("200 OK", &[], JSON)
+        };
+        vec![Piece::Sleep(Duration::from_millis(250)), Piece::Bytes(reply)]
+    })
+    .await;
+    let client = retrying(&raw.url(), Duration::from_millis(400))
+        .build()
+        .expect("client");
+    let res = client.get("/start").send().await.expect("two hops");
+    assert_eq!(&res.bytes()[..], JSON);
+    assert_eq!(res.summary().redirects, 1);
+    assert_eq!(raw.hits(), 2, "no hop timed out and was retried");
+}
+
+/// A followable 3xx that is not followed (`RedirectPolicy::none()`) is the
+/// answer; with retry on, "each attempt's body is read whole just below it,
+/// so a body cut after the headers is retried too" (lib.rs), and the
+/// attempt timeout bounds "with retry on, the reading of its body"
+/// (`ClientBuilder::attempt_timeout`). A 302's body trickled past the
+/// attempt timeout must be cut and retried, not waited for.
+#[cfg(all(feature = "retry", feature = "redirect"))]
+#[tokio::test]
+#[ignore = "BROKEN: with retry on and RedirectPolicy::none(), a 302 whose body trickles past the 300 ms attempt timeout is waited for to the end (1.8 s, 1 attempt) vs `attempt_timeout` docs (builder.rs:983: with retry on it bounds the reading of the body); buffer.rs:148 hands every followable 3xx up unread, followed or not"]
+async fn an_unfollowed_redirects_body_is_bounded_by_the_attempt_timeout() {
+    let first = Arc::new(AtomicUsize::new(0));
+    let raw = Raw::start(move |_| {
+        let head = format!(
+            "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: {}\r\n\r\n",
+            JSON.len()
+        );
+        if first.fetch_add(1, Ordering::SeqCst) == 0 {
+            trickled(head, JSON, Duration::from_millis(40))
+        } else {
+            let mut whole = head.into_bytes();
+            whole.extend_from_slice(JSON);
+            one(whole)
+        }
+    })
+    .await;
+    let client = retrying(&raw.url(), Duration::from_millis(300))
+        .redirect(tollgate::RedirectPolicy::none())
+        .build()
+        .expect("client");
+    let started = tokio::time::Instant::now();
+    let res = client.get("/x").send().await.expect("the 302");
+    let took = started.elapsed();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert!(
+        took < Duration::from_millis(1200),
+        "the trickled 302 body was waited for: {took:?}, attempts {}",
+        res.summary().attempts
+    );
+}
+
+/// The same 302, its body cut after the head (the connection closes short
+/// of its `Content-Length`): with retry on, a GET's body cut after the
+/// headers is retried; the caller gets the whole 302 of the next attempt.
+#[cfg(all(feature = "retry", feature = "redirect"))]
+#[tokio::test]
+#[ignore = "BROKEN: with retry on and RedirectPolicy::none(), a GET's 302 whose body is cut after the head is the caller's Body error after 1 attempt vs lib.rs:53 (a body cut after the headers is retried too); buffer.rs:148 hands the 3xx up unread, so retry never sees the cut"]
+async fn an_unfollowed_redirects_cut_body_is_retried_like_any_other() {
+    let first = Arc::new(AtomicUsize::new(0));
+    let raw = Raw::start(move |_| {
+        let mut whole = format!(
+            "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: {}\r\n\r\n",
+            JSON.len()
+        )
+        .into_bytes();
+        whole.extend_from_slice(JSON);
+        if first.fetch_add(1, Ordering::SeqCst) == 0 {
+            whole.truncate(whole.len() - 10);
+            vec![Piece::Bytes(whole), Piece::Close]
+        } else {
+            one(whole)
+        }
+    })
+    .await;
+    let client = retrying(&raw.url(), Duration::from_secs(5))
+        .redirect(tollgate::RedirectPolicy::none())
+        .build()
+        .expect("client");
+    let res = client.get("/x").send().await.expect("retried");
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert_eq!(&res.bytes()[..], JSON);
+    assert_eq!(res.summary().attempts, 2);
+}
+
+/// The same with a custom policy that stops at this hop: the 302 is the
+/// answer, and its cut body is retried.
+#[cfg(all(feature = "retry", feature = "redirect"))]
+#[tokio::test]
+#[ignore = "BROKEN: a 307 a custom policy stops at, its body cut, is the caller's Body error after 1 attempt vs lib.rs:53 (a body cut after the headers is retried too); buffer.rs:148 cannot know the policy above will not follow"]
+async fn a_redirect_a_custom_policy_stops_at_has_its_cut_body_retried() {
+    let first = Arc::new(AtomicUsize::new(0));
+    let raw = Raw::start(move |_| {
+        let mut whole = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: /login\r\ncontent-length: {}\r\n\r\n",
+            JSON.len()
+        )
+        .into_bytes();
+        whole.extend_from_slice(JSON);
+        if first.fetch_add(1, Ordering::SeqCst) == 0 {
+            whole.truncate(whole.len() - 10);
+            vec![Piece::Bytes(whole), Piece::Close]
+        } else {
+            one(whole)
+        }
+    })
+    .await;
+    let client = retrying(&raw.url(), Duration::from_secs(5))
+        .redirect(tollgate::RedirectPolicy::custom(|attempt| attempt.stop()))
+        .build()
+        .expect("client");
+    let res = client.get("/x").send().await.expect("retried");
+    assert_eq!(res.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(&res.bytes()[..], JSON);
+    assert_eq!(res.summary().attempts, 2);
+}
+
+/// An unfollowed 3xx whose body is a bomb is the caller's BodyTooLarge
+/// (bounded by the call's own read), never an unbounded read.
+#[cfg(all(feature = "retry", feature = "redirect"))]
+#[tokio::test]
+async fn an_unfollowed_redirects_bomb_body_is_body_too_large() {
+    let mut bomb = Vec::new();
+    {
+        let mut e = flate2::write::GzEncoder::new(&mut bomb, flate2::Compression::best());
+        e.write_all(&vec![0u8; 16 << 20]).expect("gzip");
+        e.finish().expect("gzip");
+    }
+    let raw = Raw::start(move |_| {
+        one(response(
+            "301 Moved Permanently",
+            &[("location", "/elsewhere"), ("content-encoding", "gzip")],
+            &bomb,
+        ))
+    })
+    .await;
+    let client = retrying(&raw.url(), Duration::from_secs(5))
+        .redirect(tollgate::RedirectPolicy::none())
+        .max_response_body(1 << 20)
+        .build()
+        .expect("client");
+    let err = client.get("/x").send().await.expect_err("bomb");
+    assert_eq!(err.kind(), ErrorKind::BodyTooLarge, "{err}");
+}
+
+/// The attempt timeout bounds an attempt, not the wait for a pool slot
+/// before it (the pool has its own `queue_timeout`; the wait is reported
+/// apart, `Summary::queue_wait`): a call queued behind a streaming call
+/// that holds the one slot for longer than the attempt timeout is sent
+/// once the slot frees, and answered.
+#[cfg(feature = "limit")]
+#[tokio::test]
+#[ignore = "BROKEN: a call queued 600 ms for the pool's one slot (queue_timeout 10 s) fails with Timeout at the 200 ms attempt timeout, never sent, vs an attempt bounding the attempt (the pool's wait is its own: queue_timeout, Summary::queue_wait); the pool (stack.rs:204, position 10) queues inside call() (tollgate-limit concurrency/service.rs:67-77), below the attempt timer; not new (tower's TimeoutLayer did the same), undocumented either way"]
+async fn the_attempt_timeout_does_not_count_the_wait_for_a_pool_slot() {
+    let raw = Raw::start(move |seen| {
+        if seen.path() == "/hold" {
+            one(response("200 OK", &[], JSON))
+        } else {
+            one(response("200 OK", &[], b"queued"))
+        }
+    })
+    .await;
+    let client = Client::builder(raw.url())
+        .concurrency_limit(
+            tollgate_limit::ConcurrencyLimitLayer::new(1)
+                .max_queue(8)
+                .queue_timeout(Duration::from_secs(10)),
+        )
+        .attempt_timeout(Duration::from_millis(200))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let held = client.get("/hold").send_streaming().await.expect("head");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(held);
+    });
+    let res = client
+        .get("/queued")
+        .send()
+        .await
+        .expect("sent once the slot freed");
+    assert_eq!(&res.bytes()[..], b"queued");
+    assert!(res.summary().queue_wait >= Duration::from_millis(400));
+    release.await.expect("release");
+}
