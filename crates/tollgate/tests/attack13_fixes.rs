@@ -794,3 +794,67 @@ async fn the_attempt_timeout_does_not_count_the_wait_for_a_pool_slot() {
     assert!(res.summary().queue_wait >= Duration::from_millis(400));
     release.await.expect("release");
 }
+
+// ---------------------------------------------------------------------------
+// A failed batch's error (`src/batch.rs`, `batch_error`).
+
+/// A server on 127.0.0.1 answering every request with `(status, body)`.
+#[cfg(feature = "batch")]
+async fn canned(status: u16, body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// "Not the body's snippet: it holds the other callers' items"
+/// (`batch_error`): a failed batch (a 500 whose body lists items, a 200
+/// whose JSON is cut) must not show one caller the other callers' items in
+/// its error, as printed (`{}`) or logged (`{:?}`).
+#[cfg(feature = "batch")]
+#[tokio::test]
+#[ignore = "BROKEN: each caller's error of a failed batch prints, with {:?}, the whole batch's body snippet (the other callers' items) vs batch_error's own rule (not the snippet) and 'secrets never leak'; batch.rs:255 keeps the shared Error as the source, and Error's Debug prints its source (error.rs:322) with body_snippet"]
+async fn a_failed_batch_never_shows_one_caller_the_other_callers_items() {
+    for (status, body) in [
+        (
+            500,
+            r#"{"error":"partial","items":[{"id":2,"ssn":"SECRET-OF-CALLER-2"}]}"#,
+        ),
+        (200, r#"{"items":[{"id":2,"ssn":"SECRET-OF-CALLER-2"},{"id":1,"#),
+    ] {
+        let url = canned(status, body).await;
+        let client = Client::builder(url)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let batched = client.batched(tollgate::BatchSpec::get("/metadata"));
+        let (one, _two) = tokio::join!(batched.load(1), batched.load(2));
+        let err = one.expect_err("the batch failed");
+        for shown in [format!("{err}"), format!("{err:?}")] {
+            assert!(
+                !shown.contains("SECRET-OF-CALLER-2"),
+                "caller 1 sees caller 2's item ({status}): {shown}"
+            );
+        }
+    }
+}
