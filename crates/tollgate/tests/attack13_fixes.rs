@@ -858,3 +858,128 @@ async fn a_failed_batch_never_shows_one_caller_the_other_callers_items() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// More of the attempt deadline, the decoder's headers, the response head.
+
+/// `Duration::MAX` means no attempt limit, and a limit so long that the
+/// clock only just holds it is one too: neither panics nor fails a call,
+/// with retry's buffer reading the body under it (and under paused time).
+#[cfg(feature = "retry")]
+#[tokio::test]
+async fn attempt_timeouts_at_and_near_the_clocks_end_answer_without_panic() {
+    let body = gzip(&JSON.repeat(5));
+    let raw =
+        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body))).await;
+    for attempt in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX / 4),
+        Duration::from_secs(i64::MAX as u64 / 2),
+        Duration::from_secs(100 * 365 * 24 * 3600),
+    ] {
+        let client = retrying(&raw.url(), attempt).build().expect("client");
+        let res = client
+            .get("/x")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{attempt:?}: {e}"));
+        assert_eq!(&res.bytes()[..], &JSON.repeat(5)[..], "{attempt:?}");
+    }
+}
+
+/// "A streamed response's body is bounded by the total timeout and the
+/// read timeout instead" (`attempt_timeout`): with retry on, a streamed
+/// gzip body trickling well past the attempt timeout is read whole, once.
+#[cfg(feature = "retry")]
+#[tokio::test]
+async fn a_streamed_body_is_not_cut_by_the_attempt_timeout() {
+    let body = gzip(&JSON.repeat(4));
+    let raw = Raw::start(move |_| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut pieces = vec![Piece::Bytes(head.into_bytes())];
+        for part in body.chunks(body.len() / 6 + 1) {
+            pieces.push(Piece::Bytes(part.to_vec()));
+            pieces.push(Piece::Sleep(Duration::from_millis(80)));
+        }
+        pieces
+    })
+    .await;
+    let client = retrying(&raw.url(), Duration::from_millis(150))
+        .build()
+        .expect("client");
+    let mut res = client.get("/x").send_streaming().await.expect("head");
+    let mut all = Vec::new();
+    while let Some(chunk) = res.chunk().await.expect("not cut") {
+        all.extend_from_slice(&chunk);
+    }
+    assert_eq!(&all[..], &JSON.repeat(4)[..]);
+    assert_eq!(raw.hits(), 1);
+}
+
+/// A `Content-Encoding` token quoted or with parameters is no coding this
+/// client knows: the body is handed over as it came, with the header that
+/// says so, never decoded half-way or unlabelled.
+#[tokio::test]
+async fn quoted_or_parameterised_content_codings_are_left_labelled() {
+    for label in ["\"gzip\"", "gzip;q=1", "gzip; level=9"] {
+        let body = gzip(JSON);
+        let raw = Raw::start(move |_| one(response("200 OK", &[("content-encoding", label)], &body)))
+            .await;
+        let res = client(&raw.url())
+            .get("/x")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(
+            res.headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().expect("ascii")),
+            Some(label)
+        );
+        assert_eq!(&res.bytes()[..], &gzip(JSON)[..], "{label}");
+    }
+}
+
+/// `remote_addr` is the peer for a buffered, a streamed and a decoded
+/// response, and `None` for one from the cache ("None for a response from
+/// the cache"); `error_for_status_ref` on a streamed 503 is a Status error
+/// that leaves the body readable.
+#[cfg(feature = "cache")]
+#[tokio::test]
+async fn remote_addr_and_error_for_status_ref_on_both_response_kinds() {
+    let raw = Raw::start(move |seen| match seen.path() {
+        "/down" => one(response("503 Service Unavailable", &[], b"later")),
+        "/gz" => one(response(
+            "200 OK",
+            &[("content-encoding", "gzip"), ("cache-control", "max-age=60")],
+            &gzip(JSON),
+        )),
+        _ => one(response("200 OK", &[("cache-control", "max-age=60")], JSON)),
+    })
+    .await;
+    let addr = raw.addr;
+    let client = Client::builder(raw.url())
+        .cache(tollgate::cache::CacheLayer::new(Duration::from_secs(60)))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let first = client.get("/gz").send().await.expect("first");
+    assert_eq!(first.remote_addr(), Some(addr), "decoded, buffered");
+    let hit = client.get("/gz").send().await.expect("hit");
+    assert!(hit.summary().from_cache);
+    assert_eq!(&hit.bytes()[..], JSON);
+    assert_eq!(hit.remote_addr(), None, "a cache hit has no peer");
+    let mut down = client.get("/down").send_streaming().await.expect("head");
+    assert_eq!(down.remote_addr(), Some(addr), "streamed");
+    let err = down.error_for_status_ref().expect_err("503");
+    assert_eq!(err.kind(), ErrorKind::Status);
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    let mut all = Vec::new();
+    while let Some(chunk) = down.chunk().await.expect("readable") {
+        all.extend_from_slice(&chunk);
+    }
+    assert_eq!(&all[..], b"later");
+}
