@@ -983,3 +983,180 @@ async fn remote_addr_and_error_for_status_ref_on_both_response_kinds() {
     }
     assert_eq!(&all[..], b"later");
 }
+
+/// A HEAD of a gzip resource keeps `Content-Encoding` and the encoded
+/// `Content-Length` (nothing decoded); with a cache that keeps HEADs, a
+/// later GET must still get the decoded body, never the HEAD's empty one
+/// labelled gzip, and a later HEAD never a decoded GET's headers as its own
+/// encoded ones.
+#[cfg(feature = "cache")]
+#[tokio::test]
+async fn a_cached_head_of_a_gzip_resource_never_answers_a_get() {
+    let body = gzip(&JSON.repeat(10));
+    let len = body.len().to_string();
+    let raw = Raw::start(move |seen| {
+        let headers = [
+            ("content-encoding", "gzip"),
+            ("cache-control", "max-age=60"),
+            ("content-length", len.as_str()),
+        ];
+        if seen.head.starts_with("HEAD ") {
+            one(response("200 OK", &headers, b""))
+        } else {
+            one(response("200 OK", &headers, &body))
+        }
+    })
+    .await;
+    let client = Client::builder(raw.url())
+        .cache(tollgate::cache::CacheLayer::new(Duration::from_secs(60)))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let head = client
+        .request(Method::HEAD, "/x")
+        .send()
+        .await
+        .expect("head");
+    assert!(head.bytes().is_empty());
+    let get = client.get("/x").send().await.expect("get");
+    assert_eq!(&get.bytes()[..], &JSON.repeat(10)[..]);
+    assert!(get.headers().get("content-encoding").is_none());
+    let head = client
+        .request(Method::HEAD, "/x")
+        .send()
+        .await
+        .expect("head again");
+    assert!(head.bytes().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 and 1xx.
+
+/// A response body of canned frames (data, trailers, an error), for a
+/// hyper h2c server.
+struct Frames(std::collections::VecDeque<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>);
+
+impl http_body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front())
+    }
+}
+
+/// An h2c server answering every request with `content-encoding: gzip`
+/// and the frames `frames()` makes.
+async fn h2c<F>(frames: F) -> String
+where
+    F: Fn() -> Vec<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let frames = Arc::new(frames);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let frames = frames.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = Frames(frames().into());
+                    async move {
+                        let res = http::Response::builder()
+                            .header("content-encoding", "gzip")
+                            .body(body)
+                            .expect("response");
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn h2_client(url: &str) -> Client {
+    Client::builder(url)
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// An HTTP/2 gzip body in two DATA frames, then trailers: the decoded body
+/// is whole (trailers are not data), buffered and streamed.
+#[tokio::test]
+async fn an_http2_gzip_body_with_trailers_decodes_whole() {
+    let url = h2c(|| {
+        let body = gzip(&JSON.repeat(20));
+        let (a, b) = body.split_at(body.len() / 2);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        vec![
+            Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(a))),
+            Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(b))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]
+    })
+    .await;
+    assert_whole(
+        both_ways(&h2_client(&url)).await,
+        &JSON.repeat(20),
+        "h2 with trailers",
+    );
+}
+
+/// An HTTP/2 gzip body whose stream is reset after a whole first member
+/// (the server's body fails): never the first member handed over as whole.
+#[tokio::test]
+async fn an_http2_gzip_stream_reset_after_a_whole_member_is_a_body_error() {
+    let url = h2c(|| {
+        vec![
+            Ok(http_body::Frame::data(bytes::Bytes::from(gzip(JSON)))),
+            Err(std::io::Error::other("reset")),
+        ]
+    })
+    .await;
+    // The reset may reach the client before it has read the head: then
+    // the call fails as a request (Transport); either way, never whole.
+    for (way, result) in ["buffered", "streamed"]
+        .into_iter()
+        .zip(both_ways(&h2_client(&url)).await)
+    {
+        match result {
+            Ok(body) => panic!("h2 reset ({way}): {} bytes handed over as whole", body.len()),
+            Err(e) => assert!(
+                matches!(e.kind(), ErrorKind::Body | ErrorKind::Transport),
+                "h2 reset ({way}): {e}"
+            ),
+        }
+    }
+}
+
+/// Informational responses (100, 103 Early Hints) before a gzip answer are
+/// not the answer: the body is the final response's, decoded.
+#[tokio::test]
+async fn informational_responses_before_a_gzip_answer_are_skipped() {
+    let body = gzip(&JSON.repeat(3));
+    let raw = Raw::start(move |_| {
+        let mut all = b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n".to_vec();
+        all.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        all.extend_from_slice(&response("200 OK", &[("content-encoding", "gzip")], &body));
+        one(all)
+    })
+    .await;
+    assert_whole(
+        both_ways(&client(&raw.url())).await,
+        &JSON.repeat(3),
+        "after 1xx",
+    );
+}
