@@ -1188,3 +1188,25 @@ async fn a_refused_transfer_coding_is_not_retried_as_a_reset() {
     assert_eq!(err.kind(), ErrorKind::Body, "{err}");
     assert_eq!(raw.hits(), 1, "the same refusal fetched again and again");
 }
+
+/// Under paused time (auto-advance), with retry's buffer reading each body
+/// within the attempt deadline: an upstream that answers at once is never
+/// timed out by a clock that jumps while the runtime waits on the socket.
+#[cfg(feature = "retry")]
+#[tokio::test(start_paused = true)]
+async fn paused_time_never_times_out_an_attempt_answered_at_once() {
+    let api = tollgate_testkit::FakeApi::start().await.expect("fake api");
+    let client = Client::builder(api.url())
+        .retry(tollgate::retry::RetryLayer::new())
+        .attempt_timeout(Duration::from_millis(100))
+        .build()
+        .expect("client");
+    for i in 0..50 {
+        let res = client
+            .get(format!("/posts/{}", i % 5 + 1))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(res.summary().attempts, 1, "call {i} was retried");
+    }
+}
