@@ -1210,3 +1210,53 @@ async fn paused_time_never_times_out_an_attempt_answered_at_once() {
         assert_eq!(res.summary().attempts, 1, "call {i} was retried");
     }
 }
+
+/// A cache told to keep 301s, above a 301 that is not followed
+/// (`RedirectPolicy::none()`) and that the retry buffer hands up unread:
+/// its bomb body is the caller's BodyTooLarge and nothing is stored (the
+/// next call asks the server again); a small 301 is stored whole.
+#[cfg(all(feature = "retry", feature = "redirect", feature = "cache"))]
+#[tokio::test]
+async fn a_cached_unfollowed_301_with_a_bomb_body_is_never_stored() {
+    let mut bomb = Vec::new();
+    {
+        let mut e = flate2::write::GzEncoder::new(&mut bomb, flate2::Compression::best());
+        e.write_all(&vec![0u8; 16 << 20]).expect("gzip");
+        e.finish().expect("gzip");
+    }
+    let raw = Raw::start(move |seen| {
+        let headers = [
+            ("location", "/elsewhere"),
+            ("content-encoding", "gzip"),
+            ("cache-control", "max-age=600"),
+        ];
+        if seen.path() == "/bomb" {
+            one(response("301 Moved Permanently", &headers, &bomb))
+        } else {
+            one(response("301 Moved Permanently", &headers, &gzip(JSON)))
+        }
+    })
+    .await;
+    let cache = tollgate::cache::CacheLayer::builder(tollgate::cache::Freshness::Http {
+        default_ttl: None,
+    })
+    .statuses([StatusCode::OK, StatusCode::MOVED_PERMANENTLY])
+    .build();
+    let client = retrying(&raw.url(), Duration::from_secs(5))
+        .redirect(tollgate::RedirectPolicy::none())
+        .cache(cache)
+        .max_response_body(1 << 20)
+        .build()
+        .expect("client");
+    for round in 0..2 {
+        let err = client.get("/bomb").send().await.expect_err("bomb");
+        assert_eq!(err.kind(), ErrorKind::BodyTooLarge, "round {round}: {err}");
+    }
+    assert_eq!(raw.hits(), 2, "a bomb was stored and served");
+    for round in 0..2 {
+        let res = client.get("/small").send().await.expect("small 301");
+        assert_eq!(res.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(&res.bytes()[..], JSON, "round {round}");
+    }
+    assert_eq!(raw.hits(), 3, "the small 301 is stored");
+}
