@@ -117,7 +117,10 @@ fn runtimes_ending_at_every_point_lose_no_live_caller_and_leak_no_pending_place(
         .into_iter()
         .map(|t| t.join().expect("a churning thread panicked"))
         .sum();
-    assert!(rounds > 10, "too few runtimes ended to test anything: {rounds}");
+    assert!(
+        rounds > 10,
+        "too few runtimes ended to test anything: {rounds}"
+    );
     assert!(
         ok.load(Ordering::Relaxed) > 1000,
         "live callers mostly failed: ok {}, closed {}",
