@@ -242,6 +242,44 @@ impl Batched {
     }
 }
 
+/// The source of each caller's error when its batch failed: the batch's
+/// error without the facade's `Error` that carried it, whose body snippet
+/// (in its `Debug`) holds the other callers' items. Its chain goes on below
+/// (a transport failure, a timeout).
+struct BatchFailure(tollgate_core::SharedError);
+
+impl BatchFailure {
+    fn below(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let failed = self.0.get();
+        match failed.downcast_ref::<Error>() {
+            Some(error) => std::error::Error::source(error),
+            None => Some(failed),
+        }
+    }
+}
+
+impl std::fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `Error`'s `Display` shows no body and no query.
+        write!(f, "the batched request failed: {}", self.0)
+    }
+}
+
+impl std::fmt::Debug for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchFailure")
+            .field("error", &self.0.to_string())
+            .field("source", &self.below())
+            .finish()
+    }
+}
+
+impl std::error::Error for BatchFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.below()
+    }
+}
+
 fn batch_error(error: &BatchError) -> Error {
     match error {
         BatchError::Missing => Error::new(
@@ -252,7 +290,7 @@ fn batch_error(error: &BatchError) -> Error {
             let failed = shared.get().downcast_ref::<Error>();
             let kind = failed.map_or(ErrorKind::Transport, Error::kind);
             let mut each = Error::new(kind, format!("the batched request failed: {shared}"))
-                .with_source(error.clone());
+                .with_source(BatchFailure(shared.clone()));
             // What each caller needs to act on: the status (404 is not 429
             // is not 503) and when to try again. Not the body's snippet:
             // it holds the other callers' items.

@@ -13,10 +13,16 @@
 //! [`AttemptDeadline`]): an attempt timeout bounds the whole attempt, body
 //! included, and a body that trickles past it is retried as a timeout.
 //!
-//! A redirect that may be followed (301, 302, 303, 307, 308 with a
-//! `Location`) is handed up unread: the redirect layer above drops its body
-//! when it follows (a bomb or a broken body there must not fail the call),
-//! and the caller's own read bounds it when it does not.
+//! A redirect the layer above will follow or refuse (301, 302, 303, 307,
+//! 308 with a `Location`, under the default limited policy, which marks its
+//! requests with [`FollowsRedirects`]) is handed up unread: the redirect
+//! layer drops its body (a bomb or a broken body there must not fail the
+//! call). Under `RedirectPolicy::none()` or a custom policy, which may hand
+//! the redirect to the caller, its body is read as any other: within the
+//! attempt, retried when cut.
+//!
+//! A body the stack refused to read (`decode::ForeignTransferCoding`) is a
+//! final body error, never retried: the same answer would be refused again.
 //!
 //! A streaming call (`RequestBuilder::send_streaming`, marked with the
 //! [`Streamed`] extension) is let through unbuffered: its body goes to the
@@ -141,11 +147,12 @@ where
 
     fn call(&mut self, req: Request<tollgate_core::ReplayableBody>) -> Self::Future {
         let streamed = req.extensions().get::<Streamed>().is_some();
+        let follows = req.extensions().get::<FollowsRedirects>().is_some();
         let response = self.inner.call(req);
         let max = self.max;
         Box::pin(async move {
             let (parts, body) = response.await.map_err(Into::into)?.into_parts();
-            if streamed || followable(&parts) {
+            if streamed || (follows && followable(&parts)) {
                 return Ok(Response::from_parts(parts, Either::Right(body)));
             }
             let read = collect(body, max);
@@ -160,11 +167,16 @@ where
                 Err(ReadError::TooLarge) => Err(BodyTooLarge { max }.into()),
                 // A timeout stays one: retried as a timeout, reported as one.
                 Err(ReadError::Failed(e)) if crate::error::has_timeout(&*e) => Err(e),
-                // The read error marks it as cut after the head.
+                // The read error marks it as cut after the head (a reset to
+                // retry), unless the stack refused the body itself.
                 Err(ReadError::Failed(e)) => Err(BodyFailed {
                     status: parts.status,
                     source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
+                        if refused(&*e) {
+                            io::ErrorKind::InvalidData
+                        } else {
+                            io::ErrorKind::UnexpectedEof
+                        },
                         tollgate_core::ReadBodyError::Body(e),
                     ),
                 }
@@ -172,6 +184,28 @@ where
             }
         })
     }
+}
+
+/// The request extension of the redirect layer under its default, limited
+/// policy: a followable redirect's body is not read here (see the module
+/// docs).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FollowsRedirects;
+
+/// Whether a body error is the stack's own refusal to read it (see the
+/// module docs), not a failure a retry could get past.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    #[cfg(any(
+        feature = "gzip",
+        feature = "deflate",
+        feature = "brotli",
+        feature = "zstd"
+    ))]
+    if tollgate_core::chain(error).any(|e| e.is::<crate::decode::ForeignTransferCoding>()) {
+        return true;
+    }
+    let _ = error;
+    false
 }
 
 /// Whether a response is a redirect the layer above may follow (see the

@@ -983,7 +983,10 @@ impl ClientBuilder {
     /// the reading of its body (retry reads each attempt's body whole), so
     /// an attempt that times out, a body trickling past the bound included,
     /// is retried like a connection failure. A streamed response's body is
-    /// bounded by the total timeout and the read timeout instead. The whole call
+    /// bounded by the total timeout and the read timeout instead. The
+    /// concurrency pool (position 10) is below it: an attempt's wait for a
+    /// pool slot counts against the attempt timeout (the rate limiter's wait
+    /// for a permit, above it, does not). The whole call
     /// stays bounded by [`timeout`](Self::timeout). `Duration::MAX` means
     /// no limit; zero is an [`ErrorKind::Builder`] from `build`.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {

@@ -29,8 +29,10 @@
 //!   decoded. Bytes after the end of the compressed data are a body error, as
 //!   is a body cut short. An empty body is an empty body.
 //! - A `Transfer-Encoding` other than `chunked` (hyper removes only the
-//!   chunking) is refused as a body error: its bytes are not the
-//!   representation, and nothing says so once they are handed on.
+//!   chunking) on a response with a body is refused as a body error, never
+//!   retried: its bytes are not the representation, and nothing says so
+//!   once they are handed on. (A `HEAD`'s, `204`'s or `304`'s has no body
+//!   and is let through.)
 //! - The decoded body comes in chunks of at most 8 KiB, so the body limit
 //!   above (the retry buffer's, the call's, the cache's) sees a bomb as it
 //!   grows.
@@ -223,7 +225,7 @@ fn foreign_transfer_coding(headers: &HeaderMap) -> bool {
 
 /// The error a response in a transfer coding other than `chunked` gets.
 #[derive(Debug)]
-struct ForeignTransferCoding;
+pub(crate) struct ForeignTransferCoding;
 
 impl std::fmt::Display for ForeignTransferCoding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,9 +240,12 @@ fn decode(
     head: bool,
     on: [bool; 4],
 ) -> Result<Response<ResponseBody>, BoxError> {
-    if foreign_transfer_coding(res.headers()) {
-        // The head is handed on; its body fails at its first read, as any
-        // body that cannot be read does (retry and the callers classify it).
+    let bodiless =
+        head || res.status() == StatusCode::NO_CONTENT || res.status() == StatusCode::NOT_MODIFIED;
+    if !bodiless && foreign_transfer_coding(res.headers()) {
+        // The head is handed on; its body fails at its first read (a body
+        // error, which the retry buffer knows not to retry: the same
+        // answer would be refused again).
         let (parts, _) = res.into_parts();
         return Ok(Response::from_parts(
             parts,

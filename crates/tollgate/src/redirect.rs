@@ -444,7 +444,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
+        if matches!(self.config.rule, Rule::Limited(_)) {
+            // Every followable redirect is followed or refused: its body is
+            // never the caller's, and the retry buffer leaves it unread.
+            req.extensions_mut().insert(crate::buffer::FollowsRedirects);
+        }
         // The service polled ready goes into the call; a clone stays.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
