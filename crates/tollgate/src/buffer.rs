@@ -14,9 +14,9 @@
 //! included, and a body that trickles past it is retried as a timeout.
 //!
 //! A redirect the layer above will follow or refuse (301, 302, 303, 307,
-//! 308 with a `Location`, under the default limited policy, which marks its
-//! requests with [`FollowsRedirects`]) is handed up unread: the redirect
-//! layer drops its body (a bomb or a broken body there must not fail the
+//! 308 with a `Location`, when the client's redirect policy is the default
+//! limited one: [`Buffer::new`]'s `redirects_decided`) is handed up unread:
+//! the redirect layer drops its body (a bomb or a broken body there must not fail the
 //! call). Under `RedirectPolicy::none()` or a custom policy, which may hand
 //! the redirect to the caller, its body is read as any other: within the
 //! attempt, retried when cut.
@@ -115,12 +115,21 @@ impl std::error::Error for BodyFailed {
 pub(crate) struct Buffer<S> {
     inner: S,
     max: usize,
+    redirects_decided: bool,
 }
 
 impl<S> Buffer<S> {
+    /// Reads each body whole, at most `max` bytes. `redirects_decided`: the
+    /// client's redirect layer follows or refuses every followable redirect
+    /// (its default, limited policy), so their bodies are left unread (see
+    /// the module docs).
     #[cfg_attr(not(feature = "retry"), allow(dead_code))]
-    pub(crate) fn new(inner: S, max: usize) -> Self {
-        Buffer { inner, max }
+    pub(crate) fn new(inner: S, max: usize, redirects_decided: bool) -> Self {
+        Buffer {
+            inner,
+            max,
+            redirects_decided,
+        }
     }
 }
 
@@ -147,12 +156,12 @@ where
 
     fn call(&mut self, req: Request<tollgate_core::ReplayableBody>) -> Self::Future {
         let streamed = req.extensions().get::<Streamed>().is_some();
-        let follows = req.extensions().get::<FollowsRedirects>().is_some();
         let response = self.inner.call(req);
         let max = self.max;
+        let redirects_decided = self.redirects_decided;
         Box::pin(async move {
             let (parts, body) = response.await.map_err(Into::into)?.into_parts();
-            if streamed || (follows && followable(&parts)) {
+            if streamed || (redirects_decided && followable(&parts)) {
                 return Ok(Response::from_parts(parts, Either::Right(body)));
             }
             let read = collect(body, max);
@@ -185,12 +194,6 @@ where
         })
     }
 }
-
-/// The request extension of the redirect layer under its default, limited
-/// policy: a followable redirect's body is not read here (see the module
-/// docs).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct FollowsRedirects;
 
 /// Whether a body error is the stack's own refusal to read it (see the
 /// module docs), not a failure a retry could get past.
@@ -367,6 +370,7 @@ mod tests {
                     Ok::<_, io::Error>(Response::new(chunks(left, fail)))
                 }),
                 20,
+                false,
             )
         };
         let request = || Request::new(tollgate_core::ReplayableBody::default());
@@ -411,6 +415,7 @@ mod tests {
                     Ok::<_, io::Error>(Response::new(chunks(left, fail)))
                 }),
                 20,
+                false,
             )
         };
         let streamed = || {

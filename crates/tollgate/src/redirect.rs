@@ -378,6 +378,13 @@ pub(crate) struct RedirectLayer {
 }
 
 impl RedirectLayer {
+    /// Whether the policy follows or refuses every followable redirect,
+    /// never handing one to the caller (the default, limited policy; a
+    /// custom one may stop).
+    pub(crate) fn decides_every_redirect(&self) -> bool {
+        matches!(self.config.rule, Rule::Limited(_))
+    }
+
     pub(crate) fn new(
         policy: RedirectPolicy,
         base: &Uri,
@@ -444,12 +451,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
-        if matches!(self.config.rule, Rule::Limited(_)) {
-            // Every followable redirect is followed or refused: its body is
-            // never the caller's, and the retry buffer leaves it unread.
-            req.extensions_mut().insert(crate::buffer::FollowsRedirects);
-        }
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
         // The service polled ready goes into the call; a clone stays.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);

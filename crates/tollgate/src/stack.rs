@@ -177,6 +177,7 @@ impl Layers {
         // Top to bottom, one line per position; a layer that is off leaves
         // no stage. 1 (trace span) and 2 (total timeout) are `call`, around
         // the result.
+        let redirects_decided = decides_every_redirect(self.redirect.as_ref());
         let mut stages: Vec<Option<Stage>> = Vec::with_capacity(8);
         // 3 cache
         stages.push(stage(self.cache));
@@ -184,9 +185,11 @@ impl Layers {
         //   everything below (a permit each, auth's origin check each).
         stages.push(stage(self.redirect));
         // 5 retry, over the body buffer
-        stages.push(stage(
-            self.retry.map(|retry| RetryStage { retry, max_body }),
-        ));
+        stages.push(stage(self.retry.map(|retry| RetryStage {
+            retry,
+            max_body,
+            redirects_decided,
+        })));
         // 6 circuit breaker: joins here, below retry (an open circuit is final
         //   to it) and above the rate limiter (refusing spends no permit).
         // 7 rate limit
@@ -352,6 +355,10 @@ async fn read_body(body: ResponseBody, max: usize) -> Result<Bytes, Error> {
 #[derive(Clone)]
 struct RetryStage {
     retry: RetryLayer,
+    /// The redirect layer above follows or refuses every followable
+    /// redirect (see `buffer`'s docs).
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    redirects_decided: bool,
     #[cfg_attr(not(feature = "retry"), allow(dead_code))]
     max_body: usize,
 }
@@ -361,8 +368,11 @@ impl<S> Layer<S> for RetryStage {
     type Service = tollgate_retry::Retry<crate::buffer::Buffer<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.retry
-            .layer(crate::buffer::Buffer::new(inner, self.max_body))
+        self.retry.layer(crate::buffer::Buffer::new(
+            inner,
+            self.max_body,
+            self.redirects_decided,
+        ))
     }
 }
 
@@ -373,6 +383,15 @@ impl<S> Layer<S> for RetryStage {
     fn layer(&self, _: S) -> S {
         match self.retry {}
     }
+}
+
+/// Whether the redirect layer, if any, follows or refuses every followable
+/// redirect (the retry buffer then leaves their bodies unread).
+fn decides_every_redirect(layer: Option<&RedirectLayer>) -> bool {
+    #[cfg(feature = "redirect")]
+    return layer.is_some_and(RedirectLayer::decides_every_redirect);
+    #[cfg(not(feature = "redirect"))]
+    return layer.is_some_and(|off| match *off {});
 }
 
 /// One position of the stack, type-erased: its layer over the rest, boxed.
