@@ -4,7 +4,8 @@
 //! [`HttpProxy`] and [`Socks5Proxy`], forward proxies that record what they
 //! were asked (CONNECT targets, SOCKS5 targets, proxy credentials), and
 //! [`TlsFront`] (feature `tls`), TLS with a self-signed certificate in
-//! front of any of them.
+//! front of any of them, and [`RawServer`], which answers with exactly the
+//! bytes a test gives it.
 //!
 //! `FakeApi` serves JSONPlaceholder's resources (`/posts`, `/users`,
 //! `/comments`), a batch endpoint (`/metadata?id=1&id=2..`) and an echo
@@ -45,6 +46,7 @@ mod fake_api;
 mod fault;
 mod logs;
 mod proxy;
+mod raw;
 mod redis;
 mod stub;
 #[cfg(feature = "tls")]
@@ -55,6 +57,7 @@ pub use fake_api::{FakeApi, RecordedRequest, MAX_REQUEST_BODY};
 pub use fault::Fault;
 pub use logs::CapturedLogs;
 pub use proxy::{FaultMix, FaultProxy, ProxyFault, ProxyStats};
+pub use raw::{response, Piece, RawServer, Seen};
 pub use redis::{RedisServer, HOW_TO_GET_REDIS};
 pub use stub::{Params, Reply, StubTransport};
 #[cfg(feature = "tls")]

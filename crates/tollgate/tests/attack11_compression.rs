@@ -19,16 +19,13 @@
 )]
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tollgate::{Client, ErrorKind};
-use tollgate_testkit::FakeApi;
+use tollgate_testkit::{response, FakeApi, Piece, RawServer};
 
 // ---------------------------------------------------------------------------
 // Bytes made by hand.
@@ -141,140 +138,7 @@ fn zstd_rle_frame(window_log: u8, blocks: usize) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
-// A raw HTTP/1.1 server: each request's head goes to a handler, which
-// answers with pieces written as they are (pauses and a close included).
-
-#[derive(Clone, Debug)]
-enum Piece {
-    Bytes(Vec<u8>),
-    /// Bytes shared between replies (no copy per reply).
-    Shared(bytes::Bytes),
-    Sleep(Duration),
-    Close,
-}
-
-#[derive(Clone, Debug)]
-struct Seen {
-    head: String,
-}
-
-impl Seen {
-    fn path(&self) -> &str {
-        let target = self.head.split(' ').nth(1).unwrap_or_default();
-        target.split('?').next().unwrap_or_default()
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    }
-}
-
-type Handler = dyn Fn(&Seen) -> Vec<Piece> + Send + Sync;
-
-struct Raw {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Raw {
-    async fn start(handler: impl Fn(&Seen) -> Vec<Piece> + Send + Sync + 'static) -> Raw {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let hits = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let handler: Arc<Handler> = Arc::new(handler);
-        let (h, s) = (hits.clone(), seen.clone());
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        // One request head (these clients send no bodies).
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end);
-                        let req = Seen { head };
-                        hits.fetch_add(1, Ordering::SeqCst);
-                        seen.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push(req.clone());
-                        for piece in handler(&req) {
-                            match piece {
-                                Piece::Bytes(b) => {
-                                    if sock.write_all(&b).await.is_err() {
-                                        return;
-                                    }
-                                    let _ = sock.flush().await;
-                                }
-                                Piece::Shared(b) => {
-                                    if sock.write_all(&b).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Piece::Sleep(d) => tokio::time::sleep(d).await,
-                                Piece::Close => {
-                                    let _ = sock.shutdown().await;
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Raw { addr, hits, seen }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// A response head and body: a `Content-Length` of the body is added unless
-/// the headers name one (or `Transfer-Encoding`), or the status has no body.
-fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("HTTP/1.1 {status}\r\n").into_bytes();
-    for (n, v) in headers {
-        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
-    }
-    let framed = headers.iter().any(|(n, _)| {
-        n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
-    });
-    let bodyless = status.starts_with("204") || status.starts_with("304");
-    if !framed && !bodyless {
-        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
-}
+// Answers written byte for byte by the testkit's `RawServer`.
 
 fn one(bytes: Vec<u8>) -> Vec<Piece> {
     vec![Piece::Bytes(bytes)]
@@ -341,7 +205,7 @@ async fn streamed_bomb_read_whole_by_bytes_text_json_is_body_too_large() {
 async fn streamed_bomb_chunks_are_each_small_not_one_huge_expansion() {
     let raw_bomb = gzip_zeros(256);
     // The whole bomb in one write: one wire frame of ~256 KiB.
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "200 OK",
             &[("content-encoding", "gzip")],
@@ -418,7 +282,7 @@ async fn concurrent_callers_of_a_cached_bomb_each_get_body_too_large() {
         ],
         &gzip_zeros(64),
     ));
-    let raw = Raw::start(move |_| vec![Piece::Shared(bomb.clone())]).await;
+    let raw = RawServer::start(move |_| vec![Piece::Shared(bomb.clone())]).await;
     for retry in [false, true] {
         let builder = Client::builder(raw.url())
             .max_response_body(1 << 20)
@@ -481,7 +345,7 @@ async fn child_measure(coding: &'static str, body: Vec<u8>) {
     );
     let head = bytes::Bytes::from(head);
     let body = bytes::Bytes::from(body);
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         if seen.path() == "/warm" {
             one(response("200 OK", &[], b"warm"))
         } else {
@@ -708,7 +572,7 @@ async fn a_flushed_gzip_segment_is_handed_over_before_the_rest_arrives() {
     e.write_all(b"data: second\n\n").expect("gzip");
     let whole = e.finish().expect("gzip");
     let rest = whole[first.len()..].to_vec();
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         vec![
             Piece::Bytes(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -748,7 +612,7 @@ fn chunked(data: &[u8]) -> Vec<u8> {
 /// every read path, never a short body handed over as whole.
 #[tokio::test]
 async fn a_truncated_body_is_a_body_error_in_every_coding_buffered_and_streamed() {
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let codec = seen.path().trim_start_matches('/').to_owned();
         let whole = encode(&codec, &JSON.repeat(50));
         let cut = &whole[..whole.len() - 4];
@@ -784,7 +648,7 @@ async fn a_truncated_body_is_a_body_error_in_every_coding_buffered_and_streamed(
 /// member or frame, in each coding: an error, not silently dropped.
 #[tokio::test]
 async fn garbage_after_the_compressed_stream_is_a_body_error_in_every_coding() {
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let codec = seen.path().trim_start_matches('/').to_owned();
         let mut body = encode(&codec, JSON);
         body.extend_from_slice(b"<html>garbage appended by a proxy</html>");
@@ -808,7 +672,7 @@ async fn garbage_after_the_compressed_stream_is_a_body_error_in_every_coding() {
 #[cfg(feature = "auth")]
 #[tokio::test]
 async fn a_decoding_error_never_shows_the_api_key() {
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "200 OK",
             &[("content-encoding", "gzip")],
@@ -848,7 +712,8 @@ async fn multi_member_gzip_is_decoded_whole() {
     let mut body = gzip(b"first member, ");
     body.extend_from_slice(&gzip(b"second member"));
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body)))
+            .await;
     let res = client(&raw.url()).get("/x").send().await.expect("sent");
     assert_eq!(&res.bytes()[..], b"first member, second member");
 }
@@ -861,7 +726,8 @@ async fn multi_frame_zstd_is_decoded_whole() {
     let mut body = encode("zstd", b"first frame, ");
     body.extend_from_slice(&encode("zstd", b"second frame"));
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "zstd")], &body))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "zstd")], &body)))
+            .await;
     let res = client(&raw.url()).get("/x").send().await.expect("sent");
     assert_eq!(&res.bytes()[..], b"first frame, second frame");
 }
@@ -873,7 +739,7 @@ async fn multi_frame_zstd_is_decoded_whole() {
 async fn stacked_codings_are_left_as_they_came_with_headers_that_say_so() {
     let twice = gzip(&gzip(JSON));
     let wire = twice.clone();
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let coding = if seen.path() == "/gg" {
             "gzip, gzip"
         } else {
@@ -906,7 +772,7 @@ async fn stacked_codings_are_left_as_they_came_with_headers_that_say_so() {
 #[tokio::test]
 async fn duplicate_content_encoding_lines_never_leave_a_half_decoded_body_unlabelled() {
     let twice = gzip(&gzip(JSON));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "200 OK",
             &[("content-encoding", "gzip"), ("content-encoding", "gzip")],
@@ -932,7 +798,7 @@ async fn duplicate_content_encoding_lines_never_leave_a_half_decoded_body_unlabe
 /// An unknown coding, and `identity`: left as they came, headers intact.
 #[tokio::test]
 async fn unknown_and_identity_codings_are_left_as_they_came_headers_intact() {
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let coding = if seen.path() == "/unknown" {
             "x-custom"
         } else {
@@ -957,7 +823,8 @@ async fn unknown_and_identity_codings_are_left_as_they_came_headers_intact() {
 async fn upper_case_gzip_token_is_decoded() {
     let body = gzip(JSON);
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "GZIP")], &body))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "GZIP")], &body)))
+            .await;
     let res = client(&raw.url()).get("/x").send().await.expect("sent");
     assert_eq!(
         &res.bytes()[..],
@@ -976,7 +843,7 @@ async fn raw_deflate_labelled_deflate_is_a_body_error() {
     let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(JSON).expect("deflate");
     let body = e.finish().expect("deflate");
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "200 OK",
             &[("content-encoding", "deflate")],
@@ -997,9 +864,10 @@ async fn raw_deflate_labelled_deflate_is_a_body_error() {
 #[tokio::test]
 async fn x_gzip_is_decoded_as_gzip() {
     let body = gzip(JSON);
-    let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "x-gzip")], &body)))
-            .await;
+    let raw = RawServer::start(move |_| {
+        one(response("200 OK", &[("content-encoding", "x-gzip")], &body))
+    })
+    .await;
     let res = client(&raw.url()).get("/x").send().await.expect("sent");
     assert_eq!(&res.bytes()[..], JSON, "headers {:?}", res.headers());
 }
@@ -1009,7 +877,7 @@ async fn x_gzip_is_decoded_as_gzip() {
 #[tokio::test]
 async fn whitespace_around_the_gzip_token_is_still_decoded() {
     let body = gzip(JSON);
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "200 OK",
             &[("content-encoding", " \tgzip \t")],
@@ -1025,7 +893,7 @@ async fn whitespace_around_the_gzip_token_is_still_decoded() {
 /// `Content-Length: 0`): an empty body, not a decoding error.
 #[tokio::test]
 async fn content_encoding_on_an_empty_body_is_an_empty_body_not_an_error() {
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let status = match seen.path() {
             "/204" => "204 No Content",
             "/304" => "304 Not Modified",
@@ -1069,7 +937,7 @@ async fn content_encoding_on_an_empty_body_is_an_empty_body_not_an_error() {
 async fn a_range_request_gets_its_plain_range_not_an_undecodable_gzip_slice() {
     let full: Vec<u8> = (0..4096u32).flat_map(|i| i.to_le_bytes()).collect();
     let encoded = gzip(&full);
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let asks_gzip = seen
             .header("accept-encoding")
             .is_some_and(|v| v.contains("gzip"));
@@ -1110,7 +978,7 @@ async fn a_range_request_gets_its_plain_range_not_an_undecodable_gzip_slice() {
 async fn a_gzip_slice_in_a_206_is_never_a_silently_short_decoded_body() {
     let encoded = gzip(&JSON.repeat(100));
     let part = encoded[..encoded.len() / 2].to_vec();
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let range = format!("bytes 0-{}/{}", part.len() - 1, encoded.len());
         one(response(
             "206 Partial Content",
@@ -1136,7 +1004,7 @@ async fn a_gzip_slice_in_a_206_is_never_a_silently_short_decoded_body() {
 #[tokio::test]
 async fn a_wrong_content_length_on_a_gzip_body_is_a_body_error_and_poisons_nothing() {
     let body = gzip(&JSON.repeat(20));
-    let raw = Raw::start(move |seen| match seen.path() {
+    let raw = RawServer::start(move |seen| match seen.path() {
         "/long" => {
             let len = (body.len() + 100).to_string();
             let bytes = response(
@@ -1176,7 +1044,7 @@ async fn a_wrong_content_length_on_a_gzip_body_is_a_body_error_and_poisons_nothi
 #[tokio::test]
 async fn transfer_encoding_gzip_is_never_handed_over_as_undeclared_gzip() {
     let body = gzip(JSON);
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
         chunked.extend_from_slice(&body);
         chunked.extend_from_slice(b"\r\n0\r\n\r\n");
@@ -1207,7 +1075,7 @@ async fn transfer_encoding_gzip_is_never_handed_over_as_undeclared_gzip() {
 /// transfer, and must not be dropped as if a body had been decoded.
 #[tokio::test]
 async fn head_of_a_gzip_resource_keeps_its_content_length() {
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         assert!(seen.head.starts_with("HEAD "), "{}", seen.head);
         one(response(
             "200 OK",
@@ -1245,7 +1113,8 @@ async fn decoded_headers_are_true_buffered_streamed_and_in_the_record() {
     let body = gzip(JSON);
     let len = body.len();
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body)))
+            .await;
     let client = client(&raw.url());
     let res = client.get("/x").send().await.expect("sent");
     assert_eq!(&res.bytes()[..], JSON);
@@ -1275,7 +1144,7 @@ async fn decoded_headers_are_true_buffered_streamed_and_in_the_record() {
 #[tokio::test]
 async fn a_trickled_gzip_body_is_ended_by_the_deadline() {
     let body = gzip(&JSON.repeat(40));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let mut pieces = Vec::new();
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
@@ -1328,7 +1197,7 @@ async fn a_trickled_gzip_body_is_ended_by_the_deadline() {
 async fn an_attempt_timeout_cuts_a_trickled_gzip_body_and_retries() {
     let body = gzip(&JSON.repeat(40));
     let first = Arc::new(AtomicUsize::new(0));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
             body.len()
@@ -1368,7 +1237,7 @@ async fn an_attempt_timeout_cuts_a_trickled_gzip_body_and_retries() {
 #[tokio::test]
 async fn a_stalled_gzip_body_is_ended_by_the_read_timeout() {
     let body = gzip(&JSON.repeat(40));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
             body.len()
@@ -1401,7 +1270,8 @@ async fn a_stalled_gzip_body_is_ended_by_the_read_timeout() {
 async fn decoding_a_big_bomb_is_cut_by_the_deadline() {
     let bomb = gzip_zeros(256);
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &bomb))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &bomb)))
+            .await;
     let client = Client::builder(raw.url())
         .max_response_body(512 << 20)
         .timeout(Duration::from_millis(150))
@@ -1426,7 +1296,7 @@ async fn a_streamed_bomb_read_chunk_by_chunk_is_cut_by_the_deadline() {
         &[("content-encoding", "gzip")],
         &gzip_zeros(1024),
     ));
-    let raw = Raw::start(move |_| vec![Piece::Shared(bomb.clone())]).await;
+    let raw = RawServer::start(move |_| vec![Piece::Shared(bomb.clone())]).await;
     let client = Client::builder(raw.url())
         .timeout(Duration::from_millis(300))
         .build()
@@ -1456,7 +1326,7 @@ async fn a_streamed_bomb_read_chunk_by_chunk_is_cut_by_the_deadline() {
 #[tokio::test]
 async fn a_decoding_error_frees_the_pool_slot_while_the_response_is_held() {
     let whole = gzip(&JSON.repeat(50));
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let body = if seen.path() == "/cut" {
             &whole[..whole.len() - 4]
         } else {
@@ -1520,7 +1390,7 @@ async fn a_streamed_bomb_with_retry_is_read_once_and_not_retried() {
 async fn a_truncated_gzip_body_is_retried_for_a_get_and_the_whole_one_returned() {
     let whole = gzip(&JSON.repeat(50));
     let first = Arc::new(AtomicUsize::new(0));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let body = if first.fetch_add(1, Ordering::SeqCst) == 0 {
             &whole[..whole.len() - 4]
         } else {
@@ -1547,7 +1417,7 @@ async fn a_truncated_gzip_body_is_retried_for_a_get_and_the_whole_one_returned()
 #[tokio::test]
 async fn a_redirect_hop_whose_body_is_a_bomb_is_followed_without_retry() {
     let bomb = gzip_zeros(64);
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         if seen.path() == "/start" {
             one(response(
                 "302 Found",
@@ -1575,7 +1445,7 @@ async fn a_redirect_hop_whose_body_is_a_bomb_is_followed_without_retry() {
 #[tokio::test]
 async fn a_redirect_hop_whose_body_is_a_bomb_is_followed_with_retry() {
     let bomb = gzip_zeros(64);
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         if seen.path() == "/start" {
             one(response(
                 "302 Found",
@@ -1676,7 +1546,7 @@ async fn the_cache_never_serves_one_callers_encoded_entry_to_another() {
 #[tokio::test]
 async fn a_304_echoing_content_encoding_leaves_the_decoded_entry_labelled_plain() {
     let body = gzip(JSON);
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         if seen.header("if-none-match").is_some() {
             let len = body.len().to_string();
             one(response(
@@ -1732,7 +1602,7 @@ async fn a_304_echoing_content_encoding_leaves_the_decoded_entry_labelled_plain(
 async fn log_bodies_shows_the_decoded_body_not_gzip_bytes() {
     let logs = tollgate_testkit::CapturedLogs::install_global();
     let body = gzip(br#"{"marker":"decoded-and-logged"}"#);
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "200 OK",
             &[
@@ -1769,7 +1639,7 @@ fn metrics_count_a_decoded_call_and_a_bomb_once_each() {
         rt.block_on(async {
             let body = gzip(JSON);
             let bomb = gzip_zeros(16);
-            let raw = Raw::start(move |seen| {
+            let raw = RawServer::start(move |seen| {
                 let b = if seen.path() == "/bomb" { &bomb } else { &body };
                 one(response("200 OK", &[("content-encoding", "gzip")], b))
             })

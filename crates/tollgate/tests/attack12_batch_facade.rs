@@ -12,61 +12,53 @@
 ))]
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tollgate::{BatchSpec, Client, ErrorKind};
 use tollgate_cache::CacheLayer;
 use tollgate_limit::{ConcurrencyLimitLayer, Quota, RateLimitLayer};
 use tollgate_retry::RetryLayer;
-use tollgate_testkit::{FakeApi, Fault};
-
-type Seen = Arc<Mutex<Vec<String>>>;
+use tollgate_testkit::{response, FakeApi, Fault, Piece, RawServer};
 
 /// A server on 127.0.0.1 answering every request with `answer(query)`
-/// (status, JSON body), one request per connection; records each query.
-async fn canned<F>(answer: F) -> (String, Seen)
+/// (status, JSON body), one request per connection; it records each
+/// request (`RawServer::seen`).
+async fn canned<F>(answer: F) -> (String, RawServer)
 where
     F: Fn(&str) -> (u16, String) + Send + Sync + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    let answer = Arc::new(answer);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let (answer, s) = (answer.clone(), s.clone());
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let target = head.split_whitespace().nth(1).unwrap_or("");
-                let query = target.split_once('?').map_or("", |(_, q)| q).to_owned();
-                s.lock().expect("lock").push(query.clone());
-                let (status, body) = answer(&query);
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(reply.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
-        }
-    });
-    (format!("http://{addr}"), seen)
+    let raw = RawServer::start(move |seen| {
+        let target = seen.head.split_whitespace().nth(1).unwrap_or("");
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let (status, body) = answer(query);
+        vec![
+            Piece::Bytes(response(
+                &format!("{status} X"),
+                &[
+                    ("content-type", "application/json"),
+                    ("connection", "close"),
+                ],
+                body.as_bytes(),
+            )),
+            Piece::Close,
+        ]
+    })
+    .await;
+    (raw.url(), raw)
+}
+
+/// The queries a [`canned`] server was asked, in order.
+fn queries(raw: &RawServer) -> Vec<String> {
+    raw.seen()
+        .iter()
+        .map(|seen| {
+            let target = seen.head.split_whitespace().nth(1).unwrap_or("");
+            target.split_once('?').map_or("", |(_, q)| q).to_owned()
+        })
+        .collect()
 }
 
 /// The ids of a query `id=1&id=2`.
@@ -370,7 +362,7 @@ async fn odd_answers_give_each_caller_its_own_item_or_not_in_batch() {
     assert_eq!(seven.expect("7")["name"], "item-7");
     assert_eq!(one_again.expect("1 again")["name"], "item-1");
     assert_eq!(five.expect_err("left out").kind(), ErrorKind::NotInBatch);
-    assert_eq!(*seen.lock().expect("lock"), vec!["id=1&id=2&id=5&id=7"]);
+    assert_eq!(queries(&seen), vec!["id=1&id=2&id=5&id=7"]);
 }
 
 /// An empty list of items, an answer without the list, a list that is not

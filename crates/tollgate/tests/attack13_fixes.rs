@@ -14,15 +14,14 @@
 #![cfg(feature = "gzip")]
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tollgate::{Client, ErrorKind};
+use tollgate_testkit::{response, Piece, RawServer};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -31,112 +30,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
-// A raw HTTP/1.1 server: each request's head goes to a handler, which
-// answers with pieces written as they are (pauses and a close included).
-
-#[derive(Clone, Debug)]
-enum Piece {
-    Bytes(Vec<u8>),
-    Sleep(Duration),
-    Close,
-}
-
-#[derive(Clone, Debug)]
-struct Seen {
-    head: String,
-}
-
-impl Seen {
-    fn path(&self) -> &str {
-        let target = self.head.split(' ').nth(1).unwrap_or_default();
-        target.split('?').next().unwrap_or_default()
-    }
-}
-
-type Handler = dyn Fn(&Seen) -> Vec<Piece> + Send + Sync;
-
-struct Raw {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Raw {
-    async fn start(handler: impl Fn(&Seen) -> Vec<Piece> + Send + Sync + 'static) -> Raw {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let hits = Arc::new(AtomicUsize::new(0));
-        let handler: Arc<Handler> = Arc::new(handler);
-        let h = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let (handler, hits) = (handler.clone(), h.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        // One request head (these clients send no bodies).
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end);
-                        let req = Seen { head };
-                        hits.fetch_add(1, Ordering::SeqCst);
-                        for piece in handler(&req) {
-                            match piece {
-                                Piece::Bytes(b) => {
-                                    if sock.write_all(&b).await.is_err() {
-                                        return;
-                                    }
-                                    let _ = sock.flush().await;
-                                }
-                                Piece::Sleep(d) => tokio::time::sleep(d).await,
-                                Piece::Close => {
-                                    let _ = sock.shutdown().await;
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Raw { addr, hits }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-/// A response head and body: a `Content-Length` of the body is added unless
-/// the headers name one (or `Transfer-Encoding`), or the status has no body.
-fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("HTTP/1.1 {status}\r\n").into_bytes();
-    for (n, v) in headers {
-        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
-    }
-    let framed = headers.iter().any(|(n, _)| {
-        n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
-    });
-    let bodyless = status.starts_with("204") || status.starts_with("304");
-    if !framed && !bodyless {
-        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
-}
+// Answers written byte for byte by the testkit's `RawServer`.
 
 fn one(bytes: Vec<u8>) -> Vec<Piece> {
     vec![Piece::Bytes(bytes)]
@@ -236,9 +130,10 @@ async fn a_gzip_member_then_a_truncated_second_member_is_a_body_error() {
     for cut in [3, 10, second.len() / 2, second.len() - 4, second.len() - 1] {
         let mut body = first.clone();
         body.extend_from_slice(&second[..cut]);
-        let raw =
-            Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body)))
-                .await;
+        let raw = RawServer::start(move |_| {
+            one(response("200 OK", &[("content-encoding", "gzip")], &body))
+        })
+        .await;
         assert_body_error(
             both_ways(&client(&raw.url())).await,
             &format!("second member cut at {cut}"),
@@ -256,14 +151,15 @@ async fn empty_gzip_members_around_data_decode_whole() {
     body.extend_from_slice(&gzip(b"two"));
     body.extend_from_slice(&gzip(b""));
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body)))
+            .await;
     assert_whole(
         both_ways(&client(&raw.url())).await,
         b"one,two",
         "empty members",
     );
     // A body that is only an empty member is an empty body.
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "200 OK",
             &[("content-encoding", "gzip")],
@@ -284,7 +180,7 @@ async fn empty_gzip_members_around_data_decode_whole() {
 async fn gzip_header_fields_extra_name_comment_and_header_crc_decode_whole() {
     let data = JSON.repeat(30);
     let body = gzip_with_fields(&data, false, false);
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
             body.len()
@@ -311,9 +207,10 @@ async fn gzip_header_fields_extra_name_comment_and_header_crc_decode_whole() {
 async fn a_gzip_body_with_a_wrong_crc_or_header_crc_is_a_body_error() {
     for (hcrc, crc) in [(true, false), (false, true)] {
         let body = gzip_with_fields(&JSON.repeat(30), hcrc, crc);
-        let raw =
-            Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body)))
-                .await;
+        let raw = RawServer::start(move |_| {
+            one(response("200 OK", &[("content-encoding", "gzip")], &body))
+        })
+        .await;
         assert_body_error(
             both_ways(&client(&raw.url())).await,
             &format!("bad header crc {hcrc}, bad crc {crc}"),
@@ -326,9 +223,10 @@ async fn a_gzip_body_with_a_wrong_crc_or_header_crc_is_a_body_error() {
 #[tokio::test]
 async fn a_gzip_header_alone_is_a_body_error_not_an_empty_body() {
     let header = gzip(JSON)[..10].to_vec();
-    let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &header)))
-            .await;
+    let raw = RawServer::start(move |_| {
+        one(response("200 OK", &[("content-encoding", "gzip")], &header))
+    })
+    .await;
     assert_body_error(both_ways(&client(&raw.url())).await, "header alone");
 }
 
@@ -353,7 +251,8 @@ async fn zstd_skippable_frames_around_data_frames_decode_whole() {
     body.extend_from_slice(&zstd::encode_all(&b"two"[..], 3).expect("zstd"));
     body.extend_from_slice(&skippable(15));
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "zstd")], &body))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "zstd")], &body)))
+            .await;
     assert_whole(
         both_ways(&client(&raw.url())).await,
         b"one,two",
@@ -373,7 +272,8 @@ async fn a_zstd_frame_with_a_wrong_checksum_is_a_body_error() {
     let last = body.len() - 1;
     body[last] ^= 0xff;
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "zstd")], &body))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "zstd")], &body)))
+            .await;
     assert_body_error(both_ways(&client(&raw.url())).await, "wrong zstd checksum");
 }
 
@@ -390,7 +290,7 @@ async fn a_zlib_body_with_a_wrong_or_missing_adler32_is_a_body_error() {
     wrong[last] ^= 0xff;
     let missing = whole[..whole.len() - 4].to_vec();
     for (what, body) in [("wrong adler", wrong), ("no adler", missing)] {
-        let raw = Raw::start(move |_| {
+        let raw = RawServer::start(move |_| {
             one(response(
                 "200 OK",
                 &[("content-encoding", "deflate")],
@@ -411,7 +311,7 @@ async fn a_zlib_body_with_a_wrong_or_missing_adler32_is_a_body_error() {
 /// refuse: the HEAD is a success with its headers, not a Body error.
 #[tokio::test]
 async fn a_head_answer_naming_a_transfer_coding_is_a_bodyless_success() {
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "200 OK",
             &[
@@ -435,7 +335,7 @@ async fn a_head_answer_naming_a_transfer_coding_is_a_bodyless_success() {
 /// nothing to refuse; the caller gets its 304.
 #[tokio::test]
 async fn a_304_naming_a_transfer_coding_is_a_bodyless_304() {
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "304 Not Modified",
             &[("transfer-encoding", "gzip, chunked"), ("etag", "\"v1\"")],
@@ -459,7 +359,7 @@ async fn a_304_naming_a_transfer_coding_is_a_bodyless_304() {
 async fn a_response_refused_for_its_transfer_coding_is_never_cached() {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let cache = [("cache-control", "max-age=600")];
         if h.fetch_add(1, Ordering::SeqCst) == 0 {
             let body = gzip(JSON);
@@ -529,7 +429,7 @@ fn retrying(url: &str, attempt: Duration) -> tollgate::ClientBuilder {
 #[cfg(feature = "retry")]
 #[tokio::test]
 async fn a_post_whose_body_trickles_past_the_attempt_timeout_is_sent_once() {
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", JSON.len());
         trickled(head, JSON, Duration::from_millis(30))
     })
@@ -556,7 +456,7 @@ async fn a_post_whose_body_trickles_past_the_attempt_timeout_is_sent_once() {
 #[tokio::test]
 async fn a_read_timeout_inside_a_gzip_body_stays_a_timeout_through_decoder_and_retry() {
     let body = gzip(&JSON.repeat(40));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
             body.len()
@@ -598,7 +498,7 @@ async fn a_read_timeout_inside_a_gzip_body_stays_a_timeout_through_decoder_and_r
 #[cfg(all(feature = "retry", feature = "redirect"))]
 #[tokio::test]
 async fn each_redirect_hop_has_its_own_attempt_deadline() {
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let reply = if seen.path() == "/start" {
             response("302 Found", &[("location", "/final")], b"")
         } else {
@@ -629,7 +529,7 @@ async fn each_redirect_hop_has_its_own_attempt_deadline() {
 #[tokio::test]
 async fn an_unfollowed_redirects_body_is_bounded_by_the_attempt_timeout() {
     let first = Arc::new(AtomicUsize::new(0));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let head = format!(
             "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: {}\r\n\r\n",
             JSON.len()
@@ -665,7 +565,7 @@ async fn an_unfollowed_redirects_body_is_bounded_by_the_attempt_timeout() {
 #[tokio::test]
 async fn an_unfollowed_redirects_cut_body_is_retried_like_any_other() {
     let first = Arc::new(AtomicUsize::new(0));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let mut whole = format!(
             "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: {}\r\n\r\n",
             JSON.len()
@@ -696,7 +596,7 @@ async fn an_unfollowed_redirects_cut_body_is_retried_like_any_other() {
 #[tokio::test]
 async fn a_redirect_a_custom_policy_stops_at_has_its_cut_body_retried() {
     let first = Arc::new(AtomicUsize::new(0));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let mut whole = format!(
             "HTTP/1.1 307 Temporary Redirect\r\nlocation: /login\r\ncontent-length: {}\r\n\r\n",
             JSON.len()
@@ -732,7 +632,7 @@ async fn an_unfollowed_redirects_bomb_body_is_body_too_large() {
         e.write_all(&vec![0u8; 16 << 20]).expect("gzip");
         e.finish().expect("gzip");
     }
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         one(response(
             "301 Moved Permanently",
             &[("location", "/elsewhere"), ("content-encoding", "gzip")],
@@ -758,7 +658,7 @@ async fn an_unfollowed_redirects_bomb_body_is_body_too_large() {
 #[tokio::test]
 #[ignore = "LIMITATION: ClientBuilder::attempt_timeout docs: the pool is below the attempt timeout, so a wait for a slot counts against it"]
 async fn the_attempt_timeout_does_not_count_the_wait_for_a_pool_slot() {
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         if seen.path() == "/hold" {
             one(response("200 OK", &[], JSON))
         } else {
@@ -797,30 +697,21 @@ async fn the_attempt_timeout_does_not_count_the_wait_for_a_pool_slot() {
 /// A server on 127.0.0.1 answering every request with `(status, body)`.
 #[cfg(feature = "batch")]
 async fn canned(status: u16, body: &'static str) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(reply.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
-        }
-    });
-    format!("http://{addr}")
+    let raw = RawServer::start(move |_| {
+        vec![
+            Piece::Bytes(response(
+                &format!("{status} X"),
+                &[
+                    ("content-type", "application/json"),
+                    ("connection", "close"),
+                ],
+                body.as_bytes(),
+            )),
+            Piece::Close,
+        ]
+    })
+    .await;
+    raw.url()
 }
 
 /// "Not the body's snippet: it holds the other callers' items"
@@ -868,7 +759,8 @@ async fn a_failed_batch_never_shows_one_caller_the_other_callers_items() {
 async fn attempt_timeouts_at_and_near_the_clocks_end_answer_without_panic() {
     let body = gzip(&JSON.repeat(5));
     let raw =
-        Raw::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body))).await;
+        RawServer::start(move |_| one(response("200 OK", &[("content-encoding", "gzip")], &body)))
+            .await;
     for attempt in [
         Duration::MAX,
         Duration::from_secs(u64::MAX / 4),
@@ -892,7 +784,7 @@ async fn attempt_timeouts_at_and_near_the_clocks_end_answer_without_panic() {
 #[tokio::test]
 async fn a_streamed_body_is_not_cut_by_the_attempt_timeout() {
     let body = gzip(&JSON.repeat(4));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
             body.len()
@@ -924,9 +816,10 @@ async fn a_streamed_body_is_not_cut_by_the_attempt_timeout() {
 async fn quoted_or_parameterised_content_codings_are_left_labelled() {
     for label in ["\"gzip\"", "gzip;q=1", "gzip; level=9"] {
         let body = gzip(JSON);
-        let raw =
-            Raw::start(move |_| one(response("200 OK", &[("content-encoding", label)], &body)))
-                .await;
+        let raw = RawServer::start(move |_| {
+            one(response("200 OK", &[("content-encoding", label)], &body))
+        })
+        .await;
         let res = client(&raw.url())
             .get("/x")
             .send()
@@ -949,7 +842,7 @@ async fn quoted_or_parameterised_content_codings_are_left_labelled() {
 #[cfg(feature = "cache")]
 #[tokio::test]
 async fn remote_addr_and_error_for_status_ref_on_both_response_kinds() {
-    let raw = Raw::start(move |seen| match seen.path() {
+    let raw = RawServer::start(move |seen| match seen.path() {
         "/down" => one(response("503 Service Unavailable", &[], b"later")),
         "/gz" => one(response(
             "200 OK",
@@ -962,7 +855,7 @@ async fn remote_addr_and_error_for_status_ref_on_both_response_kinds() {
         _ => one(response("200 OK", &[("cache-control", "max-age=60")], JSON)),
     })
     .await;
-    let addr = raw.addr;
+    let addr = raw.addr();
     let client = Client::builder(raw.url())
         .cache(tollgate::cache::CacheLayer::new(Duration::from_secs(60)))
         .timeout(Duration::from_secs(20))
@@ -996,7 +889,7 @@ async fn remote_addr_and_error_for_status_ref_on_both_response_kinds() {
 async fn a_cached_head_of_a_gzip_resource_never_answers_a_get() {
     let body = gzip(&JSON.repeat(10));
     let len = body.len().to_string();
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let headers = [
             ("content-encoding", "gzip"),
             ("cache-control", "max-age=60"),
@@ -1155,7 +1048,7 @@ async fn an_http2_gzip_stream_reset_after_a_whole_member_is_a_body_error() {
 #[tokio::test]
 async fn informational_responses_before_a_gzip_answer_are_skipped() {
     let body = gzip(&JSON.repeat(3));
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let mut all = b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n".to_vec();
         all.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         all.extend_from_slice(&response("200 OK", &[("content-encoding", "gzip")], &body));
@@ -1176,7 +1069,7 @@ async fn informational_responses_before_a_gzip_answer_are_skipped() {
 #[cfg(feature = "retry")]
 #[tokio::test]
 async fn a_refused_transfer_coding_is_not_retried_as_a_reset() {
-    let raw = Raw::start(move |_| {
+    let raw = RawServer::start(move |_| {
         let body = gzip(JSON);
         let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
         chunked.extend_from_slice(&body);
@@ -1231,7 +1124,7 @@ async fn a_cached_unfollowed_301_with_a_bomb_body_is_never_stored() {
         e.write_all(&vec![0u8; 16 << 20]).expect("gzip");
         e.finish().expect("gzip");
     }
-    let raw = Raw::start(move |seen| {
+    let raw = RawServer::start(move |seen| {
         let headers = [
             ("location", "/elsewhere"),
             ("content-encoding", "gzip"),
