@@ -563,7 +563,7 @@ async fn the_decoded_limit_is_exact_to_the_byte() {
 /// A live feed in gzip, flushed after each event (as SSE servers behind a
 /// compressing proxy send it): each event is handed over when its bytes
 /// arrive, not held until more input comes.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_flushed_gzip_segment_is_handed_over_before_the_rest_arrives() {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(b"data: first\n\n").expect("gzip");
@@ -1141,7 +1141,7 @@ async fn decoded_headers_are_true_buffered_streamed_and_in_the_record() {
 
 /// A gzip body trickled a byte at a time: the call's deadline ends it, on
 /// the buffered and the streamed path, well within a second of it.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_trickled_gzip_body_is_ended_by_the_deadline() {
     let body = gzip(&JSON.repeat(40));
     let raw = RawServer::start(move |_| {
@@ -1193,7 +1193,7 @@ async fn a_trickled_gzip_body_is_ended_by_the_deadline() {
 /// body trickled past it is cut and the attempt retried, not waited for
 /// until the whole call's deadline.
 #[cfg(feature = "retry")]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_attempt_timeout_cuts_a_trickled_gzip_body_and_retries() {
     let body = gzip(&JSON.repeat(40));
     let first = Arc::new(AtomicUsize::new(0));
@@ -1234,7 +1234,7 @@ async fn an_attempt_timeout_cuts_a_trickled_gzip_body_and_retries() {
 }
 
 /// A gzip body that stalls midway: the read timeout ends it.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stalled_gzip_body_is_ended_by_the_read_timeout() {
     let body = gzip(&JSON.repeat(40));
     let raw = RawServer::start(move |_| {
@@ -1266,6 +1266,9 @@ async fn a_stalled_gzip_body_is_ended_by_the_read_timeout() {
 
 /// Decoding is CPU work with the data already in memory: a big bomb under a
 /// big limit must still end at the deadline, not when it is all decoded.
+///
+/// On the real clock: decoding keeps the runtime busy, and paused time
+/// only moves while it is idle, so a paused deadline would never come.
 #[tokio::test]
 async fn decoding_a_big_bomb_is_cut_by_the_deadline() {
     let bomb = gzip_zeros(256);
@@ -1289,6 +1292,9 @@ async fn decoding_a_big_bomb_is_cut_by_the_deadline() {
 
 /// The same on the streamed path: `chunk()` has no limit, so only the
 /// deadline ends a bomb read chunk by chunk.
+///
+/// On the real clock: decoding keeps the runtime busy, and paused time
+/// only moves while it is idle, so a paused deadline would never come.
 #[tokio::test]
 async fn a_streamed_bomb_read_chunk_by_chunk_is_cut_by_the_deadline() {
     let bomb = bytes::Bytes::from(response(
