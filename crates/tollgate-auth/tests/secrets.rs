@@ -215,6 +215,24 @@ async fn token_sources_and_refresh_errors_hide_the_secret() {
 #[derive(Clone, Default)]
 struct Capture(std::sync::Arc<std::sync::Mutex<String>>);
 
+/// The binary's one subscriber, global, holding what every test traced.
+///
+/// Not `set_default` for one test: `tracing` works out once per callsite
+/// whether anyone listens, for the thread that reaches it first, so a test
+/// beside this one reaching "refreshing token" without a subscriber made it
+/// silent for the whole binary (the capture then missed it, 1 run in 7).
+/// Before the first subscriber is set no callsite is worked out at all, and
+/// after it every thread sees this one.
+fn capture() -> &'static Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        tracing::subscriber::set_global_default(capture.clone())
+            .expect("the test binary's only subscriber");
+        capture
+    })
+}
+
 struct Fields<'a>(&'a mut String);
 
 impl tracing::field::Visit for Fields<'_> {
@@ -249,8 +267,7 @@ impl tracing::Subscriber for Capture {
 
 #[tokio::test(start_paused = true)]
 async fn nothing_traced_shows_the_secret() {
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.clone());
+    let capture = capture();
     // A token that is refused once, then a token endpoint that fails.
     let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let f = fetches.clone();

@@ -211,8 +211,7 @@ async fn a_given_store_survives_later_settings() {
 #[tokio::test(start_paused = true)]
 async fn no_key_text_in_debug_or_logs() {
     const SECRET: &str = "sk_live_SECRET123";
-    let lines = Arc::new(Mutex::new(String::new()));
-    let _guard = tracing::subscriber::set_default(Capture(Arc::clone(&lines)));
+    let lines = captured();
     let quota = Quota::per(1, Duration::from_secs(10)).expect("valid");
     let store = Arc::new(MemoryStore::new(&quota, 10));
     let layer = RateLimitLayer::new(quota)
@@ -252,6 +251,25 @@ async fn no_key_text_in_debug_or_logs() {
 
 /// A minimal subscriber: every event's fields and span fields as text.
 struct Capture(Arc<Mutex<String>>);
+
+/// What every test of the binary logged, through its one global
+/// subscriber.
+///
+/// Not `set_default` for one test: `tracing` works out once per callsite
+/// whether anyone listens, for the thread that reaches it first, so a test
+/// beside this one pausing a limiter without a subscriber could make
+/// "limiter paused" silent for the whole binary. Before the first
+/// subscriber is set no callsite is worked out at all, and after it every
+/// thread sees this one.
+fn captured() -> Arc<Mutex<String>> {
+    static LINES: std::sync::OnceLock<Arc<Mutex<String>>> = std::sync::OnceLock::new();
+    Arc::clone(LINES.get_or_init(|| {
+        let lines = Arc::new(Mutex::new(String::new()));
+        tracing::subscriber::set_global_default(Capture(Arc::clone(&lines)))
+            .expect("the test binary's only subscriber");
+        lines
+    }))
+}
 
 struct Fields<'a>(&'a mut String);
 
