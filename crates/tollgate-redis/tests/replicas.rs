@@ -806,6 +806,9 @@ struct Outage {
     degradations: u64,
     recoveries: u64,
     final_mode: String,
+    /// When the replica last switched back to shared mode after the
+    /// failure (set by `outage_with`, which checks it came).
+    shared_again: u64,
 }
 
 /// How Redis fails in an outage test.
@@ -831,32 +834,20 @@ async fn outage(mode: &str, failure: Failure) -> (Vec<Outage>, u64, u64) {
         // Each replica made calls in shared mode after the restart (at 40
         // per second there is room for both; at a low rate the replicas
         // race for each permit, see `a_local_share_keeps_...`).
-        let shared_again = back_in_shared_mode(o).expect("checked by outage_with");
         assert!(
             o.calls
                 .iter()
-                .any(|(at, what)| *at > shared_again && what == "status200"),
-            "replica {i} made no call after coming back at {shared_again}: modes {:?}, calls {:?}",
+                .any(|(at, what)| *at > o.shared_again && what == "status200"),
+            "replica {i} made no call after coming back at {}: modes {:?}, calls {:?}",
+            o.shared_again,
             o.modes,
             o.calls
                 .iter()
-                .filter(|(at, _)| *at > shared_again)
+                .filter(|(at, _)| *at > o.shared_again)
                 .collect::<Vec<_>>(),
         );
     }
     (outages, stopped, restarted)
-}
-
-/// When the replica last switched back to shared mode after going
-/// degraded (a slow Redis may answer a probe in time now and then before it
-/// is fast again).
-fn back_in_shared_mode(o: &Outage) -> Option<u64> {
-    let degraded_at = o.modes.iter().find(|(_, m)| m == "Degraded")?.0;
-    o.modes
-        .iter()
-        .rev()
-        .find(|(at, m)| *at > degraded_at && m == "Shared")
-        .map(|(at, _)| *at)
 }
 
 /// [`outage`] with a quota of `rate` per second and `burst`.
@@ -932,9 +923,10 @@ async fn outage_with(
                 .first()
                 .map(|f| f[0].to_owned())
                 .unwrap_or_default(),
+            shared_again: 0,
         });
     }
-    for (i, o) in outages.iter().enumerate() {
+    for (i, o) in outages.iter_mut().enumerate() {
         // No caller waited on Redis longer than the timeout (and a little
         // for the timer and a busy machine).
         let longest = o.answers.iter().map(|a| a.took).max().unwrap_or_default();
@@ -965,6 +957,7 @@ async fn outage_with(
         );
         assert!(o.degradations >= 1 && o.recoveries >= 1);
         assert_eq!(o.final_mode, "Shared");
+        o.shared_again = shared_again;
     }
     (outages, stopped, restarted)
 }
@@ -1123,10 +1116,9 @@ async fn a_local_share_keeps_the_quotas_bound_across_the_switches_to_degraded_an
         .iter()
         .enumerate()
         .flat_map(|(i, o)| {
-            let back = back_in_shared_mode(o).expect("checked by outage_with");
             o.calls
                 .iter()
-                .filter(move |(at, _)| *at > back)
+                .filter(move |(at, _)| *at > o.shared_again)
                 .map(move |call| (i, call))
         })
         .collect();
