@@ -427,7 +427,7 @@ fn retrying(url: &str, attempt: Duration) -> tollgate::ClientBuilder {
 /// ones): its response body trickling past the attempt timeout is the
 /// caller's Timeout after one request, never a second POST.
 #[cfg(feature = "retry")]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_post_whose_body_trickles_past_the_attempt_timeout_is_sent_once() {
     let raw = RawServer::start(move |_| {
         let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", JSON.len());
@@ -453,7 +453,7 @@ async fn a_post_whose_body_trickles_past_the_attempt_timeout_is_sent_once() {
 /// buffered, it stays a Timeout (retried as one, reported as one); streamed,
 /// the caller's chunk error is a Timeout too, and the call is made once.
 #[cfg(feature = "retry")]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_read_timeout_inside_a_gzip_body_stays_a_timeout_through_decoder_and_retry() {
     let body = gzip(&JSON.repeat(40));
     let raw = RawServer::start(move |_| {
@@ -496,7 +496,7 @@ async fn a_read_timeout_inside_a_gzip_body_stays_a_timeout_through_decoder_and_r
 /// Each redirect hop is a new request through retry and so its own
 /// attempt: two hops each taking most of the attempt timeout succeed.
 #[cfg(all(feature = "retry", feature = "redirect"))]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn each_redirect_hop_has_its_own_attempt_deadline() {
     let raw = RawServer::start(move |seen| {
         let reply = if seen.path() == "/start" {
@@ -526,7 +526,7 @@ async fn each_redirect_hop_has_its_own_attempt_deadline() {
 /// (`ClientBuilder::attempt_timeout`). A 302's body trickled past the
 /// attempt timeout must be cut and retried, not waited for.
 #[cfg(all(feature = "retry", feature = "redirect"))]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unfollowed_redirects_body_is_bounded_by_the_attempt_timeout() {
     let first = Arc::new(AtomicUsize::new(0));
     let raw = RawServer::start(move |_| {
@@ -781,7 +781,7 @@ async fn attempt_timeouts_at_and_near_the_clocks_end_answer_without_panic() {
 /// read timeout instead" (`attempt_timeout`): with retry on, a streamed
 /// gzip body trickling well past the attempt timeout is read whole, once.
 #[cfg(feature = "retry")]
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_streamed_body_is_not_cut_by_the_attempt_timeout() {
     let body = gzip(&JSON.repeat(4));
     let raw = RawServer::start(move |_| {
